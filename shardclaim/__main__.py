@@ -1,0 +1,5 @@
+import sys
+
+from shardclaim.cli import main
+
+sys.exit(main())

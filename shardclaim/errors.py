@@ -1,0 +1,93 @@
+"""The one exception family of shardclaim.
+
+Every error carries its facts as attributes (the key, the generation that was expected) so callers
+branch on types and fields, never on message text. All of them pickle, so they cross process
+boundaries intact.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GenerationMismatchError",
+    "InvalidKeyError",
+    "InvalidURLError",
+    "ObjectNotFoundError",
+    "ShardclaimError",
+    "StoreError",
+    "TransientStoreError",
+]
+
+
+class ShardclaimError(Exception):
+    """Base class of every error raised by shardclaim."""
+
+
+class InvalidURLError(ShardclaimError, ValueError):
+    """A store URL that shardclaim cannot open (unknown scheme, missing bucket, ...)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot open {url!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[InvalidURLError], tuple[str, str]]:
+        return type(self), (self.url, self.reason)
+
+
+class InvalidKeyError(ShardclaimError, ValueError):
+    """An object key that is not a clean relative name (empty part, ``..``, reserved name, ...)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"invalid object key {key!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[InvalidKeyError], tuple[str, str]]:
+        return type(self), (self.key, self.reason)
+
+
+class StoreError(ShardclaimError):
+    """A store could not do what was asked. Subclasses say why."""
+
+
+class GenerationMismatchError(StoreError):
+    """A conditional write was refused: the object is not at the generation the writer named.
+
+    This is an *answer*, not a fault: another writer got there first. It is never retried.
+    ``expected`` is the generation the writer asked for (0 means "only if absent").
+    """
+
+    def __init__(self, key: str, expected: int) -> None:
+        self.key = key
+        self.expected = expected
+        want = "to be absent" if expected == 0 else f"at generation {expected}"
+        super().__init__(f"{key!r}: precondition failed, expected it {want}")
+
+    def __reduce__(self) -> tuple[type[GenerationMismatchError], tuple[str, int]]:
+        return type(self), (self.key, self.expected)
+
+
+class ObjectNotFoundError(StoreError, LookupError):
+    """The object does not exist."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key!r}: no such object")
+
+    def __reduce__(self) -> tuple[type[ObjectNotFoundError], tuple[str]]:
+        return type(self), (self.key,)
+
+
+class TransientStoreError(StoreError):
+    """A failure worth retrying: timeout, 408, 429, 5xx, connection reset.
+
+    The operation may or may not have taken effect on the store.
+    """
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        self.detail = detail
+        super().__init__(f"transient store failure during {operation}: {detail}")
+
+    def __reduce__(self) -> tuple[type[TransientStoreError], tuple[str, str]]:
+        return type(self), (self.operation, self.detail)

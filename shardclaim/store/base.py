@@ -1,0 +1,156 @@
+"""The store contract: the only thing a backend implements.
+
+Everything shardclaim guarantees rests on one primitive, *write this object only if its generation is
+still G*, where G = 0 means *only if the object is absent*. A backend must make that primitive atomic
+across every process and machine that shares the store. Retry loops and claim logic never live in a
+backend: they sit above it (:mod:`shardclaim.store.retry`, :mod:`shardclaim.manager`).
+
+Keys are ``/``-separated relative names such as ``shard_007/metadata.json``. Custom metadata is a small
+``str -> str`` mapping stored atomically with the bytes; lower-case keys of ``[a-z0-9-]`` and printable
+ASCII values, at most :data:`MAX_METADATA_BYTES` in all, so that it survives every backend unchanged
+(GCS carries it in HTTP headers, which fold case and trim spaces).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from shardclaim.errors import InvalidKeyError
+
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "RESERVED_PREFIX",
+    "ObjectInfo",
+    "Store",
+    "StoredObject",
+    "validate_key",
+    "validate_metadata",
+]
+
+#: Names whose last part starts with this are the local backend's own files (locks, temporaries).
+RESERVED_PREFIX = ".shardclaim"
+#: Upper bound on the encoded size of one object's custom metadata (keys + values).
+MAX_METADATA_BYTES = 2048
+
+_METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_METADATA_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a listing or a successful write tells about one object."""
+
+    key: str
+    generation: int
+    updated: datetime  #: last write, on the store's clock (timezone-aware UTC)
+    size: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object's bytes together with the generation they belong to (one consistent snapshot)."""
+
+    key: str
+    data: bytes
+    generation: int
+    updated: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A flat namespace of objects with compare-and-swap writes.
+
+    What the algorithm above relies on:
+
+    * ``write(key, data, if_generation_match=0)`` succeeds for exactly one of N concurrent callers;
+      the others get :class:`~shardclaim.errors.GenerationMismatchError`.
+    * ``write(key, data, if_generation_match=g)`` succeeds only if the object is at generation ``g``
+      at the moment of the write, for exactly one of N concurrent callers naming ``g``.
+    * Generations of one key strictly increase, also across a delete and re-create, and are never 0.
+    * ``read`` returns bytes, generation and metadata of one and the same write.
+    * ``updated`` and ``now()`` come from one clock, the store's, so expiry is judged without
+      comparing two workers' clocks.
+
+    Faults worth retrying raise :class:`~shardclaim.errors.TransientStoreError`; a missing object
+    raises :class:`~shardclaim.errors.ObjectNotFoundError`.
+    """
+
+    @property
+    def url(self) -> str:
+        """The URL this store was opened from; fsspec can open ``url + "/" + key``."""
+        ...
+
+    def read(self, key: str) -> StoredObject:
+        """Return the object's bytes, generation and metadata (one request)."""
+        ...
+
+    def write(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        """Replace the object; with ``if_generation_match`` only if it is at that generation."""
+        ...
+
+    def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` and ends with ``suffix``, sorted by key.
+
+        One request per page of results. Metadata in a listing is as consistent as the backend
+        makes it; decisions are confirmed by a conditional write, never taken on a listing alone.
+        """
+        ...
+
+    def now(self) -> datetime:
+        """The store's current time (timezone-aware UTC)."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a clean relative object name, else raise InvalidKeyError."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(repr(key), f"keys are str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError(key, "empty key")
+    if "\x00" in key:
+        raise InvalidKeyError(key, "NUL character")
+    if key.startswith("/"):
+        raise InvalidKeyError(key, "absolute keys are not allowed")
+    parts = key.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidKeyError(key, f"{part!r} is not allowed as a path part")
+        if part.startswith(RESERVED_PREFIX):
+            raise InvalidKeyError(key, f"names starting with {RESERVED_PREFIX!r} are reserved")
+    if len(key.encode("utf-8")) > 1024:
+        raise InvalidKeyError(key, "longer than 1024 bytes")
+    return key
+
+
+def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Return a plain copy of ``metadata`` after checking it is portable across backends."""
+    if metadata is None:
+        return {}
+    out: dict[str, str] = {}
+    total = 0
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not _METADATA_KEY.fullmatch(k):
+            msg = f"metadata key must match [a-z0-9][a-z0-9-]*, got {k!r}"
+            raise ValueError(msg)
+        if not isinstance(v, str) or not _METADATA_VALUE.fullmatch(v):
+            msg = f"metadata value for {k!r} must be printable ASCII without edge spaces, got {v!r}"
+            raise ValueError(msg)
+        total += len(k) + len(v)
+        out[k] = v
+    if total > MAX_METADATA_BYTES:
+        msg = f"metadata is {total} bytes, more than the {MAX_METADATA_BYTES} allowed"
+        raise ValueError(msg)
+    return out

@@ -1,0 +1,206 @@
+"""Google Cloud Storage as a store, through the official ``google-cloud-storage`` client.
+
+Compare-and-swap is GCS's own: every write carries ``ifGenerationMatch`` and GCS answers 412 when the
+object moved on. gcsfs is not used here because it cannot send a generation other than 0 and turns every
+412 into ``FileExistsError``; it stays the tool for bulk data (chunk files).
+
+Small writes (under 8 MiB, which is every state write) go as single multipart uploads: one request,
+and the only upload kind on which the test server (fake-gcs-server) enforces preconditions. A read is
+one media request whose response headers carry generation, metadata and the server's ``Date``.
+The client's built-in retries are switched off (``retry=None``): retrying is decided once, above every
+backend, by :mod:`shardclaim.store.retry`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import quote
+
+import requests
+from google.api_core import exceptions as gexc
+
+from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
+from shardclaim.store.base import ObjectInfo, StoredObject, validate_key, validate_metadata
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+__all__ = ["GCSStore", "default_client"]
+
+_TIMEOUT = (10.0, 60.0)  # connect, read (seconds)
+_META_HEADER = "x-goog-meta-"
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_API_ERRORS: tuple[type[Exception], ...] = (
+    gexc.TooManyRequests,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.ServiceUnavailable,
+    gexc.GatewayTimeout,
+)
+_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+def default_client() -> storage.Client:
+    """A storage client: the emulator's when ``STORAGE_EMULATOR_HOST`` is set, else the default one.
+
+    Against an emulator the client gets anonymous credentials; without them it would look for real
+    credentials and wait on the metadata server.
+    """
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "shardclaim-test")
+        return storage.Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    return storage.Client()
+
+
+class GCSStore:
+    """Objects under ``gs://bucket/prefix``."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, client: storage.Client | None = None) -> None:
+        self._client = client if client is not None else default_client()
+        self._bucket_name = bucket
+        self._bucket = self._client.bucket(bucket)
+        self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    @property
+    def url(self) -> str:
+        return f"gs://{self._bucket_name}/{self._prefix}".rstrip("/")
+
+    @property
+    def client(self) -> storage.Client:
+        return self._client
+
+    def _name(self, key: str) -> str:
+        return self._prefix + validate_key(key)
+
+    def _api_url(self, path: str, **query: str) -> str:
+        url: str = self._client._connection.build_api_url(path, query_params=query)
+        return url
+
+    def read(self, key: str) -> StoredObject:
+        name = self._name(key)
+        url = self._api_url(f"/b/{self._bucket_name}/o/{quote(name, safe='')}", alt="media")
+        # The media endpoint lives under /download for the JSON API's upload/download host.
+        url = url.replace("/storage/v1/", "/download/storage/v1/", 1)
+        try:
+            resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
+        except _NETWORK_ERRORS as e:
+            raise TransientStoreError("read", f"{key!r}: {e}") from e
+        if resp.status_code == 404:
+            raise ObjectNotFoundError(key)
+        if resp.status_code != 200:
+            _raise_status("read", key, resp.status_code, resp.text)
+        headers = resp.headers
+        try:
+            generation = int(headers["x-goog-generation"])
+        except (KeyError, ValueError) as e:
+            raise StoreError(f"{key!r}: response has no usable x-goog-generation header") from e
+        metadata = {
+            k[len(_META_HEADER) :].lower(): v
+            for k, v in headers.items()
+            if k.lower().startswith(_META_HEADER)
+        }
+        updated = _http_date(headers.get("Last-Modified")) or _http_date(headers.get("Date"))
+        return StoredObject(key, resp.content, generation, updated or self.now(), metadata)
+
+    def write(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        name = self._name(key)
+        meta = validate_metadata(metadata)
+        blob = self._bucket.blob(name)
+        blob.metadata = meta or None
+        try:
+            blob.upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                if_generation_match=if_generation_match,
+                retry=None,
+                timeout=_TIMEOUT,
+            )
+        except gexc.PreconditionFailed:
+            raise GenerationMismatchError(key, if_generation_match or 0) from None
+        except gexc.GoogleAPICallError as e:
+            _raise_api_error("write", key, e)
+        except _NETWORK_ERRORS as e:
+            raise TransientStoreError("write", f"{key!r}: {e}") from e
+        updated = blob.updated or datetime.now(UTC)
+        return ObjectInfo(key, int(blob.generation or 0), updated, len(data), meta)
+
+    def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
+        full = self._prefix + prefix
+        kwargs: dict[str, Any] = {"prefix": full, "page_size": 1000, "retry": None, "timeout": _TIMEOUT}
+        if suffix and not any(c in full + suffix for c in "*?[]{}\\,"):
+            # Let GCS filter (fewer pages); the check below keeps the answer right where it does not.
+            kwargs["match_glob"] = f"{full}**{suffix}"
+        found: list[ObjectInfo] = []
+        try:
+            for blob in self._client.list_blobs(self._bucket_name, **kwargs):
+                key = blob.name[len(self._prefix) :]
+                if not key.endswith(suffix) or not key:
+                    continue
+                found.append(
+                    ObjectInfo(
+                        key,
+                        int(blob.generation),
+                        blob.updated,
+                        int(blob.size or 0),
+                        {k.lower(): v for k, v in (blob.metadata or {}).items()},
+                    )
+                )
+        except gexc.GoogleAPICallError as e:
+            _raise_api_error("list", prefix, e)
+        except _NETWORK_ERRORS as e:
+            raise TransientStoreError("list", f"{prefix!r}: {e}") from e
+        found.sort(key=lambda o: o.key)
+        return found
+
+    def now(self) -> datetime:
+        url = self._api_url(f"/b/{self._bucket_name}", fields="name")
+        try:
+            resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
+        except _NETWORK_ERRORS as e:
+            raise TransientStoreError("now", str(e)) from e
+        if resp.status_code != 200:
+            _raise_status("now", self._bucket_name, resp.status_code, resp.text)
+        when = _http_date(resp.headers.get("Date"))
+        if when is None:
+            raise StoreError(f"gs://{self._bucket_name}: response carries no Date header")
+        return when
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def _raise_status(operation: str, key: str, status: int, body: str) -> NoReturn:
+    detail = f"{key!r}: HTTP {status}: {body[:200]}"
+    if status in _TRANSIENT_STATUS:
+        raise TransientStoreError(operation, detail)
+    raise StoreError(f"{operation} failed: {detail}")
+
+
+def _raise_api_error(operation: str, key: str, e: gexc.GoogleAPICallError) -> NoReturn:
+    if isinstance(e, gexc.NotFound):
+        # Writes and listings name no object that could be missing: it is the bucket.
+        raise StoreError(f"{operation} failed: {key!r}: bucket not found ({e.message})") from e
+    if isinstance(e, _TRANSIENT_API_ERRORS) or e.code in _TRANSIENT_STATUS:
+        raise TransientStoreError(operation, f"{key!r}: {e}") from e
+    raise StoreError(f"{operation} failed: {key!r}: {e}") from e
