@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import uuid
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -49,10 +50,10 @@ class CounterResult:
 def _create_worker(url: str, prefix: str, rounds: int, barrier: Barrier, out: Queue[Any]) -> None:
     from shardclaim.store import open_store
 
-    store = open_store(url)
     wins: list[int] = []
     losses = 0
     try:
+        store = open_store(url)
         for r in range(rounds):
             barrier.wait(_BARRIER_TIMEOUT)
             try:
@@ -70,9 +71,9 @@ def _create_worker(url: str, prefix: str, rounds: int, barrier: Barrier, out: Qu
 def _counter_worker(url: str, key: str, increments: int, barrier: Barrier, out: Queue[Any]) -> None:
     from shardclaim.store import open_store
 
-    store = open_store(url)
     successes = conflicts = 0
     try:
+        store = open_store(url)
         barrier.wait(_BARRIER_TIMEOUT)
         while successes < increments:
             obj = store.read(key)
@@ -96,7 +97,17 @@ def _run(target: Any, processes: int, args: tuple[Any, ...]) -> list[tuple[Any, 
     procs = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(processes)]
     for p in procs:
         p.start()
-    results = [out.get(timeout=600) for _ in procs]
+    results: list[Any] = []
+    while len(results) < processes:
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                barrier.abort()
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"a racing process died with exit code {dead[0].exitcode}") from None
     for p in procs:
         p.join()
     errors = [r[1] for r in results if r[0] != "ok"]
@@ -107,6 +118,9 @@ def _run(target: Any, processes: int, args: tuple[Any, ...]) -> list[tuple[Any, 
 
 def race_create(url: str, *, processes: int, rounds: int) -> CreateResult:
     """``processes`` processes race to create each of ``rounds`` new objects under ``url``."""
+    from shardclaim.store import open_store
+
+    open_store(url)  # a URL error is reported here, once, not by every process
     prefix = f"selftest-{uuid.uuid4().hex[:12]}/create"
     results = _run(_create_worker, processes, (url, prefix, rounds))
     winners = [0] * rounds

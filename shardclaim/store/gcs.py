@@ -14,7 +14,8 @@ backend, by :mod:`shardclaim.store.retry`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,6 +23,7 @@ from urllib.parse import quote
 
 import requests
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
 from shardclaim.store.base import ObjectInfo, StoredObject, validate_key, validate_metadata
@@ -65,6 +67,10 @@ class GCSStore:
 
     def __init__(self, bucket: str, prefix: str = "", *, client: storage.Client | None = None) -> None:
         self._client = client if client is not None else default_client()
+        if getattr(self._client, "_bucket_metadata_cache", None) is not None:
+            # google-cloud-storage >= 3.10 fetches bucket metadata in a background thread on first
+            # use, for tracing attributes: an extra request we cannot retry or count. Off.
+            self._client._bucket_metadata_cache = None
         self._bucket_name = bucket
         self._bucket = self._client.bucket(bucket)
         self._prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -89,10 +95,8 @@ class GCSStore:
         url = self._api_url(f"/b/{self._bucket_name}/o/{quote(name, safe='')}", alt="media")
         # The media endpoint lives under /download for the JSON API's upload/download host.
         url = url.replace("/storage/v1/", "/download/storage/v1/", 1)
-        try:
+        with _translated("read", key):
             resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
-        except _NETWORK_ERRORS as e:
-            raise TransientStoreError("read", f"{key!r}: {e}") from e
         if resp.status_code == 404:
             raise ObjectNotFoundError(key)
         if resp.status_code != 200:
@@ -123,19 +127,16 @@ class GCSStore:
         blob = self._bucket.blob(name)
         blob.metadata = meta or None
         try:
-            blob.upload_from_string(
-                data,
-                content_type="application/octet-stream",
-                if_generation_match=if_generation_match,
-                retry=None,
-                timeout=_TIMEOUT,
-            )
+            with _translated("write", key):
+                blob.upload_from_string(
+                    data,
+                    content_type="application/octet-stream",
+                    if_generation_match=if_generation_match,
+                    retry=None,
+                    timeout=_TIMEOUT,
+                )
         except gexc.PreconditionFailed:
             raise GenerationMismatchError(key, if_generation_match or 0) from None
-        except gexc.GoogleAPICallError as e:
-            _raise_api_error("write", key, e)
-        except _NETWORK_ERRORS as e:
-            raise TransientStoreError("write", f"{key!r}: {e}") from e
         updated = blob.updated or datetime.now(UTC)
         return ObjectInfo(key, int(blob.generation or 0), updated, len(data), meta)
 
@@ -146,7 +147,7 @@ class GCSStore:
             # Let GCS filter (fewer pages); the check below keeps the answer right where it does not.
             kwargs["match_glob"] = f"{full}**{suffix}"
         found: list[ObjectInfo] = []
-        try:
+        with _translated("list", prefix):
             for blob in self._client.list_blobs(self._bucket_name, **kwargs):
                 key = blob.name[len(self._prefix) :]
                 if not key.endswith(suffix) or not key:
@@ -160,19 +161,13 @@ class GCSStore:
                         {k.lower(): v for k, v in (blob.metadata or {}).items()},
                     )
                 )
-        except gexc.GoogleAPICallError as e:
-            _raise_api_error("list", prefix, e)
-        except _NETWORK_ERRORS as e:
-            raise TransientStoreError("list", f"{prefix!r}: {e}") from e
         found.sort(key=lambda o: o.key)
         return found
 
     def now(self) -> datetime:
         url = self._api_url(f"/b/{self._bucket_name}", fields="name")
-        try:
+        with _translated("now", self._bucket_name):
             resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
-        except _NETWORK_ERRORS as e:
-            raise TransientStoreError("now", str(e)) from e
         if resp.status_code != 200:
             _raise_status("now", self._bucket_name, resp.status_code, resp.text)
         when = _http_date(resp.headers.get("Date"))
@@ -195,6 +190,24 @@ def _raise_status(operation: str, key: str, status: int, body: str) -> NoReturn:
     if status in _TRANSIENT_STATUS:
         raise TransientStoreError(operation, detail)
     raise StoreError(f"{operation} failed: {detail}")
+
+
+@contextmanager
+def _translated(operation: str, key: str) -> Iterator[None]:
+    """Turn client, auth and network exceptions into the store's error family.
+
+    A 412 passes through untouched: the caller knows which generation it named.
+    """
+    try:
+        yield
+    except gexc.PreconditionFailed:
+        raise
+    except gexc.GoogleAPICallError as e:
+        _raise_api_error(operation, key, e)
+    except (*_NETWORK_ERRORS, auth_exc.TransportError) as e:
+        raise TransientStoreError(operation, f"{key!r}: {e}") from e
+    except auth_exc.GoogleAuthError as e:
+        raise StoreError(f"{operation} failed: {key!r}: credentials refused: {e}") from e
 
 
 def _raise_api_error(operation: str, key: str, e: gexc.GoogleAPICallError) -> NoReturn:

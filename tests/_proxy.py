@@ -1,0 +1,134 @@
+"""A loopback HTTP proxy that can inject faults between a client and the GCS test server.
+
+Faults are queued with :meth:`FaultProxy.inject` and consumed by the first matching requests:
+``status`` answers with an HTTP status without forwarding; ``reset`` closes the connection without
+forwarding; ``lose_response`` forwards the request (so it takes effect upstream) and then closes the
+connection without answering — a response lost on the way back. Every request is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+@dataclass
+class Fault:
+    kind: str  # "status", "reset" or "lose_response"
+    method: str | None
+    path_contains: str | None
+    status: int = 503
+    remaining: int = 1
+
+
+class FaultProxy:
+    def __init__(self, upstream: str) -> None:
+        target = urlsplit(upstream)
+        self.upstream_host = target.hostname or "127.0.0.1"
+        self.upstream_port = target.port or 80
+        self.requests: list[tuple[str, str]] = []
+        self.faults: list[Fault] = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._take_fault(self.command, self.path)
+                if fault is not None and fault.kind == "status":
+                    payload = b'{"error": {"code": %d, "message": "injected"}}' % fault.status
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                if fault is not None and fault.kind == "reset":
+                    self._drop()
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                if fault is not None and fault.kind == "lose_response":
+                    self._drop()
+                    return
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def inject(
+        self,
+        kind: str,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        status: int = 503,
+        count: int = 1,
+    ) -> None:
+        with self._lock:
+            self.faults.append(Fault(kind, method, path_contains, status, count))
+
+    def count(self, method: str | None = None, path_contains: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for m, p in self.requests
+                if (method is None or m == method) and (path_contains is None or path_contains in p)
+            )
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            self.requests.append((method, path))
+            for fault in self.faults:
+                if fault.remaining <= 0:
+                    continue
+                if fault.method is not None and fault.method != method:
+                    continue
+                if fault.path_contains is not None and fault.path_contains not in path:
+                    continue
+                fault.remaining -= 1
+                return fault
+            return None

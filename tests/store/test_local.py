@@ -1,0 +1,85 @@
+"""What is particular to the local directory store: plain files on disk, hidden bookkeeping, atomic
+replacement, threads of one process excluded as well as processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from shardclaim.errors import GenerationMismatchError, StoreError
+from shardclaim.store.local import LocalStore
+
+
+def test_objects_are_plain_files_and_the_generation_is_their_mtime(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    info = store.write("shard_000/metadata.json", b'{"status": "available"}', metadata={"a": "b"})
+    path = tmp_path / "shard_000" / "metadata.json"
+    assert path.read_bytes() == b'{"status": "available"}'
+    assert path.stat().st_mtime_ns == info.generation
+
+
+def test_bookkeeping_files_stay_hidden_from_listings(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("d/k", b"x")
+    store.now()
+    names = {p.name for p in tmp_path.rglob("*")}
+    assert ".shardclaim.lock" in names
+    assert ".shardclaim.clock" in names
+    assert [o.key for o in store.list()] == ["d/k"]
+
+
+def test_a_refused_write_leaves_no_temporary_file_and_the_object_intact(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    g = store.write("k", b"v1", if_generation_match=0).generation
+    with pytest.raises(GenerationMismatchError):
+        store.write("k", b"v2", if_generation_match=g + 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shardclaim.lock", "k"]
+    assert (tmp_path / "k").read_bytes() == b"v1"
+
+
+def test_an_outside_touch_of_the_file_counts_as_a_change(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    g = store.write("k", b"v1").generation
+    os.utime(tmp_path / "k", ns=(g + 5, g + 5))
+    with pytest.raises(GenerationMismatchError):
+        store.write("k", b"v2", if_generation_match=g)
+
+
+def test_a_file_where_a_directory_should_be_is_a_clear_error(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("a", b"x")
+    with pytest.raises(StoreError, match="parent"):
+        store.write("a/b", b"y")
+
+
+def test_threads_of_one_process_are_excluded_too(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, fsync=False)
+    store.write("counter", b"0")
+    landed = [0] * 8
+
+    def worker(i: int) -> None:
+        while landed[i] < 25:
+            obj = store.read("counter")
+            try:
+                store.write("counter", str(int(obj.data) + 1).encode(), if_generation_match=obj.generation)
+            except GenerationMismatchError:
+                continue
+            landed[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(store.read("counter").data) == sum(landed) == 200
+
+
+def test_corrupt_metadata_attribute_is_refused_with_the_key(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("k", b"x", metadata={"a": "b"})
+    os.setxattr(tmp_path / "k", "user.shardclaim", b"{not json")
+    with pytest.raises(StoreError, match="'k'"):
+        store.read("k")

@@ -1,0 +1,40 @@
+"""The package stays typed and lint-clean, and no module grows past what one concept needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_mypy_strict_is_clean_on_the_package() -> None:
+    result = run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    result = run("ruff", "check", "shardclaim", "tests", "bench", "scripts")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run("ruff", "format", "--check", "shardclaim", "tests", "bench", "scripts")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_is_typed() -> None:
+    assert (ROOT / "shardclaim" / "py.typed").exists()
+
+
+def test_no_module_is_past_400_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / "shardclaim").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
