@@ -4,6 +4,7 @@ Coordination happens only through compare-and-swap on object storage (a local or
 Google Cloud Storage); there is no coordinator process and no database.
 """
 
+from shardclaim.dataset import DatasetExistsError, InputError, create_sharded_dataset
 from shardclaim.errors import (
     GenerationMismatchError,
     InvalidKeyError,
@@ -13,16 +14,24 @@ from shardclaim.errors import (
     StoreError,
     TransientStoreError,
 )
+from shardclaim.layout import MetadataError
+from shardclaim.reader import ChunkCorruptError, iter_shard_records
 from shardclaim.store import open_store
 
 __all__ = [
+    "ChunkCorruptError",
+    "DatasetExistsError",
     "GenerationMismatchError",
+    "InputError",
     "InvalidKeyError",
     "InvalidURLError",
+    "MetadataError",
     "ObjectNotFoundError",
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",
+    "create_sharded_dataset",
+    "iter_shard_records",
     "open_store",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,344 @@
+"""Build a sharded dataset from JSONL, streaming, and read it back verified.
+
+The builder reads its inputs once, in large blocks, as one stream; it never holds more than a block
+and one small buffer per shard, whatever the input size. Each record (one line) goes whole to one
+shard; inside a shard, records fill ``chunk_NNNN.jsonl`` files up to ``chunk_size_mb``. Chunk files are
+written first, then every shard's ``metadata.json``, then ``master_metadata.json``: until that last
+object exists the build is not a dataset, so an interrupted build never looks complete.
+
+Assignment strategies (both deterministic):
+
+* ``round_robin`` (default): record *i* goes to shard *i mod N*. Shards differ by at most one record
+  in count, and in bytes by the spread of record sizes — far below one chunk for any real input, also
+  when the input is sorted by size. One pass.
+* ``contiguous``: shard *s* takes one consecutive run of records, as ``split`` would; counts differ by
+  at most one. Needs the record count first: one extra read of the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import fsspec
+import google_crc32c
+import orjson
+
+from shardclaim._input import InputError, is_blank, lines_of, names_of, open_inputs, size_of
+from shardclaim.errors import ShardclaimError
+from shardclaim.layout import (
+    FORMAT_VERSION,
+    MASTER_KEY,
+    SHARD_METADATA,
+    check_master,
+    check_shard,
+    chunk_name,
+    shard_dir,
+)
+from shardclaim.store import open_store
+
+__all__ = ["DatasetExistsError", "InputError", "create_sharded_dataset"]
+
+log = logging.getLogger("shardclaim.dataset")
+Strategy = Literal["round_robin", "contiguous"]
+_BLOCK = 8 << 20
+_crc_extend: Callable[[int, bytes], int] = google_crc32c.extend  # C implementation, ~GB/s
+_MiB = 1 << 20
+
+
+class DatasetExistsError(ShardclaimError, FileExistsError):
+    """The output already holds a dataset (or foreign files) and overwriting was not asked for."""
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    """Fills one shard's chunk files; rotates before a record would push a chunk past the limit."""
+
+    def __init__(self, fs: Any, base: str, shard_id: int, *, num_shards: int, limit: int, flush: int) -> None:
+        self.fs, self.base, self.shard_id = fs, base, shard_id
+        self.directory = shard_dir(shard_id, num_shards)
+        self.limit, self.flush_at = limit, flush
+        self.chunks: list[dict[str, Any]] = []
+        self._file: Any = None
+        self._buf: list[bytes] = []
+        self._buf_bytes = self._bytes = self._records = 0
+        self._crc = 0
+
+    def add(self, line: bytes) -> None:
+        n = len(line)
+        if self._records and self._bytes + n > self.limit:
+            self._close_chunk()
+        if self._file is None:
+            if not self.chunks:
+                self.fs.makedirs(f"{self.base}/{self.directory}", exist_ok=True)
+            path = f"{self.base}/{self.directory}/{chunk_name(len(self.chunks))}"
+            self._file = self.fs.open(path, "wb")
+        self._buf.append(line)
+        self._buf_bytes += n
+        self._bytes += n
+        self._records += 1
+        if self._buf_bytes >= self.flush_at:
+            self._flush()
+        if n > self.limit:
+            log.warning(
+                "a %d-byte record is larger than the %d-byte chunk limit: it gets chunk %s/%s alone",
+                n, self.limit, self.directory, chunk_name(len(self.chunks)),
+            )  # fmt: skip
+            self._close_chunk()
+
+    def _flush(self) -> None:
+        data = b"".join(self._buf)
+        self._crc = _crc_extend(self._crc, data)
+        self._file.write(data)
+        self._buf.clear()
+        self._buf_bytes = 0
+
+    def _close_chunk(self) -> None:
+        if self._file is None:
+            return
+        self._flush()
+        self._file.close()
+        self._file = None
+        self.chunks.append(
+            {
+                "chunk_id": len(self.chunks),
+                "file": chunk_name(len(self.chunks)),
+                "num_tasks": self._records,
+                "size_mb": round(self._bytes / _MiB, 6),
+                "size_bytes": self._bytes,
+                "crc32c": f"{self._crc:08x}",
+            }
+        )
+        self._bytes = self._records = 0
+        self._crc = 0
+
+    def finish(self, num_shards: int) -> dict[str, Any]:
+        self._close_chunk()
+        return {
+            "shard_id": self.shard_id,
+            "total_shards": num_shards,
+            "status": "available",
+            "total_tasks": sum(c["num_tasks"] for c in self.chunks),
+            "num_chunks": len(self.chunks),
+            "chunks": self.chunks,
+            "assigned_to": None,
+            "started_at": None,
+            "completed_at": None,
+        }
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    num_shards: int
+    limit: int
+    strategy: Strategy
+    validate: bool
+    skip_invalid: bool
+
+
+def _check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None:
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
+        msg = f"num_shards must be a positive integer, got {num_shards!r}"
+        raise ValueError(msg)
+    if not isinstance(chunk_size_mb, int | float) or not chunk_size_mb > 0:
+        msg = f"chunk_size_mb must be a positive number, got {chunk_size_mb!r}"
+        raise ValueError(msg)
+    if int(chunk_size_mb * _MiB) < 1:
+        msg = f"chunk_size_mb {chunk_size_mb!r} is less than one byte"
+        raise ValueError(msg)
+    if strategy not in ("round_robin", "contiguous"):
+        msg = f"strategy must be 'round_robin' or 'contiguous', got {strategy!r}"
+        raise ValueError(msg)
+
+
+def _prepare_output(output_dir: str, overwrite: bool) -> tuple[Any, Any, str]:
+    """Open the output; refuse an existing dataset unless ``overwrite``; clear a partial build."""
+    store = open_store(output_dir)
+    fs, base = fsspec.core.url_to_fs(store.url)
+    base = base.rstrip("/")
+    existing = store.list()
+    ours = [o.key for o in existing if _is_layout_key(o.key)]
+    foreign = [o.key for o in existing if not _is_layout_key(o.key)]
+    if foreign:
+        raise DatasetExistsError(
+            f"{output_dir} holds files that are not part of a shardclaim dataset "
+            f"(e.g. {foreign[0]!r}); choose an empty or new directory"
+        )
+    if MASTER_KEY in ours and not overwrite:
+        raise DatasetExistsError(
+            f"{output_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+        )
+    if ours:
+        # A complete dataset being replaced, or the leftovers of an interrupted build.
+        # The master goes first, so the old dataset stops looking whole before anything else changes.
+        if MASTER_KEY in ours:
+            fs.rm(f"{base}/{MASTER_KEY}")
+        # Every file in these directories is ours (anything else was refused above).
+        for directory in sorted({k.split("/", 1)[0] for k in ours if "/" in k}):
+            fs.rm(f"{base}/{directory}", recursive=True)
+    return store, fs, base
+
+
+def _is_layout_key(key: str) -> bool:
+    return (
+        key == MASTER_KEY
+        or re.fullmatch(r"shard_[0-9]{3,}/(metadata\.json|chunk_[0-9]{4,}\.jsonl)", key) is not None
+    )
+
+
+def _count_records(files: list[Any]) -> int:
+    return sum(1 for _, _, line in lines_of(files, None) if not is_blank(line))
+
+
+def create_sharded_dataset(
+    input_file: str | Sequence[str],
+    output_dir: str,
+    num_shards: int = 8,
+    chunk_size_mb: float = 100,
+    *,
+    strategy: Strategy = "round_robin",
+    validate: bool = True,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Split JSONL ``input_file`` (a path or URL, a glob, or a list; ``.gz``/``.zst``/``.bz2`` read by
+    suffix) into ``num_shards`` shards of ``chunk_size_mb`` chunks under ``output_dir``.
+
+    Returns the master metadata. Raises :class:`InputError` for a malformed line (naming file and
+    line; with ``skip_invalid`` such lines are skipped and counted instead), an empty input or more
+    shards than records; :class:`DatasetExistsError` when ``output_dir`` holds a dataset and
+    ``overwrite`` is false. On any error nothing is published.
+    """
+    _check_options(num_shards, chunk_size_mb, strategy)
+    opts = _Options(num_shards, int(chunk_size_mb * _MiB), strategy, validate, skip_invalid)
+    files = open_inputs(input_file)
+    store, fs, base = _prepare_output(output_dir, overwrite)
+    started = time.perf_counter()
+    total_records = _count_records(files) if strategy == "contiguous" else 0
+    flush = max(64 << 10, min(1 << 20, (32 << 20) // num_shards))
+    writers = [
+        _ShardWriter(fs, base, i, num_shards=num_shards, limit=opts.limit, flush=flush)
+        for i in range(num_shards)
+    ]
+    bar = _progress_bar(files, progress)
+    try:
+        stats = _distribute(files, writers, opts, total_records, bar)
+        if stats["records"] == 0:
+            raise InputError(f"no records in {names_of(files)}: nothing to shard")
+        if stats["records"] < num_shards:
+            raise InputError(
+                f"{stats['records']} records cannot fill {num_shards} shards; "
+                f"use at most {stats['records']} shards"
+            )
+        shards = [w.finish(num_shards) for w in writers]
+    except BaseException:
+        for w in writers:
+            w.abort()
+        _remove_quietly(fs, [f"{base}/{shard_dir(i, num_shards)}" for i in range(num_shards)])
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    for doc in shards:
+        key = f"{shard_dir(doc['shard_id'], num_shards)}/{SHARD_METADATA}"
+        store.write(
+            key, orjson.dumps(check_shard(key, doc), option=orjson.OPT_INDENT_2), if_generation_match=0
+        )
+    master = {
+        "format_version": FORMAT_VERSION,
+        "total_tasks": stats["records"],
+        "num_shards": num_shards,
+        "chunk_size_mb": float(chunk_size_mb),
+        "total_bytes": stats["bytes"],
+        "strategy": strategy,
+        "validated": validate,
+        "skipped_invalid": stats["invalid"],
+        "blank_lines": stats["blank"],
+        "inputs": names_of(files).split(", "),
+        "created_at": datetime.now(UTC).isoformat(),
+        "shards": [
+            {
+                "shard_id": d["shard_id"],
+                "directory": shard_dir(d["shard_id"], num_shards),
+                "status": "available",
+                "total_tasks": d["total_tasks"],
+                "num_chunks": d["num_chunks"],
+                "size_bytes": sum(c["size_bytes"] for c in d["chunks"]),
+            }
+            for d in shards
+        ],
+    }
+    store.write(
+        MASTER_KEY,
+        orjson.dumps(check_master(MASTER_KEY, master), option=orjson.OPT_INDENT_2),
+        if_generation_match=0,
+    )
+    elapsed = time.perf_counter() - started
+    chunks = sum(d["num_chunks"] for d in shards)
+    log.info(
+        "%d records -> %d shards, %d chunks; %d invalid skipped, %d blank; %.1f MB/s",
+        stats["records"], num_shards, chunks, stats["invalid"], stats["blank"],
+        stats["bytes"] / _MiB / max(elapsed, 1e-9),
+    )  # fmt: skip
+    return master
+
+
+def _distribute(
+    files: list[Any], writers: list[_ShardWriter], opts: _Options, total: int, bar: Any
+) -> dict[str, int]:
+    records = invalid = blank = nbytes = 0
+    n = opts.num_shards
+    loads = orjson.loads
+    for name, lineno, line in lines_of(files, bar):
+        if is_blank(line):
+            blank += 1
+            continue
+        if opts.validate:
+            try:
+                loads(line)
+            except orjson.JSONDecodeError as e:
+                if not opts.skip_invalid:
+                    raise InputError(f"{name}, line {lineno}: not valid JSON ({e})") from None
+                invalid += 1
+                continue
+        shard = records % n if opts.strategy == "round_robin" else min(records * n // max(total, 1), n - 1)
+        writers[shard].add(line)
+        records += 1
+        nbytes += len(line)
+    return {"records": records, "invalid": invalid, "blank": blank, "bytes": nbytes}
+
+
+def _progress_bar(files: list[Any], progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    compressed = any(getattr(f, "compression", None) for f in files)
+    total = None if compressed else sum(size_of(f) for f in files)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sharding", file=sys.stderr)
+
+
+def _remove_quietly(fs: Any, paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            fs.rm(path, recursive=True)

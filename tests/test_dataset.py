@@ -1,0 +1,310 @@
+"""The dataset builder and reader: byte-exact, balanced, bounded chunks, atomic publish, verified reads."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import zstandard
+
+from shardclaim import (
+    ChunkCorruptError,
+    DatasetExistsError,
+    InputError,
+    create_sharded_dataset,
+    iter_shard_records,
+)
+
+MiB = 1 << 20
+
+
+def records(n: int, *, size: int = 200, seed: int = 0) -> list[bytes]:
+    """n JSON lines of varied length (about ``size`` bytes on average) with unicode and escapes."""
+    out = []
+    for i in range(n):
+        pad = 'é"\\\tx' * (((i * 7919 + seed) % (size // 3)) // 4)
+        out.append(orjson.dumps({"id": i, "text": pad, "grid": [[i % 10] * 3]}) + b"\n")
+    return out
+
+
+def write_jsonl(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def dataset_lines(out: Path) -> list[bytes]:
+    return [
+        line
+        for chunk in sorted(out.glob("shard_*/chunk_*.jsonl"))
+        for line in chunk.read_bytes().splitlines(True)
+    ]
+
+
+def load(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def test_output_lines_are_exactly_the_non_blank_input_lines(tmp_path: Path) -> None:
+    lines = records(500)
+    body = b"".join(lines[:100]) + b"\n  \n\r\n" + b"".join(lines[100:]) + b"\n"
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(body[:-2])  # the last record loses its newline
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=7, chunk_size_mb=0.01)
+    assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
+    assert master["total_tasks"] == 500
+    assert master["blank_lines"] == 3
+
+
+def test_metadata_matches_the_chunk_files_and_chunks_respect_the_limit(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(400, size=600))
+    limit_mb = 0.02
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=limit_mb)
+    assert load(tmp_path / "ds" / "master_metadata.json") == master
+    assert master["format_version"] == 1
+    total = 0
+    for entry in master["shards"]:
+        meta = load(tmp_path / "ds" / entry["directory"] / "metadata.json")
+        assert meta["status"] == "available"
+        assert (meta["assigned_to"], meta["started_at"], meta["completed_at"]) == (None, None, None)
+        assert meta["num_chunks"] == len(meta["chunks"]) == entry["num_chunks"] > 1
+        for chunk in meta["chunks"]:
+            data = (tmp_path / "ds" / entry["directory"] / chunk["file"]).read_bytes()
+            assert len(data) == chunk["size_bytes"] <= limit_mb * MiB
+            assert data.count(b"\n") == chunk["num_tasks"]
+            assert abs(chunk["size_mb"] - len(data) / MiB) < 1e-5
+        assert sum(c["num_tasks"] for c in meta["chunks"]) == meta["total_tasks"] == entry["total_tasks"]
+        total += meta["total_tasks"]
+    assert total == master["total_tasks"] == 400
+
+
+def test_a_record_larger_than_a_chunk_gets_a_chunk_of_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = orjson.dumps({"blob": "z" * 30_000}) + b"\n"
+    lines = [*records(20), big, *records(20, seed=1)]
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    with caplog.at_level(logging.WARNING, logger="shardclaim.dataset"):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=1, chunk_size_mb=0.01)
+    assert "larger than the" in caplog.text
+    chunks = sorted((tmp_path / "ds" / "shard_000").glob("chunk_*.jsonl"))
+    assert [c.read_bytes() for c in chunks].count(big) == 1
+    assert all(c.stat().st_size <= 0.01 * MiB for c in chunks if c.read_bytes() != big)
+
+
+def test_round_robin_balances_count_and_bytes_even_on_size_sorted_input(tmp_path: Path) -> None:
+    lines = sorted(records(2000, size=900), key=len)
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    chunk_mb = 0.05
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=8, chunk_size_mb=chunk_mb)
+    counts = [s["total_tasks"] for s in master["shards"]]
+    sizes = [s["size_bytes"] for s in master["shards"]]
+    assert max(counts) - min(counts) <= 1
+    assert max(sizes) - sum(sizes) / len(sizes) <= chunk_mb * MiB
+
+
+def test_contiguous_shards_are_consecutive_runs_of_the_input(tmp_path: Path) -> None:
+    lines = records(1001)
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    master = create_sharded_dataset(
+        str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=0.02, strategy="contiguous"
+    )
+    counts = [s["total_tasks"] for s in master["shards"]]
+    assert max(counts) - min(counts) <= 1
+    assert dataset_lines(tmp_path / "ds") == lines  # shard by shard, chunk by chunk: the input order
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [(".gz", gzip.compress), (".zst", zstandard.compress), (".bz2", bz2.compress)],
+)
+def test_compressed_input_is_read_by_suffix(tmp_path: Path, suffix: str, compress: Any) -> None:
+    lines = records(300)
+    src = tmp_path / f"in.jsonl{suffix}"
+    src.write_bytes(compress(b"".join(lines)))
+    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=3, chunk_size_mb=0.01)
+    assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
+
+
+def test_several_inputs_by_glob_or_list_are_one_stream_in_order(tmp_path: Path) -> None:
+    a, b = records(50), records(70, seed=3)
+    write_jsonl(tmp_path / "part-0.jsonl", a)
+    (tmp_path / "part-1.jsonl.gz").write_bytes(gzip.compress(b"".join(b)))
+    out1 = tmp_path / "ds1"
+    create_sharded_dataset(str(tmp_path / "part-*"), str(out1), num_shards=1, strategy="contiguous")
+    assert dataset_lines(out1) == a + b
+    out2 = tmp_path / "ds2"
+    create_sharded_dataset(
+        [str(tmp_path / "part-1.jsonl.gz"), str(tmp_path / "part-0.jsonl")], str(out2), num_shards=1
+    )
+    assert dataset_lines(out2) == b + a
+
+
+def test_a_malformed_line_names_file_and_line_and_publishes_nothing(tmp_path: Path) -> None:
+    lines = records(30)
+    lines[17] = b'{"id": 17, "broken": \n'
+    src = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(InputError, match=r"bad\.jsonl, line 18: not valid JSON"):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2)
+    assert not (tmp_path / "ds" / "master_metadata.json").exists()
+    assert list((tmp_path / "ds").glob("shard_*")) == []
+
+
+def test_skip_invalid_skips_and_counts(tmp_path: Path) -> None:
+    lines = records(30)
+    lines[3] = b"not json\n"
+    lines[9] = b"[1, 2\n"
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2, skip_invalid=True)
+    assert (master["total_tasks"], master["skipped_invalid"]) == (28, 2)
+    assert b"not json\n" not in dataset_lines(tmp_path / "ds")
+
+
+def test_no_validate_trusts_the_input(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [b"not json\n", *records(5)])
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2, validate=False)
+    assert master["total_tasks"] == 6
+    assert master["validated"] is False
+
+
+def test_an_existing_dataset_is_not_overwritten_unless_asked(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(40))
+    out = tmp_path / "ds"
+    create_sharded_dataset(str(src), str(out), num_shards=2)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    with pytest.raises(DatasetExistsError, match="already holds a dataset"):
+        create_sharded_dataset(str(src), str(out), num_shards=4)
+    assert {p: p.read_bytes() for p in before} == before
+    master = create_sharded_dataset(str(src), str(out), num_shards=4, overwrite=True)
+    assert master["num_shards"] == 4
+    assert not (out / "shard_000" / "chunk_0001.jsonl").exists() or master["shards"][0]["num_chunks"] > 1
+
+
+def test_a_directory_with_foreign_files_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(10))
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetExistsError, match="not part of a shardclaim dataset"):
+        create_sharded_dataset(str(src), str(out), num_shards=2, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_killed_build_never_looks_complete_and_a_rebuild_cleans_it(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(40_000, size=1200))
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardclaim", "create", "--input_file", str(src), "--output_dir", str(out),
+         "--num_shards", "4", "--chunk_size_mb", "0.05"],
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("shard_*/chunk_0003.jsonl")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.returncode != -signal.SIGKILL:
+        pytest.skip("the build finished before it could be killed")
+    assert list(out.glob("shard_*/chunk_*.jsonl"))
+    assert not (out / "master_metadata.json").exists()
+    master = create_sharded_dataset(str(src), str(out), num_shards=2, chunk_size_mb=0.5)
+    assert master["total_tasks"] == 40_000
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "master_metadata.json", "shard_000", "shard_001",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_shards": 0}, "num_shards must be a positive integer"),
+        ({"num_shards": -3}, "num_shards must be a positive integer"),
+        ({"chunk_size_mb": 0}, "chunk_size_mb must be a positive number"),
+        ({"chunk_size_mb": -1.5}, "chunk_size_mb must be a positive number"),
+        ({"strategy": "random"}, "strategy must be"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(5))
+    with pytest.raises(ValueError, match=message):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), **kwargs)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_empty_input_and_too_many_shards_are_clear_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n\n")
+    with pytest.raises(InputError, match="no records"):
+        create_sharded_dataset(str(empty), str(tmp_path / "ds"))
+    few = write_jsonl(tmp_path / "few.jsonl", records(3))
+    with pytest.raises(InputError, match="3 records cannot fill 8 shards"):
+        create_sharded_dataset(str(few), str(tmp_path / "ds"), num_shards=8)
+    assert not (tmp_path / "ds" / "master_metadata.json").exists()
+    with pytest.raises(InputError, match="not found"):
+        create_sharded_dataset(str(tmp_path / "missing.jsonl"), str(tmp_path / "ds"))
+    with pytest.raises(InputError, match="no input file matches"):
+        create_sharded_dataset(str(tmp_path / "nothing-*.jsonl"), str(tmp_path / "ds"))
+
+
+def test_reading_a_shard_back_yields_its_records_in_chunk_order(tmp_path: Path) -> None:
+    lines = records(100)
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=3, chunk_size_mb=0.005)
+    got = [r["id"] for s in range(3) for r in iter_shard_records(str(tmp_path / "ds"), s)]
+    assert sorted(got) == list(range(100))
+    raw = list(iter_shard_records(str(tmp_path / "ds"), 1, parse=False))
+    assert raw[0] == lines[1].rstrip(b"\n")
+    with pytest.raises(ValueError, match=r"shard_id must be in 0\.\.2"):
+        next(iter_shard_records(str(tmp_path / "ds"), 3))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_chunk_is_detected_before_any_record_is_yielded(tmp_path: Path, damage: str) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(50))
+    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=1, chunk_size_mb=1)
+    chunk = tmp_path / "ds" / "shard_000" / "chunk_0000.jsonl"
+    data = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        data[100] ^= 0x01
+    else:
+        del data[-10:]
+    chunk.write_bytes(bytes(data))
+    it = iter_shard_records(str(tmp_path / "ds"), 0, parse=False)
+    with pytest.raises(ChunkCorruptError, match="CRC32C" if damage == "flip" else "bytes, metadata records"):
+        next(it)
+
+
+@pytest.mark.gcs
+def test_a_dataset_can_be_built_on_gcs_and_read_back(tmp_path: Path, gcs_bucket: str) -> None:
+    lines = records(120)
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    url = f"gs://{gcs_bucket}/datasets/one"
+    master = create_sharded_dataset(str(src), url, num_shards=3, chunk_size_mb=0.005)
+    assert master["total_tasks"] == 120
+    got = [orjson.dumps(r) + b"\n" for s in range(3) for r in iter_shard_records(url, s)]
+    assert Counter(got) == Counter(lines)
+    with pytest.raises(DatasetExistsError):
+        create_sharded_dataset(str(src), url, num_shards=3)
+
+
+def test_the_seed_script_builds_with_fractional_chunks(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(100))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "create_sharded_dataset.py"
+    args = ["--input_file", str(src), "--output_dir", str(tmp_path / "ds"), "--num_shards", "8",
+            "--chunk_size_mb", "0.1", "--verbose"]  # fmt: skip
+    ok = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "100 records -> 8 shards" in ok.stdout
+    again = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+    assert again.returncode == 1
+    assert "already holds a dataset" in again.stderr
