@@ -10,7 +10,7 @@ import fsspec
 
 from shardclaim.errors import ShardclaimError
 
-__all__ = ["InputError", "is_blank", "lines_of", "names_of", "open_inputs", "size_of"]
+__all__ = ["InputError", "blocks_of", "is_blank", "lines_of", "names_of", "open_inputs", "size_of"]
 
 _BLOCK = 8 << 20
 
@@ -41,40 +41,74 @@ def size_of(f: Any) -> int:
         return 0
 
 
-def lines_of(files: list[Any], progress: Any) -> Iterator[tuple[str, int, bytes]]:
-    """Yield (input name, line number, line with its newline) for every line of every input."""
-    for f in files:
-        name = f.full_name if hasattr(f, "full_name") else str(f.path)
-        lineno = 0
+def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes | bytearray, int, int]]:
+    """Yield ``(input index, input name, data, start, end)`` where ``data[start:end]`` is whole lines.
+
+    One 8 MiB buffer is read into again and again, so a block is only valid until the next one is
+    asked for: copy whatever must outlive it. The line that straddles two reads is yielded on its own
+    (a small copy), so the large blocks are never joined. A last line without a newline gets one.
+    """
+    buf = bytearray(_BLOCK)
+    view = memoryview(buf)
+    for index, f in enumerate(files):
+        name = str(getattr(f, "full_name", f.path))
         try:
             handle = f.open()
         except FileNotFoundError:
             raise InputError(f"input file not found: {name}") from None
         with handle:
+            readinto = getattr(handle, "readinto", None)
             carry = b""
             while True:
-                block = handle.read(_BLOCK)
-                if not block:
+                data: bytes | bytearray
+                if readinto is not None:
+                    n = readinto(view)
+                    data = buf
+                else:
+                    data = handle.read(_BLOCK)
+                    n = len(data)
+                if not n:
                     break
                 if progress is not None:
-                    progress.update(len(block))
+                    progress.update(n)
+                first = data.find(b"\n", 0, n) + 1
+                if first == 0:  # no newline at all: the carried line goes on
+                    carry += bytes(data[:n])
+                    continue
                 if carry:
-                    block = carry + block
-                end = block.rfind(b"\n") + 1
-                carry = block[end:]
-                start = 0
-                while start < end:
-                    nl = block.index(b"\n", start) + 1
-                    lineno += 1
-                    yield name, lineno, block[start:nl]
-                    start = nl
+                    joined = carry + bytes(data[:first])
+                    yield index, name, joined, 0, len(joined)
+                else:
+                    first = 0
+                end = data.rfind(b"\n", 0, n) + 1
+                if end > first:
+                    yield index, name, data, first, end
+                carry = bytes(data[end:n])
             if carry:
-                lineno += 1
-                yield name, lineno, carry + b"\n"
+                yield index, name, carry + b"\n", 0, len(carry) + 1
 
 
-def is_blank(line: bytes) -> bool:
-    return line[0] in b" \t\r\n" and not line.strip()
+def lines_of(files: list[Any], progress: Any) -> Iterator[tuple[str, int, memoryview]]:
+    """Every line of every input as ``(input name, line number, line with its newline)``.
+
+    A line is a view into a reused buffer: valid until the next line is asked for.
+    """
+    current, lineno = -1, 0
+    for index, name, data, start, end in blocks_of(files, progress):
+        if index != current:
+            current, lineno = index, 0
+        view = memoryview(data)
+        pos = start
+        while pos < end:
+            nl = data.index(b"\n", pos, end) + 1
+            lineno += 1
+            yield name, lineno, view[pos:nl]
+            pos = nl
+        view.release()
+
+
+def is_blank(line: bytes | memoryview) -> bool:
+    return line[0] in b" \t\r\n" and not bytes(line).strip()
 
 
 def names_of(files: list[Any]) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import crc32c
 import fsspec
-import google_crc32c
 import orjson
 
 from shardclaim.errors import ShardclaimError
@@ -16,7 +16,6 @@ from shardclaim.store import open_store
 __all__ = ["ChunkCorruptError", "iter_shard_records"]
 
 _BLOCK = 8 << 20
-_crc_extend: Callable[[int, bytes], int] = google_crc32c.extend
 
 
 class ChunkCorruptError(ShardclaimError):
@@ -64,7 +63,7 @@ def _verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:
     size = 0
     with fs.open(path, "rb") as f:
         while block := f.read(_BLOCK):
-            crc = _crc_extend(crc, block)
+            crc = crc32c.crc32c(block, value=crc)
             size += len(block)
     want_size = chunk.get("size_bytes")
     if want_size is not None and size != want_size:
