@@ -1,17 +1,19 @@
-"""Checking that every input line is JSON, inline or in a second process.
+"""Checking that every input line is JSON, inline or in background processes.
 
 simdjson validates about 3x faster than ``orjson.loads`` on these records (850 vs 255 MB/s with 10 KB
-lines): it checks the whole document without building Python objects. orjson only words the error.
-When every input is a local file, a background process re-reads the input (from the page cache) and
-validates it on the second core while the builder writes; the build is published only once that
-process has found every line valid.
+lines): it checks the whole document without building Python objects; orjson only words the error.
+
+When every input is a local file, background processes validate while the builder writes: they re-read
+the input from the page cache, each taking its own share (an uncompressed file is cut into byte ranges,
+a compressed one is taken whole). The build is published only once every share has been found valid;
+when several lines are bad, the first in input order is reported.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
@@ -21,11 +23,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 from shardclaim._input import is_blank, lines_of, open_inputs
 
-__all__ = ["BackgroundValidator", "Invalid", "make_validator", "why_invalid"]
+__all__ = ["INVALID_ERRORS", "BackgroundValidator", "Invalid", "make_validator", "why_invalid"]
 
 #: (input name, line number, reason)
 Invalid = tuple[str, int, str]
 INVALID_ERRORS = (ValueError, UnicodeDecodeError)
+_READ = 8 << 20
 
 
 def make_validator() -> Callable[[Any], object]:
@@ -42,29 +45,74 @@ def why_invalid(line: bytes | memoryview) -> str:
     return "rejected by the validator"
 
 
-def first_invalid(input_file: str | Sequence[str]) -> Invalid | None:
-    """The first line of the inputs that is not JSON, or None. Runs in the background process."""
+def _check_whole(input_file: str, name: str) -> tuple[int, Invalid] | None:
+    """A compressed input, read whole: the first bad line as (byte offset 0, problem)."""
     parse = make_validator()
-    for name, lineno, line in lines_of(open_inputs(input_file), None):
+    for _, lineno, line in lines_of(open_inputs(input_file), None):
         if is_blank(line):
             continue
         try:
             parse(line)
         except INVALID_ERRORS:
-            return name, lineno, why_invalid(line)
+            return 0, (name, lineno, why_invalid(line))
     return None
 
 
-class BackgroundValidator:
-    """Validates the inputs in a second process; ``problem()`` polls, ``result()`` waits."""
+def _check_range(path: str, name: str, start: int, end: int) -> tuple[int, Invalid] | None:
+    """Lines of a plain file that begin in [start, end): the first bad one as (offset, problem)."""
+    parse = make_validator()
+    with open(path, "rb", buffering=_READ) as f:
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # that line began in the previous range
+        pos = f.tell()
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            if not (line[0] in b" \t\r\n" and is_blank(line)):
+                try:
+                    parse(line)
+                except INVALID_ERRORS:
+                    return pos, (name, _line_number(path, pos), why_invalid(line))
+            pos += len(line)
+    return None
 
-    def __init__(self, input_file: str | Sequence[str]) -> None:
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        self._future: Future[Invalid | None] = self._pool.submit(first_invalid, input_file)
+
+def _line_number(path: str, offset: int) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while offset > 0:
+            block = f.read(min(_READ, offset))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count + 1
+
+
+class BackgroundValidator:
+    """Validates local inputs in background processes; ``problem()`` polls, ``result()`` waits."""
+
+    def __init__(self, files: list[Any]) -> None:
+        workers = max(1, min(2, (os.cpu_count() or 1)))
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        self._futures: list[tuple[int, Future[tuple[int, Invalid] | None]]] = []
+        sizes = [_size(f) for f in files]
+        share = max(1, -(-sum(sizes) // workers))
+        for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
+            name = str(getattr(f, "full_name", f.path))
+            if getattr(f, "compression", None):
+                self._futures.append((index, self._pool.submit(_check_whole, f.path, name)))
+                continue
+            for start in range(0, max(size, 1), share):
+                job = self._pool.submit(_check_range, f.path, name, start, min(start + share, size))
+                self._futures.append((index, job))
 
     @staticmethod
     def suits(files: list[Any], skip_invalid: bool) -> bool:
-        """Worth it when there is a second core, the inputs are local and no line is to be skipped."""
+        """Worth it with a second core and local inputs, when no line is to be skipped."""
         return (
             not skip_invalid
             and (os.cpu_count() or 1) > 1
@@ -72,12 +120,24 @@ class BackgroundValidator:
         )
 
     def problem(self) -> Invalid | None:
-        """The invalid line found so far, without waiting (None while still running)."""
-        return self._future.result() if self._future.done() else None
+        """A bad line, once one has been found (then the first in input order); else None."""
+        if any(job.done() and job.exception() is None and job.result() for _, job in self._futures):
+            return self.result()
+        return None
 
     def result(self) -> Invalid | None:
-        return self._future.result()
+        """Wait for every share; the first bad line in input order, or None."""
+        found = [(index, *r) for index, job in self._futures if (r := job.result()) is not None]
+        return min(found, key=lambda x: (x[0], x[1]))[2] if found else None
 
     def close(self) -> None:
-        self._future.cancel()
+        for _, job in self._futures:
+            job.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _size(f: Any) -> int:
+    try:
+        return int(f.fs.size(f.path))
+    except (OSError, TypeError, ValueError):
+        return 0

@@ -308,3 +308,29 @@ def test_the_seed_script_builds_with_fractional_chunks(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
     assert again.returncode == 1
     assert "already holds a dataset" in again.stderr
+
+
+@pytest.mark.parametrize("bad_index", [0, 18, 19, 20, 21, 39])
+def test_the_line_number_is_right_wherever_the_bad_line_falls(tmp_path: Path, bad_index: int) -> None:
+    # 40 lines of 20 bytes: the background validators split the file at byte 400, a line boundary.
+    lines = [b'{"i": %10d}  \n' % i for i in range(40)]
+    assert {len(x) for x in lines} == {20}
+    lines[bad_index] = b'{"i": "broken      \n'
+    assert len(lines[bad_index]) == 20
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    with pytest.raises(InputError, match=rf"in\.jsonl, line {bad_index + 1}: not valid JSON"):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2)
+
+
+def test_with_several_bad_lines_the_first_in_input_order_is_reported(tmp_path: Path) -> None:
+    first = write_jsonl(tmp_path / "a.jsonl", records(20))
+    lines = records(300)
+    lines[250] = b"{oops\n"
+    lines[120] = b"[1,\n"
+    second = tmp_path / "b.jsonl.gz"
+    second.write_bytes(gzip.compress(b"".join(lines)))
+    with pytest.raises(InputError, match=r"b\.jsonl\.gz, line 121: not valid JSON"):
+        create_sharded_dataset([str(first), str(second)], str(tmp_path / "ds"), num_shards=2)
+    bad_first = write_jsonl(tmp_path / "c.jsonl", [*records(10), b"nope\n"])
+    with pytest.raises(InputError, match=r"c\.jsonl, line 11"):
+        create_sharded_dataset([str(bad_first), str(second)], str(tmp_path / "ds"), num_shards=2)
