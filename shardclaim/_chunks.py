@@ -1,9 +1,10 @@
-"""Writing chunk files: the builder's main thread decides, one writer thread does the I/O.
+"""Writing chunk files: the builder's main thread decides, two helper threads do the work.
 
-The main thread splits input blocks into lines and hands each shard's share of a block to the writer
-as one job; the writer thread appends it to the shard's open chunk file and keeps the running CRC32C.
-File writes release the GIL, so parsing, validating and writing overlap. The job queue is bounded, so
-memory stays flat: at most ``_QUEUE`` jobs of at most one input block each are in flight.
+The main thread splits input blocks into lines and hands each shard's share of a block over as one job.
+A writer thread appends the job to the shard's open chunk file; a checksum thread keeps each chunk's
+running CRC32C. Both release the GIL for their heavy part (``write``, ``crc32c``), so parsing, writing
+and checksumming overlap. The job queues are bounded, so memory stays flat: at most ``_QUEUE`` jobs of
+at most one input block each are in flight.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ __all__ = ["ChunkWriter"]
 log = logging.getLogger("shardclaim.dataset")
 _MiB = 1 << 20
 _QUEUE = 6
+
+
+_Job = tuple[int, str, bytes, dict[str, Any] | None]  # shard, chunk path, bytes, metadata if closing
 
 
 class _Shard:
@@ -51,10 +55,15 @@ class ChunkWriter:
         self._limit = limit
         self._num_shards = num_shards
         self.shards = [_Shard(shard_dir(i, num_shards)) for i in range(num_shards)]
-        self._jobs: queue.Queue[tuple[int, str, bytes, dict[str, Any] | None] | None] = queue.Queue(_QUEUE)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(_QUEUE)
+        self._sums: queue.Queue[_Job | None] = queue.Queue(_QUEUE)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="shardclaim-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name="shardclaim-writer", daemon=True),
+            threading.Thread(target=self._checksum, name="shardclaim-crc32c", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -88,7 +97,8 @@ class ChunkWriter:
             if shard.records:
                 self._hand_over(shard_id, close=True)
         self._put(None)
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         self._raise_if_failed()
         return [
             {
@@ -108,14 +118,16 @@ class ChunkWriter:
     def abort(self) -> None:
         """Stop the writer and close its files (the caller removes them)."""
         self._error = self._error or RuntimeError("aborted")
-        while True:
-            try:
-                self._jobs.put_nowait(None)
-                break
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._jobs.get_nowait()
-        self._thread.join()
+        for jobs in (self._jobs, self._sums):
+            while True:
+                try:
+                    jobs.put_nowait(None)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        jobs.get_nowait()
+        for thread in self._threads:
+            thread.join()
 
     def _hand_over(self, shard_id: int, *, close: bool) -> None:
         shard = self.shards[shard_id]
@@ -137,14 +149,15 @@ class ChunkWriter:
             shard.bytes = shard.records = 0
         self._put((shard_id, path, data, meta))
 
-    def _put(self, job: tuple[int, str, bytes, dict[str, Any] | None] | None) -> None:
-        while True:
-            self._raise_if_failed()
-            try:
-                self._jobs.put(job, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+    def _put(self, job: _Job | None) -> None:
+        for jobs in (self._jobs, self._sums):
+            while True:
+                self._raise_if_failed()
+                try:
+                    jobs.put(job, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -153,7 +166,7 @@ class ChunkWriter:
     # -- writer thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        open_files: dict[int, tuple[str, Any, int]] = {}  # shard -> (path, file or fd, crc)
+        open_files: dict[int, tuple[str, Any]] = {}  # shard -> (path, file or fd)
         written: list[str] = []
         try:
             while (job := self._jobs.get()) is not None:
@@ -162,33 +175,50 @@ class ChunkWriter:
                 shard_id, path, data, meta = job
                 current = open_files.get(shard_id)
                 if current is None or current[0] != path:
-                    current = (path, self._open(path), 0)
-                _, handle, crc = current
+                    current = (path, self._open(path))
+                handle = current[1]
                 if data:
                     self._write(handle, data)
-                    crc = crc32c.crc32c(data, value=crc)  # releases the GIL on large buffers
                 if meta is None:
-                    open_files[shard_id] = (path, handle, crc)
+                    open_files[shard_id] = current
                 else:
                     self._close(handle)
                     open_files.pop(shard_id, None)
-                    meta["crc32c"] = f"{crc:08x}"
                     written.append(path)
             if self._local and self._error is None:
                 _make_durable(written)
         except BaseException as e:
             self._error = e
         finally:
-            for _, handle, _ in open_files.values():
+            for _, handle in open_files.values():
                 try:
                     self._close(handle)
                 except OSError as e:
                     self._error = self._error or e
 
+    def _checksum(self) -> None:
+        """The same jobs as the writer, in the same order: running CRC32C per chunk, beside the I/O.
+        crc32c releases the GIL on large buffers, so this runs truly in parallel."""
+        sums: dict[str, int] = {}
+        try:
+            while (job := self._sums.get()) is not None:
+                if self._error is not None:
+                    continue
+                _, path, data, meta = job
+                crc = crc32c.crc32c(data, value=sums.get(path, 0))
+                if meta is None:
+                    sums[path] = crc
+                else:
+                    sums.pop(path, None)
+                    meta["crc32c"] = f"{crc:08x}"
+        except BaseException as e:
+            self._error = e
+
     def _open(self, path: str) -> Any:
         if self._local:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        return self._fs.open(path, "wb")
+        # gcsfs buffers a whole block per open file: keep it small, one file per shard is open.
+        return self._fs.open(path, "wb", block_size=8 << 20)
 
     def _write(self, handle: Any, data: bytes) -> None:
         if not self._local:
