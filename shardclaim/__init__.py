@@ -9,12 +9,14 @@ from shardclaim.errors import (
     GenerationMismatchError,
     InvalidKeyError,
     InvalidURLError,
+    LeaseLostError,
     ObjectNotFoundError,
     ShardclaimError,
     StoreError,
     TransientStoreError,
 )
 from shardclaim.layout import MetadataError
+from shardclaim.manager import ShardManager
 from shardclaim.reader import ChunkCorruptError, iter_shard_records
 from shardclaim.store import open_store
 
@@ -25,8 +27,10 @@ __all__ = [
     "InputError",
     "InvalidKeyError",
     "InvalidURLError",
+    "LeaseLostError",
     "MetadataError",
     "ObjectNotFoundError",
+    "ShardManager",
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",

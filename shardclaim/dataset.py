@@ -188,7 +188,10 @@ def create_sharded_dataset(
     for doc in shards:
         key = f"{shard_dir(doc['shard_id'], num_shards)}/{SHARD_METADATA}"
         store.write(
-            key, orjson.dumps(check_shard(key, doc), option=orjson.OPT_INDENT_2), if_generation_match=0
+            key,
+            orjson.dumps(check_shard(key, doc), option=orjson.OPT_INDENT_2),
+            if_generation_match=0,
+            metadata={"status": "available", "attempt": "0", "failures": "0"},  # read by listings
         )
     master = {
         "format_version": FORMAT_VERSION,

@@ -11,6 +11,7 @@ __all__ = [
     "GenerationMismatchError",
     "InvalidKeyError",
     "InvalidURLError",
+    "LeaseLostError",
     "ObjectNotFoundError",
     "ShardclaimError",
     "StoreError",
@@ -91,3 +92,17 @@ class TransientStoreError(StoreError):
 
     def __reduce__(self) -> tuple[type[TransientStoreError], tuple[str, str]]:
         return type(self), (self.operation, self.detail)
+
+
+class LeaseLostError(ShardclaimError):
+    """This worker no longer holds the shard: someone else wrote it since this worker last did."""
+
+    def __init__(self, shard_id: int, worker_id: str, detail: str = "") -> None:
+        self.shard_id = shard_id
+        self.worker_id = worker_id
+        self.detail = detail
+        msg = f"shard {shard_id}: worker {worker_id!r} lost its lease"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
+
+    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int, str, str]]:
+        return type(self), (self.shard_id, self.worker_id, self.detail)

@@ -1,0 +1,372 @@
+"""The one lease algorithm: claim, heartbeat, complete, fail, release, reset and status of shards.
+
+Every state change is a conditional write of one shard's ``metadata.json`` on the generation the writer
+last saw, so under any interleaving of workers exactly one of them moves a shard on. The generation a
+holder last wrote is its *fencing token*: once anyone else has written the shard (a peer reclaiming an
+expired lease, an operator's reset), every later write by the old holder is refused and surfaces as
+:class:`LeaseLostError` — it can never complete a shard it no longer holds.
+
+Expiry is judged on the store's clock only: a lease is expired when the object's last update, as the
+store stamped it, is more than ``lease_seconds`` before the store's current time.
+
+Status is read from one listing: each state write also puts ``status``, ``holder``, ``attempt`` and
+``failures`` into the object's custom metadata, which a listing returns for every shard at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from shardclaim._identity import LAUNCHER_INDEX_VARS, default_worker_id
+from shardclaim.errors import GenerationMismatchError, LeaseLostError, ShardclaimError, StoreError
+from shardclaim.layout import (
+    MASTER_KEY,
+    SHARD_METADATA,
+    check_master,
+    check_shard,
+    parse_json,
+)
+from shardclaim.store import Store, StoredObject, open_store
+
+__all__ = ["ShardManager"]
+
+log = logging.getLogger("shardclaim.manager")
+
+
+@dataclass(slots=True)
+class _Held:
+    generation: int
+    doc: dict[str, Any]
+    lost: bool = False
+
+
+class ShardManager:
+    """Claims and settles the shards of the dataset at ``dataset_dir`` (path or URL) for one worker.
+
+    Thread-safe: the background heartbeat and the caller share one lock per manager.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        worker_id: str | None = None,
+        *,
+        lease_seconds: float = 60.0,
+        heartbeat_seconds: float | None = None,
+        max_attempts: int = 3,
+        store: Store | None = None,
+    ) -> None:
+        if not lease_seconds > 0:
+            msg = f"lease_seconds must be positive, got {lease_seconds!r}"
+            raise ValueError(msg)
+        if heartbeat_seconds is None:
+            heartbeat_seconds = max(lease_seconds / 4, 10.0) if lease_seconds >= 40 else lease_seconds / 4
+        if not 0 < heartbeat_seconds < lease_seconds:
+            msg = f"heartbeat_seconds must be in (0, lease_seconds), got {heartbeat_seconds!r}"
+            raise ValueError(msg)
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            msg = f"max_attempts must be a positive integer, got {max_attempts!r}"
+            raise ValueError(msg)
+        self.dataset_dir = dataset_dir
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.max_attempts = max_attempts
+        self._store: Store = store if store is not None else open_store(dataset_dir)
+        master = self._store.read(MASTER_KEY)
+        self.master = check_master(MASTER_KEY, parse_json(MASTER_KEY, master.data))
+        self.num_shards: int = self.master["num_shards"]
+        self._dirs: list[str] = [s["directory"] for s in self.master["shards"]]
+        self._held: dict[int, _Held] = {}
+        self._lock = threading.RLock()
+        self._random = random.Random()
+        self._stop = threading.Event()
+        self._heartbeats: threading.Thread | None = None
+        self.lost: set[int] = set()  #: shards whose lease the background heartbeat found lost
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _key(self, shard_id: int) -> str:
+        if not isinstance(shard_id, int) or isinstance(shard_id, bool) or not 0 <= shard_id < self.num_shards:
+            msg = f"unknown shard id {shard_id!r}: this dataset has shards 0..{self.num_shards - 1}"
+            raise ValueError(msg)
+        return f"{self._dirs[shard_id]}/{SHARD_METADATA}"
+
+    def _read(self, shard_id: int) -> tuple[StoredObject, dict[str, Any]]:
+        key = self._key(shard_id)
+        obj = self._store.read(key)
+        return obj, check_shard(key, parse_json(key, obj.data), expect_id=shard_id)
+
+    def _write(self, shard_id: int, doc: dict[str, Any], generation: int) -> int:
+        lease = doc.get("lease") or {}
+        meta = {
+            "status": doc["status"],
+            "attempt": str(doc.get("attempt", 0)),
+            "failures": str(doc.get("failures", 0)),
+        }
+        if doc.get("assigned_to"):
+            meta["holder"] = _ascii(doc["assigned_to"])
+        if lease.get("token"):
+            meta["token"] = lease["token"]
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+        return self._store.write(
+            self._key(shard_id), data, if_generation_match=generation, metadata=meta
+        ).generation
+
+    def _expired(self, updated: datetime, now: datetime) -> bool:
+        return now - updated > timedelta(seconds=self.lease_seconds)
+
+    def _chunk_urls(self, shard_id: int, doc: Mapping[str, Any]) -> list[str]:
+        base = self._store.url.rstrip("/")
+        return [f"{base}/{self._dirs[shard_id]}/{c['file']}" for c in doc["chunks"]]
+
+    def preferred_from_environment(self) -> int | None:
+        """The launcher's static index (first of :data:`LAUNCHER_INDEX_VARS` set), modulo the shard count."""
+        for var in LAUNCHER_INDEX_VARS:
+            value = os.environ.get(var, "").strip()
+            if value.isdigit():
+                return int(value) % self.num_shards
+        return None
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    def claim_shard(self, preferred_shard_id: int | None = None) -> dict[str, Any] | None:
+        """Claim one shard: ``preferred_shard_id`` (else the launcher's index) first, then the others
+        in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
+        ``assigned_to``, ...) or None when no shard is claimable now.
+
+        Uncontended this costs three store requests: one listing, one read, one conditional write.
+        """
+        if preferred_shard_id is not None:
+            self._key(preferred_shard_id)
+        else:
+            preferred_shard_id = self.preferred_from_environment()
+        listing = self._listing()
+        available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
+        busy = [i for i, o in listing.items() if o.metadata.get("status") == "in_use"]
+        self._random.shuffle(available)
+        self._random.shuffle(busy)
+        order = available + busy
+        if preferred_shard_id in order:
+            order.remove(preferred_shard_id)
+            order.insert(0, preferred_shard_id)
+        now: datetime | None = None
+        for shard_id in order:
+            if shard_id in busy:
+                if now is None:
+                    now = self._store.now()
+                if not self._expired(listing[shard_id].updated, now):
+                    continue
+            claimed = self._try_claim(shard_id, now)
+            if claimed is not None:
+                return claimed
+        return None
+
+    def _listing(self) -> dict[int, Any]:
+        by_dir = {d: i for i, d in enumerate(self._dirs)}
+        found = {}
+        for info in self._store.list(suffix="/" + SHARD_METADATA):
+            directory, _, name = info.key.partition("/")
+            if name == SHARD_METADATA and directory in by_dir:
+                found[by_dir[directory]] = info
+        return found
+
+    def _try_claim(self, shard_id: int, now: datetime | None) -> dict[str, Any] | None:
+        obj, doc = self._read(shard_id)
+        reclaimed_from = None
+        if doc["status"] == "in_use":
+            now = now or self._store.now()
+            if not self._expired(obj.updated, now):
+                return None
+            reclaimed_from = doc.get("assigned_to")
+        elif doc["status"] != "available":
+            return None
+        token = uuid.uuid4().hex
+        doc = {
+            **doc,
+            "status": "in_use",
+            "assigned_to": self.worker_id,
+            "started_at": (now or obj.updated).isoformat(),
+            "completed_at": None,
+            "attempt": int(doc.get("attempt", 0)) + 1,
+            "lease": {"token": token, "worker": self.worker_id, "lease_seconds": self.lease_seconds},
+        }
+        if reclaimed_from is not None:
+            doc["expired_leases"] = int(doc.get("expired_leases", 0)) + 1
+            doc["reclaimed_from"] = reclaimed_from
+        try:
+            generation = self._write(shard_id, doc, obj.generation)
+        except GenerationMismatchError:
+            return None  # a peer got there first: try another shard
+        with self._lock:
+            self._held[shard_id] = _Held(generation, doc)
+            self.lost.discard(shard_id)
+            if self._heartbeats is None:
+                self._heartbeats = threading.Thread(
+                    target=self._heartbeat_loop, name="shardclaim-heartbeat", daemon=True
+                )
+                self._heartbeats.start()
+        return self._describe(shard_id, doc)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            for shard_id in self.held_shards():
+                try:
+                    self.heartbeat(shard_id)
+                except LeaseLostError as e:
+                    log.warning("%s", e)
+                    self.lost.add(shard_id)
+                except StoreError as e:  # retried already; the lease may survive to the next beat
+                    log.warning("heartbeat for shard %d failed: %s", shard_id, e)
+
+    def close(self) -> None:
+        """Stop the background heartbeat. Held shards stay held until their leases expire."""
+        self._stop.set()
+        if self._heartbeats is not None:
+            self._heartbeats.join()
+
+    def __enter__(self) -> ShardManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _describe(self, shard_id: int, doc: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in doc.items() if k != "chunks"}
+        out["chunks"] = self._chunk_urls(shard_id, doc)
+        out["chunk_info"] = list(doc["chunks"])
+        out["dataset_dir"] = self.dataset_dir
+        return out
+
+    # -- holding and settling ---------------------------------------------------------------------
+
+    def held_shards(self) -> list[int]:
+        with self._lock:
+            return sorted(self._held)
+
+    def heartbeat(self, shard_id: int) -> None:
+        """Renew the lease on a held shard (a conditional write). LeaseLostError if it was lost."""
+        self._settle(
+            shard_id, lambda doc: {**doc, "heartbeats": int(doc.get("heartbeats", 0)) + 1}, keep=True
+        )
+
+    def mark_completed(self, shard_id: int) -> None:
+        """Mark a held shard completed. Raises LeaseLostError if this worker no longer holds it."""
+        self._settle(
+            shard_id,
+            lambda doc: {
+                **doc,
+                "status": "completed",
+                "completed_at": self._store.now().isoformat(),
+                "lease": None,
+            },
+        )
+
+    def mark_failed(self, shard_id: int, error: str | None = None) -> str:
+        """Give a held shard back after a failure, spending one attempt. Returns the new status:
+        ``available``, or ``failed`` once ``max_attempts`` failures are spent."""
+        outcome: list[str] = []
+
+        def failed(doc: dict[str, Any]) -> dict[str, Any]:
+            failures = int(doc.get("failures", 0)) + 1
+            status = "failed" if failures >= self.max_attempts else "available"
+            outcome.append(status)
+            return {
+                **doc,
+                "status": status,
+                "failures": failures,
+                "last_error": None if error is None else str(error)[-4000:],
+                "assigned_to": None,
+                "lease": None,
+            }
+
+        self._settle(shard_id, failed)
+        return outcome[-1]
+
+    def release_shard(self, shard_id: int) -> None:
+        """Give a held shard back without spending an attempt (preemption, shutdown)."""
+        self._settle(shard_id, lambda doc: {**doc, "status": "available", "assigned_to": None, "lease": None})
+
+    def _settle(self, shard_id: int, change: Any, *, keep: bool = False) -> None:
+        self._key(shard_id)
+        with self._lock:
+            held = self._held.get(shard_id)
+            if held is None:
+                raise LeaseLostError(shard_id, self.worker_id, "not held by this worker")
+            doc = change(dict(held.doc))
+            try:
+                generation = self._write(shard_id, doc, held.generation)
+            except GenerationMismatchError:
+                del self._held[shard_id]
+                raise LeaseLostError(
+                    shard_id, self.worker_id, "the shard was written by someone else"
+                ) from None
+            if keep:
+                held.generation, held.doc = generation, doc
+            else:
+                del self._held[shard_id]
+
+    # -- operator actions and status --------------------------------------------------------------
+
+    def reset_shard(self, shard_id: int) -> None:
+        """Operator action: make a shard available again, whatever its state, with a fresh retry
+        budget. Any current holder is fenced off: its next write is refused."""
+        for _ in range(10):
+            obj, doc = self._read(shard_id)
+            doc = {**doc, "status": "available", "assigned_to": None, "completed_at": None,
+                   "lease": None, "failures": 0}  # fmt: skip
+            try:
+                self._write(shard_id, doc, obj.generation)
+            except GenerationMismatchError:
+                continue
+            with self._lock:
+                self._held.pop(shard_id, None)
+            return
+        msg = f"shard {shard_id} kept changing under reset; try again"
+        raise ShardclaimError(msg)
+
+    def get_shard_status(self) -> list[dict[str, Any]]:
+        """Every shard's state from one listing: status, holder, attempt, failures, heartbeat age
+        (seconds since the last write, on the store's clock) and whether an ``in_use`` lease expired."""
+        listing = self._listing()
+        now = self._store.now()
+        out = []
+        for shard_id in range(self.num_shards):
+            info = listing.get(shard_id)
+            entry: dict[str, Any] = {
+                "shard_id": shard_id,
+                "total_tasks": self.master["shards"][shard_id].get("total_tasks"),
+            }
+            if info is None:
+                out.append({**entry, "status": "missing"})
+                continue
+            meta = info.metadata
+            status = meta.get("status", "available")
+            age = max(0.0, (now - info.updated).total_seconds())
+            out.append(
+                {
+                    **entry,
+                    "status": status,
+                    "assigned_to": meta.get("holder"),
+                    "attempt": int(meta.get("attempt", 0)),
+                    "failures": int(meta.get("failures", 0)),
+                    "heartbeat_age_s": round(age, 1) if status == "in_use" else None,
+                    "expired": status == "in_use" and self._expired(info.updated, now),
+                }
+            )
+        return out
+
+
+def _ascii(text: str) -> str:
+    cleaned = "".join(c if 0x21 <= ord(c) <= 0x7E else "_" for c in text)
+    return cleaned[:200] or "_"
