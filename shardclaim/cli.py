@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
 
+    from shardclaim._cli_shards import add_shard_commands
+
+    add_shard_commands(sub)
+
     st = sub.add_parser(
         "selftest",
         help="race processes on a store to check its compare-and-swap",
@@ -155,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _selftest(args)
         if args.command == "create":
             return run_create(args)
+        from shardclaim._cli_shards import run_shard_command
+
+        return run_shard_command(args)
     except (ShardclaimError, ValueError) as e:
         print(f"shardclaim: {e}", file=sys.stderr)
         return 1

@@ -20,10 +20,10 @@ import os
 import random
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +37,9 @@ from shardclaim.layout import (
     parse_json,
 )
 from shardclaim.store import Store, StoredObject, open_store
+
+if TYPE_CHECKING:
+    from shardclaim.worker import Claim
 
 __all__ = ["ShardManager"]
 
@@ -235,6 +238,13 @@ class ShardManager:
         if self._heartbeats is not None:
             self._heartbeats.join()
 
+    def claims(self, **options: Any) -> Iterator[Claim]:
+        """The worker loop: claim, yield a :class:`~shardclaim.worker.Claim`, repeat until every shard
+        is terminal. See :mod:`shardclaim.worker`."""
+        from shardclaim.worker import claims
+
+        return claims(self, **options)
+
     def __enter__(self) -> ShardManager:
         return self
 
@@ -249,6 +259,10 @@ class ShardManager:
         return out
 
     # -- holding and settling ---------------------------------------------------------------------
+
+    def read_shard(self, shard_id: int) -> dict[str, Any]:
+        """One shard's metadata as stored now (checked, never trusted blindly)."""
+        return self._read(shard_id)[1]
 
     def held_shards(self) -> list[int]:
         with self._lock:
@@ -300,9 +314,7 @@ class ShardManager:
     def _settle(self, shard_id: int, change: Any, *, keep: bool = False) -> None:
         self._key(shard_id)
         with self._lock:
-            held = self._held.get(shard_id)
-            if held is None:
-                raise LeaseLostError(shard_id, self.worker_id, "not held by this worker")
+            held = self._held.get(shard_id) or self._adopt(shard_id)
             doc = change(dict(held.doc))
             try:
                 generation = self._write(shard_id, doc, held.generation)
@@ -315,6 +327,19 @@ class ShardManager:
                 held.generation, held.doc = generation, doc
             else:
                 del self._held[shard_id]
+
+    def _adopt(self, shard_id: int) -> _Held:
+        """A shard this process did not claim but that the store says this worker id holds: the
+        seed's CLI claims in one process and completes in another, under one ``--worker_id``."""
+        obj, doc = self._read(shard_id)
+        if doc["status"] != "in_use" or doc.get("assigned_to") != self.worker_id:
+            holder = doc.get("assigned_to")
+            raise LeaseLostError(
+                shard_id,
+                self.worker_id,
+                f"the shard is {doc['status']}" + (f", held by {holder!r}" if holder else ""),
+            )
+        return self._held.setdefault(shard_id, _Held(obj.generation, doc))
 
     # -- operator actions and status --------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The worker loop on top of :class:`~shardclaim.manager.ShardManager`::
+
+    with ShardManager("gs://bucket/ds") as manager:
+        for claim in manager.claims():
+            with claim:
+                for record in claim.records():
+                    process(record)
+
+Each ``with claim`` block holds one shard, renewed in the background by the manager's heartbeat. Leaving
+the block normally completes the shard; an exception marks it failed (spending one attempt, with the
+traceback's tail recorded in the shard) and the loop moves on to the next shard; a SIGTERM (spot
+preemption) or Ctrl-C releases the shard without spending an attempt and ends the loop. The loop keeps
+claiming until every shard is ``completed`` or ``failed``; while other workers still hold leases that
+may yet expire, it waits — until the earliest of them could expire, with jitter — and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from shardclaim.errors import LeaseLostError
+from shardclaim.reader import iter_shard_records
+
+if TYPE_CHECKING:
+    from shardclaim.manager import ShardManager
+
+__all__ = ["Claim", "Preempted", "claims"]
+
+log = logging.getLogger("shardclaim.worker")
+
+
+class Preempted(BaseException):
+    """Raised in the main thread on SIGTERM, so held shards are released on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"received signal {signum}")
+
+
+class Claim:
+    """One claimed shard; a context manager that settles it on exit."""
+
+    def __init__(self, manager: ShardManager, shard: dict[str, Any]) -> None:
+        self.manager = manager
+        self.shard = shard
+        self.shard_id: int = shard["shard_id"]
+        self.outcome: str | None = None  #: completed, available (to retry), failed, released or lost
+
+    def records(self, *, parse: bool = True) -> Iterator[Any]:
+        """The shard's records, chunk by chunk, each chunk's size and CRC32C checked first."""
+        return iter_shard_records(self.manager.dataset_dir, self.shard_id, parse=parse)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            if exc is None:
+                self.manager.mark_completed(self.shard_id)
+                self.outcome = "completed"
+                return False
+            if isinstance(exc, Preempted | KeyboardInterrupt | SystemExit):
+                self.manager.release_shard(self.shard_id)
+                self.outcome = "released"
+                return False
+            if not isinstance(exc, Exception):
+                return False
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            self.outcome = self.manager.mark_failed(self.shard_id, text[-4000:])
+            log.warning("shard %d failed (%s): %s", self.shard_id, self.outcome, exc)
+            return True  # the loop goes on with the next shard
+        except LeaseLostError as lost:
+            self.outcome = "lost"
+            log.warning("%s; its result is not committed", lost)
+            return exc is not None and isinstance(exc, Exception)
+
+
+def claims(
+    manager: ShardManager,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    handle_sigterm: bool = True,
+) -> Iterator[Claim]:
+    """Claim shards until every shard is terminal; see the module docstring."""
+    with _sigterm_raises(handle_sigterm):
+        idle = 0
+        while True:
+            shard = manager.claim_shard()
+            if shard is not None:
+                idle = 0
+                yield Claim(manager, shard)
+                continue
+            statuses = manager.get_shard_status()
+            live = [s for s in statuses if s["status"] == "in_use"]
+            if not live and all(s["status"] in ("completed", "failed") for s in statuses):
+                return
+            idle += 1
+            sleep(_wait(manager.lease_seconds, live, idle))
+
+
+def _wait(lease_seconds: float, live: list[dict[str, Any]], idle: int) -> float:
+    """Until the earliest live lease could expire (never less than 1 s), with up to 20% jitter;
+    or a short exponential backoff when nothing is held but something is claimable soon."""
+    if live:
+        soonest = min(lease_seconds - (s["heartbeat_age_s"] or 0.0) for s in live)
+        base = min(max(soonest, 1.0), lease_seconds)
+    else:
+        base = min(0.5 * 2**idle, lease_seconds)
+    return base * (1 + 0.2 * random.random())
+
+
+@contextlib.contextmanager
+def _sigterm_raises(enabled: bool) -> Iterator[None]:
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Preempted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
