@@ -1,0 +1,51 @@
+"""Worker processes for the multi-process tests (top-level functions, so ``spawn`` can start them)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from shardclaim import LeaseLostError, ShardManager
+
+
+def drain(url: str, worker_id: str, log_dir: str, work_seconds: float, lease_seconds: float) -> None:
+    """Drain the dataset; log each claim before working and each *successful* completion after."""
+    log = Path(log_dir)
+    with ShardManager(url, worker_id, lease_seconds=lease_seconds, heartbeat_seconds=lease_seconds / 4) as m:
+        for claim in m.claims():
+            with claim:
+                with (log / f"{worker_id}.claims").open("a") as f:
+                    f.write(f"{claim.shard_id}\n")
+                time.sleep(work_seconds)
+            if claim.outcome == "completed":
+                with (log / f"{worker_id}.completed").open("a") as f:
+                    f.write(f"{claim.shard_id}\n")
+
+
+def hold_then_complete(url: str, shard_id: int, lease_seconds: float, log_dir: str) -> None:
+    """Claim ``shard_id``, say so, wait for the go file, then try to complete; write the outcome."""
+    log = Path(log_dir)
+    m = ShardManager(url, "paused-holder", lease_seconds=lease_seconds, heartbeat_seconds=lease_seconds / 4)
+    shard = m.claim_shard(preferred_shard_id=shard_id)
+    assert shard is not None
+    assert shard["shard_id"] == shard_id
+    (log / "claimed").write_text("yes")
+    while not (log / "go").exists():
+        time.sleep(0.02)
+    try:
+        m.mark_completed(shard_id)
+        outcome = "completed"
+    except LeaseLostError:
+        outcome = "LeaseLostError"
+    (log / "outcome").write_text(outcome)
+    m.close()
+
+
+def work_until_terminated(url: str, log_dir: str) -> None:
+    """Claim through the worker loop and work 'forever' until SIGTERM arrives."""
+    log = Path(log_dir)
+    with ShardManager(url, "terminated", lease_seconds=60) as m:
+        for claim in m.claims():
+            with claim:
+                (log / "working").write_text(str(claim.shard_id))
+                time.sleep(300)
