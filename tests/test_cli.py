@@ -53,3 +53,51 @@ def test_the_console_script_is_installed() -> None:
     )
     assert result.returncode == 0
     assert "selftest" in result.stdout
+
+
+def test_the_seed_shard_manager_script_claims_reports_completes_and_resets(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"id": {i}}}\n' for i in range(40)))
+    ds = str(tmp_path / "ds")
+    assert (
+        shardclaim("create", "--input_file", str(src), "--output_dir", ds, "--num_shards", "4").returncode
+        == 0
+    )
+    script = [sys.executable, str(Path(__file__).resolve().parent.parent / "scripts" / "shard_manager.py")]
+
+    def seed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*script, "--dataset_dir", ds, *args], capture_output=True, text=True, check=False
+        )
+
+    claimed = seed("--action", "claim", "--worker_id", "machine0_host0", "--shard_id", "1")
+    assert claimed.returncode == 0, claimed.stderr
+    assert "Claimed shard 1 as machine0_host0" in claimed.stdout
+    status = seed("--action", "status")
+    assert "Shard 1: in_use (assigned to: machine0_host0)" in status.stdout
+    assert "running: 4 shards" in status.stdout
+    assert seed("--action", "complete", "--shard_id", "1").returncode == 0
+    refused = seed("--action", "complete", "--shard_id", "1")
+    assert refused.returncode == 1
+    assert "refused" in refused.stderr
+    assert seed("--action", "reset", "--shard_id", "1").returncode == 0
+    unknown = seed("--action", "reset", "--shard_id", "9")
+    assert unknown.returncode == 1
+    assert "unknown shard id 9" in unknown.stderr
+
+
+def test_claim_exits_non_zero_when_nothing_is_claimable(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n{"a": 2}\n')
+    ds = str(tmp_path / "ds")
+    shardclaim("create", "--input_file", str(src), "--output_dir", ds, "--num_shards", "2")
+    assert shardclaim("claim", ds, "--worker_id", "a", "--shard_id", "0").returncode == 0
+    assert shardclaim("claim", ds, "--worker_id", "b").returncode == 0
+    none = shardclaim("claim", ds, "--worker_id", "c")
+    assert none.returncode == 1
+    assert "no shard is claimable" in none.stderr
+    assert shardclaim("fail", ds, "--shard_id", "0", "--worker_id", "a", "--error", "boom").returncode == 0
+    report = json.loads(shardclaim("status", ds, "--json").stdout)
+    assert report["summary"]["counts"] == {"available": 1, "in_use": 1}
+    assert [s["failures"] for s in report["shards"]] == [1, 0]
+    assert shardclaim("reset", ds, "--failed").returncode == 0

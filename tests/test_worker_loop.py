@@ -1,0 +1,77 @@
+"""The worker loop: settle on exit, fail and move on, wait for live leases on the store's clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shardclaim import ShardManager, create_sharded_dataset
+from shardclaim.store.local import LocalStore
+from shardclaim.store.memory import MemoryStore
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> str:
+    src = tmp_path / "tasks.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"id": i}) + b"\n" for i in range(60)))
+    url = str(tmp_path / "ds")
+    create_sharded_dataset(str(src), url, num_shards=6, chunk_size_mb=1)
+    return url
+
+
+def test_the_loop_processes_every_record_once_and_completes_every_shard(ds: str) -> None:
+    seen = []
+    with ShardManager(ds, "w") as m:
+        for claim in m.claims():
+            with claim:
+                seen += [r["id"] for r in claim.records()]
+            assert claim.outcome == "completed"
+        assert sorted(seen) == list(range(60))
+        assert {s["status"] for s in m.get_shard_status()} == {"completed"}
+
+
+def test_an_exception_fails_the_shard_and_the_loop_goes_on_until_the_budget_is_spent(ds: str) -> None:
+    outcomes = []
+    with ShardManager(ds, "w", max_attempts=2) as m:
+        for claim in m.claims():
+            with claim:
+                if claim.shard_id == 4:
+                    raise RuntimeError("model OOM on shard 4")
+            outcomes.append((claim.shard_id, claim.outcome))
+        status = {s["shard_id"]: s for s in m.get_shard_status()}
+        doc = m.read_shard(4)
+    assert (4, "available") in outcomes
+    assert (4, "failed") in outcomes
+    assert (status[4]["status"], status[4]["failures"]) == ("failed", 2)
+    assert "RuntimeError: model OOM on shard 4" in doc["last_error"]
+    assert all(status[i]["status"] == "completed" for i in range(6) if i != 4)
+
+
+def test_a_waiting_worker_sleeps_until_a_live_lease_could_expire_then_takes_it(ds: str) -> None:
+    now = [1_900_000_000.0]
+    store = MemoryStore("loop", clock=lambda: now[0])
+    local = LocalStore(ds)
+    for info in local.list():
+        obj = local.read(info.key)
+        store.write(info.key, obj.data, metadata=obj.metadata)
+    holder = ShardManager("memory://loop", "holder", store=store, lease_seconds=60)
+    held = [holder.claim_shard() for _ in range(6)]
+    for shard in held[1:]:
+        holder.mark_completed(shard["shard_id"])  # type: ignore[index]
+    now[0] += 20
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    waiter = ShardManager("memory://loop", "waiter", store=store, lease_seconds=60)
+    taken = []
+    for claim in waiter.claims(sleep=sleep, handle_sigterm=False):
+        taken.append(claim.shard_id)
+        waiter.mark_completed(claim.shard_id)
+    assert taken == [held[0]["shard_id"]]  # type: ignore[index]
+    assert 40 <= sleeps[0] <= 40 * 1.2 + 1e-9  # the lease had 40 s left on the store's clock
+    holder.close()
