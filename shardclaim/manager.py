@@ -36,6 +36,7 @@ from shardclaim.layout import (
     check_shard,
     parse_json,
 )
+from shardclaim.status import shard_statuses
 from shardclaim.store import Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class ShardManager:
         self._held: dict[int, _Held] = {}
         self._lock = threading.RLock()
         self._random = random.Random()
+        self._candidates: list[int] = []  # available shards from the last listing, popped from the end
+        self._busy: list[tuple[int, datetime]] = []  # in_use shards from the last listing
+        self._tried_launcher_index = False
         self._stop = threading.Event()
         self._heartbeats: threading.Thread | None = None
         self.lost: set[int] = set()  #: shards whose lease the background heartbeat found lost
@@ -148,31 +152,54 @@ class ShardManager:
         in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
         ``assigned_to``, ...) or None when no shard is claimable now.
 
-        Uncontended this costs three store requests: one listing, one read, one conditional write.
+        Uncontended this costs at most three store requests (one listing, one read, one conditional
+        write); the listing is reused by later claims of this manager until three candidates in a row
+        turn out taken, so a long-running worker mostly pays two.
         """
         if preferred_shard_id is not None:
             self._key(preferred_shard_id)
-        else:
+        elif not self._tried_launcher_index:  # the launcher's index is worth one try per worker
+            self._tried_launcher_index = True
             preferred_shard_id = self.preferred_from_environment()
-        listing = self._listing()
-        available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
-        busy = [i for i, o in listing.items() if o.metadata.get("status") == "in_use"]
-        self._random.shuffle(available)
-        self._random.shuffle(busy)
-        order = available + busy
-        if preferred_shard_id in order:
-            order.remove(preferred_shard_id)
-            order.insert(0, preferred_shard_id)
-        now: datetime | None = None
-        for shard_id in order:
-            if shard_id in busy:
-                if now is None:
-                    now = self._store.now()
-                if not self._expired(listing[shard_id].updated, now):
-                    continue
-            claimed = self._try_claim(shard_id, now)
+        if preferred_shard_id is not None:
+            claimed = self._try_claim(preferred_shard_id, None)
             if claimed is not None:
                 return claimed
+        fresh = False
+        misses = 0
+        while True:
+            if not self._candidates or misses >= 3:
+                if fresh:
+                    break
+                self._refresh_candidates()
+                fresh, misses = True, 0
+                if not self._candidates:
+                    break
+            claimed = self._try_claim(self._candidates.pop(), None)
+            if claimed is not None:
+                return claimed
+            misses += 1
+        return self._claim_expired()
+
+    def _refresh_candidates(self) -> None:
+        """One listing: the available shards (in random order) and the held ones with their age."""
+        listing = self._listing()
+        available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
+        self._random.shuffle(available)
+        self._candidates = available
+        self._busy = [(i, o.updated) for i, o in listing.items() if o.metadata.get("status") == "in_use"]
+        self._random.shuffle(self._busy)
+
+    def _claim_expired(self) -> dict[str, Any] | None:
+        """After a fresh listing found nothing available: take over a lease that expired, if any."""
+        if not self._busy:
+            return None
+        now = self._store.now()
+        for shard_id, updated in self._busy:
+            if self._expired(updated, now):
+                claimed = self._try_claim(shard_id, now)
+                if claimed is not None:
+                    return claimed
         return None
 
     def _listing(self) -> dict[int, Any]:
@@ -364,32 +391,7 @@ class ShardManager:
         """Every shard's state from one listing: status, holder, attempt, failures, heartbeat age
         (seconds since the last write, on the store's clock) and whether an ``in_use`` lease expired."""
         listing = self._listing()
-        now = self._store.now()
-        out = []
-        for shard_id in range(self.num_shards):
-            info = listing.get(shard_id)
-            entry: dict[str, Any] = {
-                "shard_id": shard_id,
-                "total_tasks": self.master["shards"][shard_id].get("total_tasks"),
-            }
-            if info is None:
-                out.append({**entry, "status": "missing"})
-                continue
-            meta = info.metadata
-            status = meta.get("status", "available")
-            age = max(0.0, (now - info.updated).total_seconds())
-            out.append(
-                {
-                    **entry,
-                    "status": status,
-                    "assigned_to": meta.get("holder"),
-                    "attempt": int(meta.get("attempt", 0)),
-                    "failures": int(meta.get("failures", 0)),
-                    "heartbeat_age_s": round(age, 1) if status == "in_use" else None,
-                    "expired": status == "in_use" and self._expired(info.updated, now),
-                }
-            )
-        return out
+        return shard_statuses(self.master, listing, self._store.now(), self.lease_seconds)
 
 
 def _ascii(text: str) -> str:

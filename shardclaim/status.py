@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["summarize"]
+from shardclaim.store import ObjectInfo
+
+__all__ = ["shard_statuses", "summarize"]
+
+
+def shard_statuses(
+    master: dict[str, Any], listing: dict[int, ObjectInfo], now: datetime, lease_seconds: float
+) -> list[dict[str, Any]]:
+    """One entry per shard, from the custom metadata a listing returned (no per-shard reads)."""
+    out = []
+    for shard_id, entry in enumerate(master["shards"]):
+        base: dict[str, Any] = {"shard_id": shard_id, "total_tasks": entry.get("total_tasks")}
+        info = listing.get(shard_id)
+        if info is None:
+            out.append({**base, "status": "missing"})
+            continue
+        meta = info.metadata
+        status = meta.get("status", "available")
+        age = max(0.0, (now - info.updated).total_seconds())
+        out.append(
+            {
+                **base,
+                "status": status,
+                "assigned_to": meta.get("holder"),
+                "attempt": int(meta.get("attempt", 0)),
+                "failures": int(meta.get("failures", 0)),
+                "heartbeat_age_s": round(age, 1) if status == "in_use" else None,
+                "expired": status == "in_use" and now - info.updated > timedelta(seconds=lease_seconds),
+            }
+        )
+    return out
 
 
 def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
