@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,28 @@ def gcs_bucket(gcs_server: str) -> str:
     name = f"t-{uuid.uuid4().hex[:20]}"
     default_client().create_bucket(name)
     return name
+
+
+@pytest.fixture
+def proxy(gcs_server: str) -> Iterator[Any]:
+    """A fault-injecting, request-counting proxy in front of the GCS test server."""
+    from tests._proxy import FaultProxy
+
+    p = FaultProxy(gcs_server).start()
+    yield p
+    p.stop()
+
+
+def proxied_client(proxy: Any) -> Any:
+    """A storage client whose every request goes through ``proxy``."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="shardclaim-test",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": proxy.url},
+    )
 
 
 @dataclass

@@ -3,7 +3,6 @@ throttling."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -13,15 +12,9 @@ from shardclaim import ShardManager, create_sharded_dataset
 from shardclaim.store.gcs import GCSStore
 from shardclaim.store.retry import RetryingStore, RetryPolicy
 from tests._proxy import FaultProxy
+from tests.conftest import proxied_client
 
 pytestmark = pytest.mark.gcs
-
-
-@pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(gcs_server).start()
-    yield p
-    p.stop()
 
 
 @pytest.fixture
@@ -34,14 +27,7 @@ def dataset(gcs_bucket: str, tmp_path: Path) -> str:
 
 
 def manager(proxy: FaultProxy, bucket: str, worker: str, sleeps: list[float] | None = None) -> ShardManager:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(
-        project="shardclaim-test",
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": proxy.url},
-    )
+    client = proxied_client(proxy)
     policy = RetryPolicy(sleep=(sleeps if sleeps is not None else []).append)
     store = RetryingStore(GCSStore(bucket, "ds", client=client), policy=policy)
     return ShardManager(f"gs://{bucket}/ds", worker, store=store)

@@ -3,36 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from shardclaim.errors import GenerationMismatchError, StoreError, TransientStoreError
 from shardclaim.store.gcs import GCSStore
 from shardclaim.store.retry import RetryingStore, RetryPolicy
 from tests._proxy import FaultProxy
+from tests.conftest import proxied_client
 
 pytestmark = pytest.mark.gcs
 
 
 @pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(gcs_server).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
 def raw(proxy: FaultProxy, gcs_bucket: str) -> GCSStore:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(
-        project="shardclaim-test",
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": proxy.url},
-    )
-    return GCSStore(gcs_bucket, "p", client=client)
+    return GCSStore(gcs_bucket, "p", client=proxied_client(proxy))
 
 
 @pytest.fixture
