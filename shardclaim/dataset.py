@@ -246,6 +246,8 @@ def _distribute(
     parse = make_validator() if opts.validate and background is None else None
     round_robin = opts.strategy == "round_robin"
     add = writer.add
+    # The same walk as _input.lines_of, written out: a generator step per line costs ~15% of the
+    # whole --no-validate build on 10 KB records, and here the block boundary matters (end_block).
     current, lineno = -1, 0
     for index, name, data, start, end in blocks_of(files, bar):
         if index != current:
