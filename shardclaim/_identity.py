@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-__all__ = ["LAUNCHER_INDEX_VARS", "default_worker_id"]
+__all__ = ["LAUNCHER_INDEX_VARS", "default_worker_id", "launcher_index"]
 
 #: Launcher variables that name this worker's static index; it only picks the *first* shard to try.
 LAUNCHER_INDEX_VARS = (
@@ -27,3 +27,12 @@ def default_worker_id() -> str:
     if tpu is not None:
         return f"{host}_host{tpu}-{os.getpid()}"
     return f"{host}-{os.getpid()}"
+
+
+def launcher_index(num_shards: int) -> int | None:
+    """The launcher's static index (first of :data:`LAUNCHER_INDEX_VARS` set), modulo the shard count."""
+    for var in LAUNCHER_INDEX_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value) % num_shards
+    return None

@@ -7,7 +7,8 @@ expired lease, an operator's reset), every later write by the old holder is refu
 :class:`LeaseLostError` — it can never complete a shard it no longer holds.
 
 Expiry is judged on the store's clock only: a lease is expired when the object's last update, as the
-store stamped it, is more than ``lease_seconds`` before the store's current time.
+store stamped it, is more than the *holder's* ``lease_seconds`` (recorded with the lease) before the
+store's current time — so a long CLI claim is safe from workers that use short leases.
 
 Status is read from one listing: each state write also puts ``status``, ``holder``, ``attempt`` and
 ``failures`` into the object's custom metadata, which a listing returns for every shard at once.
@@ -16,7 +17,6 @@ Status is read from one listing: each state write also puts ``status``, ``holder
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import uuid
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shardclaim._identity import LAUNCHER_INDEX_VARS, default_worker_id
+from shardclaim._identity import default_worker_id, launcher_index
 from shardclaim.errors import GenerationMismatchError, LeaseLostError, ShardclaimError, StoreError
 from shardclaim.layout import (
     MASTER_KEY,
@@ -36,7 +36,7 @@ from shardclaim.layout import (
     check_shard,
     parse_json,
 )
-from shardclaim.status import shard_statuses
+from shardclaim.status import lease_of, shard_statuses
 from shardclaim.store import Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class ShardManager:
         self._lock = threading.RLock()
         self._random = random.Random()
         self._candidates: list[int] = []  # available shards from the last listing, popped from the end
-        self._busy: list[tuple[int, datetime]] = []  # in_use shards from the last listing
+        self._busy: list[tuple[int, datetime, float]] = []  # in_use: (shard, last write, its lease)
         self._tried_launcher_index = False
         self._stop = threading.Event()
         self._heartbeats: threading.Thread | None = None
@@ -125,25 +125,18 @@ class ShardManager:
             meta["holder"] = _ascii(doc["assigned_to"])
         if lease.get("token"):
             meta["token"] = lease["token"]
+            meta["lease-seconds"] = repr(float(lease["lease_seconds"]))
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
         return self._store.write(
             self._key(shard_id), data, if_generation_match=generation, metadata=meta
         ).generation
 
-    def _expired(self, updated: datetime, now: datetime) -> bool:
-        return now - updated > timedelta(seconds=self.lease_seconds)
+    def _expired(self, updated: datetime, now: datetime, lease_seconds: float) -> bool:
+        return now - updated > timedelta(seconds=lease_seconds)
 
     def _chunk_urls(self, shard_id: int, doc: Mapping[str, Any]) -> list[str]:
         base = self._store.url.rstrip("/")
         return [f"{base}/{self._dirs[shard_id]}/{c['file']}" for c in doc["chunks"]]
-
-    def preferred_from_environment(self) -> int | None:
-        """The launcher's static index (first of :data:`LAUNCHER_INDEX_VARS` set), modulo the shard count."""
-        for var in LAUNCHER_INDEX_VARS:
-            value = os.environ.get(var, "").strip()
-            if value.isdigit():
-                return int(value) % self.num_shards
-        return None
 
     # -- claiming ---------------------------------------------------------------------------------
 
@@ -160,7 +153,7 @@ class ShardManager:
             self._key(preferred_shard_id)
         elif not self._tried_launcher_index:  # the launcher's index is worth one try per worker
             self._tried_launcher_index = True
-            preferred_shard_id = self.preferred_from_environment()
+            preferred_shard_id = launcher_index(self.num_shards)
         if preferred_shard_id is not None:
             claimed = self._try_claim(preferred_shard_id, None)
             if claimed is not None:
@@ -187,7 +180,11 @@ class ShardManager:
         available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
         self._random.shuffle(available)
         self._candidates = available
-        self._busy = [(i, o.updated) for i, o in listing.items() if o.metadata.get("status") == "in_use"]
+        self._busy = [
+            (i, o.updated, lease_of(o.metadata, self.lease_seconds))
+            for i, o in listing.items()
+            if o.metadata.get("status") == "in_use"
+        ]
         self._random.shuffle(self._busy)
 
     def _claim_expired(self) -> dict[str, Any] | None:
@@ -195,8 +192,8 @@ class ShardManager:
         if not self._busy:
             return None
         now = self._store.now()
-        for shard_id, updated in self._busy:
-            if self._expired(updated, now):
+        for shard_id, updated, lease_seconds in self._busy:
+            if self._expired(updated, now, lease_seconds):
                 claimed = self._try_claim(shard_id, now)
                 if claimed is not None:
                     return claimed
@@ -216,7 +213,8 @@ class ShardManager:
         reclaimed_from = None
         if doc["status"] == "in_use":
             now = now or self._store.now()
-            if not self._expired(obj.updated, now):
+            held_for = (doc.get("lease") or {}).get("lease_seconds", self.lease_seconds)
+            if not isinstance(held_for, int | float) or not self._expired(obj.updated, now, float(held_for)):
                 return None
             reclaimed_from = doc.get("assigned_to")
         elif doc["status"] != "available":
@@ -252,7 +250,9 @@ class ShardManager:
         while not self._stop.wait(self.heartbeat_seconds):
             for shard_id in self.held_shards():
                 try:
-                    self.heartbeat(shard_id)
+                    with self._lock:  # a shard settled meanwhile is not ours to renew
+                        if shard_id in self._held:
+                            self.heartbeat(shard_id)
                 except LeaseLostError as e:
                     log.warning("%s", e)
                     self.lost.add(shard_id)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from shardclaim.store import ObjectInfo
 
-__all__ = ["shard_statuses", "summarize"]
+__all__ = ["lease_of", "shard_statuses", "summarize"]
+
+
+def lease_of(metadata: Mapping[str, str], default: float) -> float:
+    """The lease length its holder took, as recorded in the object's metadata."""
+    try:
+        value = float(metadata["lease-seconds"])
+    except (KeyError, ValueError):
+        return default
+    return value if value > 0 else default
 
 
 def shard_statuses(
@@ -32,7 +42,8 @@ def shard_statuses(
                 "attempt": int(meta.get("attempt", 0)),
                 "failures": int(meta.get("failures", 0)),
                 "heartbeat_age_s": round(age, 1) if status == "in_use" else None,
-                "expired": status == "in_use" and now - info.updated > timedelta(seconds=lease_seconds),
+                "expired": status == "in_use"
+                and now - info.updated > timedelta(seconds=lease_of(meta, lease_seconds)),
             }
         )
     return out

@@ -260,3 +260,57 @@ def test_24_processes_racing_for_8_shards_make_exactly_8_claims(shared_url: str,
     assert [r for r in results if r[0] != "ok"] == []
     claims = [r[1] for r in results if r[1] is not None]
     assert sorted(claims) == list(range(8))
+
+
+def test_the_background_heartbeat_renews_held_shards_only(mem: MemoryStore, clock: Clock) -> None:
+    m = ShardManager("memory://clocked", "w", store=mem, lease_seconds=2.0, heartbeat_seconds=0.05)
+    kept = m.claim_shard(preferred_shard_id=0)
+    done = m.claim_shard(preferred_shard_id=1)
+    assert kept is not None
+    assert done is not None
+    m.mark_completed(1)
+    before = mem.read("shard_000/metadata.json").generation
+    deadline = time.monotonic() + 30
+    while mem.read("shard_000/metadata.json").generation == before:  # real thread, real interval
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    m.close()
+    assert orjson.loads(mem.read("shard_000/metadata.json").data)["heartbeats"] >= 1
+    assert m.lost == set()  # the completed shard was not "renewed" into a lost lease
+    assert orjson.loads(mem.read("shard_001/metadata.json").data)["status"] == "completed"
+
+
+def test_reset_stale_frees_expired_leases_only(local_ds: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = ShardManager(local_ds, "dead", lease_seconds=0.5)
+    dead.claim_shard(preferred_shard_id=0)
+    dead.close()  # its heartbeat stops, as if the process had died
+    ShardManager(local_ds, "alive", lease_seconds=3600).claim_shard(preferred_shard_id=1)
+    observer = ShardManager(local_ds, "observer")
+    deadline = time.monotonic() + 30
+    while not {s["shard_id"]: s for s in observer.get_shard_status()}[0]["expired"]:
+        assert time.monotonic() < deadline  # the store's real clock has to pass half a second
+        time.sleep(0.05)
+    # Each lease is judged by its holder's own length: 0.5 s has passed, 3600 s has not.
+    out = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "reset", local_ds, "--stale"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    status = {s["shard_id"]: s for s in observer.get_shard_status()}
+    assert status[0]["status"] == "available"
+    assert status[1]["status"] == "in_use"
+
+
+def test_a_long_lease_is_not_taken_by_a_worker_with_short_leases(mem: MemoryStore, clock: Clock) -> None:
+    cli = ShardManager("memory://clocked", "cli-user", store=mem, lease_seconds=3600)
+    held = [cli.claim_shard()["shard_id"] for _ in range(8)]  # type: ignore[index]
+    cli.close()
+    clock.now += 600
+    worker = ShardManager("memory://clocked", "worker", store=mem, lease_seconds=60)
+    assert worker.claim_shard() is None
+    assert not any(s["expired"] for s in worker.get_shard_status())
+    clock.now += 3001
+    assert worker.claim_shard()["shard_id"] in held  # type: ignore[index]
