@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shardclaim._identity import default_worker_id, launcher_index
-from shardclaim.errors import GenerationMismatchError, LeaseLostError, ShardclaimError, StoreError
-from shardclaim.layout import (
-    MASTER_KEY,
-    SHARD_METADATA,
-    check_master,
-    check_shard,
-    parse_json,
+from shardclaim.errors import (
+    GenerationMismatchError,
+    LeaseLostError,
+    ObjectNotFoundError,
+    ShardclaimError,
+    StoreError,
 )
+from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
 from shardclaim.status import lease_of, shard_statuses
 from shardclaim.store import Store, StoredObject, open_store
 
@@ -51,7 +51,6 @@ log = logging.getLogger("shardclaim.manager")
 class _Held:
     generation: int
     doc: dict[str, Any]
-    lost: bool = False
 
 
 class ShardManager:
@@ -87,7 +86,11 @@ class ShardManager:
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.max_attempts = max_attempts
         self._store: Store = store if store is not None else open_store(dataset_dir)
-        master = self._store.read(MASTER_KEY)
+        try:
+            master = self._store.read(MASTER_KEY)
+        except ObjectNotFoundError:
+            msg = f"{dataset_dir} is not a complete shardclaim dataset: it has no {MASTER_KEY}"
+            raise ShardclaimError(msg) from None
         self.master = check_master(MASTER_KEY, parse_json(MASTER_KEY, master.data))
         self.num_shards: int = self.master["num_shards"]
         self._dirs: list[str] = [s["directory"] for s in self.master["shards"]]
@@ -145,9 +148,8 @@ class ShardManager:
         in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
         ``assigned_to``, ...) or None when no shard is claimable now.
 
-        Uncontended this costs at most three store requests (one listing, one read, one conditional
-        write); the listing is reused by later claims of this manager until three candidates in a row
-        turn out taken, so a long-running worker mostly pays two.
+        Uncontended: at most three store requests (listing, read, conditional write); the listing is
+        reused until three candidates in a row turn out taken, so a worker mostly pays two.
         """
         if preferred_shard_id is not None:
             self._key(preferred_shard_id)
@@ -260,14 +262,13 @@ class ShardManager:
                     log.warning("heartbeat for shard %d failed: %s", shard_id, e)
 
     def close(self) -> None:
-        """Stop the background heartbeat. Held shards stay held until their leases expire."""
+        """Stop the heartbeat. Held shards stay held until their leases expire."""
         self._stop.set()
         if self._heartbeats is not None:
             self._heartbeats.join()
 
     def claims(self, **options: Any) -> Iterator[Claim]:
-        """The worker loop: claim, yield a :class:`~shardclaim.worker.Claim`, repeat until every shard
-        is terminal. See :mod:`shardclaim.worker`."""
+        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are terminal."""
         from shardclaim.worker import claims
 
         return claims(self, **options)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from shardclaim.errors import LeaseLostError
+from shardclaim.errors import LeaseLostError, ShardclaimError
 from shardclaim.reader import iter_shard_records
 
 if TYPE_CHECKING:
@@ -102,6 +102,12 @@ def claims(
                 yield Claim(manager, shard)
                 continue
             statuses = manager.get_shard_status()
+            missing = [s["shard_id"] for s in statuses if s["status"] == "missing"]
+            if missing:
+                msg = (
+                    f"shards {missing} of {manager.dataset_dir} have no metadata.json: nothing can claim them"
+                )
+                raise ShardclaimError(msg)
             live = [s for s in statuses if s["status"] == "in_use"]
             if not live and all(s["status"] in ("completed", "failed") for s in statuses):
                 return

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shardclaim import ShardManager, create_sharded_dataset
+from shardclaim import ShardclaimError, ShardManager, create_sharded_dataset
 from shardclaim.store.local import LocalStore
 from shardclaim.store.memory import MemoryStore
 
@@ -75,3 +75,21 @@ def test_a_waiting_worker_sleeps_until_a_live_lease_could_expire_then_takes_it(d
     assert taken == [held[0]["shard_id"]]  # type: ignore[index]
     assert 40 <= sleeps[0] <= 40 * 1.2 + 1e-9  # the lease had 40 s left on the store's clock
     holder.close()
+
+
+def test_a_shard_without_metadata_stops_the_loop_with_a_clear_error(ds: str) -> None:
+    (Path(ds) / "shard_003" / "metadata.json").unlink()
+
+    def drain() -> None:
+        with ShardManager(ds, "w") as m:
+            for claim in m.claims(sleep=lambda s: None, handle_sigterm=False):
+                with claim:
+                    pass
+
+    with pytest.raises(ShardclaimError, match=r"shards \[3\] .* no metadata"):
+        drain()
+
+
+def test_a_directory_without_a_master_is_not_a_dataset(tmp_path: Path) -> None:
+    with pytest.raises(ShardclaimError, match="not a complete shardclaim dataset"):
+        ShardManager(str(tmp_path), "w")
