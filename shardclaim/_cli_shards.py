@@ -125,6 +125,9 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
             line += f", attempt {s['attempt']}"
         if s.get("failures"):
             line += f", {s['failures']} failed"
+        if s["status"] == "failed":  # one read per failed shard, for its last error line
+            error = (m.read_shard(s["shard_id"]).get("last_error") or "").strip().splitlines()
+            line += f"; last error: {error[-1]}" if error else ""
         print(line)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
     print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")

@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
 
     add_shard_commands(sub)
 
+    run = sub.add_parser(
+        "run",
+        help="run CMD on every shard with K local workers",
+        description="Claim shards and run CMD on each (see shardclaim.run); exit 1 if a shard failed.",
+    )
+    run.add_argument("dataset_dir", metavar="DATASET")
+    run.add_argument("-N", "--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--lease-seconds", type=float, default=60.0)
+    run.add_argument("--max-attempts", type=int, default=3)
+    run.epilog = "Everything after -- is the command: shardclaim run DATASET -N 4 -- python work.py"
+
     st = sub.add_parser(
         "selftest",
         help="race processes on a store to check its compare-and-swap",
@@ -152,22 +163,39 @@ def _selftest(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "selftest":
-            return _selftest(args)
-        if args.command == "create":
-            return run_create(args)
-        from shardclaim._cli_shards import run_shard_command
+def _run(args: argparse.Namespace) -> int:
+    from shardclaim.run import run_workers
 
-        return run_shard_command(args)
+    return run_workers(
+        args.dataset_dir, args.cmd, workers=args.workers,
+        lease_seconds=args.lease_seconds, max_attempts=args.max_attempts,
+    )  # fmt: skip
+
+
+def _shard_command(args: argparse.Namespace) -> int:
+    from shardclaim._cli_shards import run_shard_command
+
+    return run_shard_command(args)
+
+
+_COMMANDS = {"selftest": _selftest, "create": run_create, "run": _run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:  # the wrapped command is not ours to parse
+        cut = argv.index("--")
+        argv, cmd = argv[:cut], argv[cut + 1 :]
+    args = _parser().parse_args(argv)
+    args.cmd = cmd
+    try:
+        return _COMMANDS.get(args.command, _shard_command)(args)
     except (ShardclaimError, ValueError) as e:
         print(f"shardclaim: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ Each ``with claim`` block holds one shard, renewed in the background by the mana
 the block normally completes the shard; an exception marks it failed (spending one attempt, with the
 traceback's tail recorded in the shard) and the loop moves on to the next shard; a SIGTERM (spot
 preemption) or Ctrl-C releases the shard without spending an attempt and ends the loop. The loop keeps
-claiming until every shard is ``completed`` or ``failed``; while other workers still hold leases that
-may yet expire, it waits — until the earliest of them could expire, with jitter — and tries again.
+claiming until every shard is ``completed`` or ``failed``; while other workers still hold leases, it polls
+(0.5 s, doubling up to one heartbeat interval, never past the earliest possible expiry) and tries again.
 """
 
 from __future__ import annotations
@@ -112,18 +112,17 @@ def claims(
             if not live and all(s["status"] in ("completed", "failed") for s in statuses):
                 return
             idle += 1
-            sleep(_wait(manager.lease_seconds, live, idle))
+            sleep(_wait(manager, live, idle))
 
 
-def _wait(lease_seconds: float, live: list[dict[str, Any]], idle: int) -> float:
-    """Until the earliest live lease could expire (never less than 1 s), with up to 20% jitter;
-    or a short exponential backoff when nothing is held but something is claimable soon."""
+def _wait(manager: ShardManager, live: list[dict[str, Any]], idle: int) -> float:
+    """Poll again soon — the holders may finish any moment (0.5 s, doubling, at most one heartbeat
+    interval) — but never past the moment the earliest live lease could expire; 20% jitter."""
+    poll = min(0.5 * 2.0 ** min(idle, 16), manager.heartbeat_seconds)
     if live:
-        soonest = min(lease_seconds - (s["heartbeat_age_s"] or 0.0) for s in live)
-        base = min(max(soonest, 1.0), lease_seconds)
-    else:
-        base = min(0.5 * 2**idle, lease_seconds)
-    return base * (1 + 0.2 * random.random())
+        soonest: float = min(manager.lease_seconds - float(s["heartbeat_age_s"] or 0.0) for s in live)
+        poll = min(poll, max(soonest, 0.1))
+    return poll * (1 + 0.2 * random.random())
 
 
 @contextlib.contextmanager

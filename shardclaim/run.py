@@ -1,0 +1,160 @@
+"""``shardclaim run DATASET [-N K] -- CMD ARGS...``: any command as a self-healing shard worker.
+
+Each of K local worker processes loops: claim a shard, run CMD with the shard described in its
+environment, keep the lease alive while CMD runs, then mark the shard completed (exit 0) or failed (any
+other exit, with the tail of CMD's stderr recorded in the shard's metadata). On SIGTERM or SIGINT a
+worker forwards the signal to CMD, releases the lease without spending an attempt, and exits. The same
+command on many machines against one ``gs://`` dataset is the multi-machine mode.
+
+CMD sees ``SHARDCLAIM_SHARD_ID``, ``SHARDCLAIM_TOTAL_SHARDS``, ``SHARDCLAIM_CHUNKS`` (the chunk
+paths/URLs, one per line), ``SHARDCLAIM_CHUNKS_JSON`` (the same as a JSON list), ``SHARDCLAIM_DATASET``,
+``SHARDCLAIM_ATTEMPT``, ``SHARDCLAIM_WORKER_ID`` and the seed's ``VELDA_SHARD_ID`` /
+``VELDA_TOTAL_SHARDS``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import orjson
+
+from shardclaim._identity import default_worker_id
+from shardclaim.errors import LeaseLostError
+from shardclaim.manager import ShardManager
+from shardclaim.status import summarize
+from shardclaim.worker import Preempted
+
+__all__ = ["run_workers", "shard_environment"]
+
+_TAIL_LINES = 40
+_GRACE_SECONDS = 30.0
+
+
+def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
+    """The variables CMD gets for one claimed shard."""
+    return {
+        "SHARDCLAIM_SHARD_ID": str(shard["shard_id"]),
+        "SHARDCLAIM_TOTAL_SHARDS": str(shard["total_shards"]),
+        "SHARDCLAIM_CHUNKS": "\n".join(shard["chunks"]),
+        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(shard["chunks"]).decode(),
+        "SHARDCLAIM_DATASET": dataset,
+        "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
+        "SHARDCLAIM_WORKER_ID": worker_id,
+        "VELDA_SHARD_ID": str(shard["shard_id"]),
+        "VELDA_TOTAL_SHARDS": str(shard["total_shards"]),
+    }
+
+
+def _pump(stream: IO[bytes], tail: collections.deque[str]) -> None:
+    """Pass CMD's stderr through, keeping its last lines."""
+    for raw in stream:
+        sys.stderr.buffer.write(raw)
+        sys.stderr.buffer.flush()
+        tail.append(raw.decode("utf-8", "replace"))
+
+
+def _worker(dataset: str, command: list[str], index: int, lease_seconds: float, max_attempts: int) -> int:
+    worker_id = f"{default_worker_id()}-w{index}"
+    with ShardManager(dataset, worker_id, lease_seconds=lease_seconds, max_attempts=max_attempts) as m:
+        try:
+            for claim in m.claims():
+                env = {**os.environ, **shard_environment(claim.shard, dataset, worker_id)}
+                try:
+                    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+                except OSError as e:
+                    m.mark_failed(claim.shard_id, f"cannot start {command[0]!r}: {e}")
+                    continue
+                tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+                assert proc.stderr is not None
+                pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
+                pump.start()
+                try:
+                    code = proc.wait()
+                except (Preempted, KeyboardInterrupt):
+                    _stop(proc)
+                    m.release_shard(claim.shard_id)
+                    raise
+                pump.join()
+                try:
+                    if code == 0:
+                        m.mark_completed(claim.shard_id)
+                    else:
+                        m.mark_failed(claim.shard_id, f"{command[0]} exited with {code}\n" + "".join(tail))
+                except LeaseLostError as e:
+                    print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
+        except (Preempted, KeyboardInterrupt):
+            return 143
+    return 0
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _child(dataset: str, command: list[str], index: int, lease_seconds: float, max_attempts: int) -> None:
+    sys.exit(_worker(dataset, command, index, lease_seconds, max_attempts))
+
+
+def run_workers(
+    dataset: str,
+    command: Sequence[str],
+    *,
+    workers: int = 1,
+    lease_seconds: float = 60.0,
+    max_attempts: int = 3,
+) -> int:
+    """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
+    every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT."""
+    if not command:
+        msg = "no command given: shardclaim run DATASET -- CMD ARGS..."
+        raise ValueError(msg)
+    if workers < 1:
+        msg = f"-N must be at least 1, got {workers}"
+        raise ValueError(msg)
+    ShardManager(dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts)  # fail fast
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_child, args=(dataset, list(command), i, lease_seconds, max_attempts))
+        for i in range(workers)
+    ]
+    interrupted = False
+
+    def forward(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    statuses = ShardManager(dataset, "run").get_shard_status()
+    agg = summarize(statuses)
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
+    print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
+    if interrupted:
+        return 143
+    return 0 if agg["state"] == "succeeded" else 1

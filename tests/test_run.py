@@ -1,0 +1,101 @@
+"""``shardclaim run``: any command as a shard worker, end to end with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shardclaim import ShardManager, create_sharded_dataset
+
+WORK = """
+import json, os, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+ids = []
+for chunk in os.environ["SHARDCLAIM_CHUNKS"].splitlines():
+    ids += [json.loads(line)["id"] for line in open(chunk)]
+assert os.environ["VELDA_SHARD_ID"] == os.environ["SHARDCLAIM_SHARD_ID"]
+assert json.loads(os.environ["SHARDCLAIM_CHUNKS_JSON"]) == os.environ["SHARDCLAIM_CHUNKS"].splitlines()
+if os.environ["SHARDCLAIM_SHARD_ID"] == os.environ.get("FAIL_SHARD"):
+    print("Traceback: pretend OOM on shard", os.environ["SHARDCLAIM_SHARD_ID"], file=sys.stderr)
+    sys.exit(7)
+name = f"shard_{os.environ['SHARDCLAIM_SHARD_ID']}.attempt_{os.environ['SHARDCLAIM_ATTEMPT']}.json"
+(out / name).write_text(json.dumps(ids))
+"""
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> str:
+    src = tmp_path / "tasks.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"id": i}) + b"\n" for i in range(300)))
+    url = str(tmp_path / "ds")
+    create_sharded_dataset(str(src), url, num_shards=9, chunk_size_mb=0.001)
+    return url
+
+
+def run(ds: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardclaim", "run", ds, *args],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_three_workers_process_every_record_once(ds: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(ds, "-N", "3", "--", sys.executable, "-c", WORK, str(out))
+    assert result.returncode == 0, result.stderr
+    assert "succeeded: 9 shards (9 completed); 300 records done" in result.stdout
+    ids = [i for f in out.iterdir() for i in json.loads(f.read_text())]
+    assert sorted(ids) == list(range(300))
+    assert len(list(out.iterdir())) == 9
+
+
+def test_a_failing_shard_spends_its_attempts_and_its_stderr_is_recorded(ds: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run(ds, "-N", "2", "--max-attempts", "2", "--", sys.executable, "-c", WORK, str(out),
+                 env={"FAIL_SHARD": "4"})  # fmt: skip
+    assert result.returncode == 1
+    assert "failed: 9 shards (8 completed, 1 failed)" in result.stdout
+    assert "pretend OOM on shard 4" in result.stderr  # passed through while it ran
+    doc = ShardManager(ds, "observer").read_shard(4)
+    assert (doc["status"], doc["failures"]) == ("failed", 2)
+    assert "exited with 7" in doc["last_error"]
+    assert "Traceback: pretend OOM on shard 4" in doc["last_error"]
+    status = subprocess.run([sys.executable, "-m", "shardclaim", "status", ds], capture_output=True,
+                            text=True, check=False)  # fmt: skip
+    assert (
+        "Shard 4: failed, attempt 2, 2 failed; last error: Traceback: pretend OOM on shard 4" in status.stdout
+    )
+
+
+def test_sigterm_releases_every_lease_without_spending_an_attempt(ds: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shardclaim", "run", ds, "-N", "2", "--", "sleep", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    observer = ShardManager(ds, "observer")
+    deadline = time.monotonic() + 120
+    while sum(s["status"] == "in_use" for s in observer.get_shard_status()) < 2:
+        assert time.monotonic() < deadline, "two workers should hold a shard each"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    statuses = observer.get_shard_status()
+    assert [s["status"] for s in statuses] == ["available"] * 9
+    assert all(s["failures"] == 0 for s in statuses)
+
+
+def test_run_without_a_command_is_a_clear_error(ds: str) -> None:
+    result = run(ds, "-N", "2")
+    assert result.returncode == 1
+    assert "no command given" in result.stderr
