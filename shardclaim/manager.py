@@ -8,10 +8,8 @@ expired lease, an operator's reset), every later write by the old holder is refu
 
 Expiry is judged on the store's clock only: a lease is expired when the object's last update, as the
 store stamped it, is more than the *holder's* ``lease_seconds`` (recorded with the lease) before the
-store's current time — so a long CLI claim is safe from workers that use short leases.
-
-Status is read from one listing: each state write also puts ``status``, ``holder``, ``attempt`` and
-``failures`` into the object's custom metadata, which a listing returns for every shard at once.
+store's current time — so a long CLI claim is safe from workers that use short leases. Each state write
+also sets ``status``, ``holder``, ``attempt``, ``failures`` as object metadata: status is one listing.
 """
 
 from __future__ import annotations
@@ -273,6 +271,12 @@ class ShardManager:
 
         return claims(self, **options)
 
+    def wait(self, timeout: float | None = None, **options: Any) -> dict[str, Any]:
+        """Block until every shard is terminal; the aggregate (:mod:`shardclaim.fanin`)."""
+        from shardclaim.fanin import wait_for_shards
+
+        return wait_for_shards(self, timeout=timeout, **options)
+
     def __enter__(self) -> ShardManager:
         return self
 
@@ -315,8 +319,7 @@ class ShardManager:
         )
 
     def mark_failed(self, shard_id: int, error: str | None = None) -> str:
-        """Give a held shard back after a failure, spending one attempt. Returns the new status:
-        ``available``, or ``failed`` once ``max_attempts`` failures are spent."""
+        """Give a held shard back after a failure, spending one attempt: ``available`` or ``failed``."""
         outcome: list[str] = []
 
         def failed(doc: dict[str, Any]) -> dict[str, Any]:
@@ -357,8 +360,7 @@ class ShardManager:
                 del self._held[shard_id]
 
     def _adopt(self, shard_id: int) -> _Held:
-        """A shard this process did not claim but that the store says this worker id holds: the
-        seed's CLI claims in one process and completes in another, under one ``--worker_id``."""
+        """A shard the store says this worker id holds (the seed's CLI claims and completes in two runs)."""
         obj, doc = self._read(shard_id)
         if doc["status"] != "in_use" or doc.get("assigned_to") != self.worker_id:
             holder = doc.get("assigned_to")
@@ -372,8 +374,7 @@ class ShardManager:
     # -- operator actions and status --------------------------------------------------------------
 
     def reset_shard(self, shard_id: int) -> None:
-        """Operator action: make a shard available again, whatever its state, with a fresh retry
-        budget. Any current holder is fenced off: its next write is refused."""
+        """Operator action: make a shard available with a fresh retry budget; fences off any holder."""
         for _ in range(10):
             obj, doc = self._read(shard_id)
             doc = {**doc, "status": "available", "assigned_to": None, "completed_at": None,
@@ -389,8 +390,7 @@ class ShardManager:
         raise ShardclaimError(msg)
 
     def get_shard_status(self) -> list[dict[str, Any]]:
-        """Every shard's state from one listing: status, holder, attempt, failures, heartbeat age
-        (seconds since the last write, on the store's clock) and whether an ``in_use`` lease expired."""
+        """Every shard's state from one listing (holder, attempt, failures, heartbeat age, expiry)."""
         listing = self._listing()
         return shard_statuses(self.master, listing, self._store.now(), self.lease_seconds)
 

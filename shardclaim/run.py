@@ -10,6 +10,10 @@ CMD sees ``SHARDCLAIM_SHARD_ID``, ``SHARDCLAIM_TOTAL_SHARDS``, ``SHARDCLAIM_CHUN
 paths/URLs, one per line), ``SHARDCLAIM_CHUNKS_JSON`` (the same as a JSON list), ``SHARDCLAIM_DATASET``,
 ``SHARDCLAIM_ATTEMPT``, ``SHARDCLAIM_WORKER_ID`` and the seed's ``VELDA_SHARD_ID`` /
 ``VELDA_TOTAL_SHARDS``.
+
+``--on-complete CMD`` (a shell command) runs once across every worker of every ``run`` that shares the
+dataset, in whichever worker finds all shards settled first, and again in another if that one dies before
+it finishes (see :mod:`shardclaim.fanin`). It sees ``SHARDCLAIM_DATASET`` and ``SHARDCLAIM_STATE``.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
 
 from shardclaim._identity import default_worker_id
 from shardclaim.errors import LeaseLostError
+from shardclaim.fanin import finalize_once
 from shardclaim.manager import ShardManager
 from shardclaim.status import summarize
 from shardclaim.worker import Preempted
@@ -62,7 +69,18 @@ def _pump(stream: IO[bytes], tail: collections.deque[str]) -> None:
         tail.append(raw.decode("utf-8", "replace"))
 
 
-def _worker(dataset: str, command: list[str], index: int, lease_seconds: float, max_attempts: int) -> int:
+@dataclass(frozen=True, slots=True)
+class _Options:
+    dataset: str
+    command: list[str]
+    lease_seconds: float
+    max_attempts: int
+    on_complete: str | None
+
+
+def _worker(opts: _Options, index: int) -> int:
+    dataset, command, on_complete = opts.dataset, opts.command, opts.on_complete
+    lease_seconds, max_attempts = opts.lease_seconds, opts.max_attempts
     worker_id = f"{default_worker_id()}-w{index}"
     with ShardManager(dataset, worker_id, lease_seconds=lease_seconds, max_attempts=max_attempts) as m:
         try:
@@ -91,9 +109,29 @@ def _worker(dataset: str, command: list[str], index: int, lease_seconds: float, 
                         m.mark_failed(claim.shard_id, f"{command[0]} exited with {code}\n" + "".join(tail))
                 except LeaseLostError as e:
                     print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
+            if on_complete is not None:
+                return _finalize(m, on_complete)
         except (Preempted, KeyboardInterrupt):
             return 143
     return 0
+
+
+def _finalize(m: ShardManager, on_complete: str) -> int:
+    """Run ``on_complete`` exactly once across all workers, taking it over if its runner dies."""
+
+    def finalizer(agg: dict[str, Any]) -> None:
+        env = {**os.environ, "SHARDCLAIM_DATASET": m.dataset_dir, "SHARDCLAIM_STATE": agg["state"]}
+        subprocess.run(["/bin/sh", "-c", on_complete], env=env, check=True)
+
+    while True:
+        try:
+            outcome = finalize_once(m, finalizer)
+        except subprocess.CalledProcessError as e:
+            print(f"shardclaim run: --on-complete failed: {e}", file=sys.stderr)
+            return 1
+        if outcome in ("ran", "done"):
+            return 0
+        time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -106,8 +144,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _child(dataset: str, command: list[str], index: int, lease_seconds: float, max_attempts: int) -> None:
-    sys.exit(_worker(dataset, command, index, lease_seconds, max_attempts))
+def _child(*args: Any) -> None:
+    sys.exit(_worker(*args))
 
 
 def run_workers(
@@ -117,6 +155,7 @@ def run_workers(
     workers: int = 1,
     lease_seconds: float = 60.0,
     max_attempts: int = 3,
+    on_complete: str | None = None,
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
     every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT."""
@@ -128,10 +167,8 @@ def run_workers(
         raise ValueError(msg)
     ShardManager(dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts)  # fail fast
     ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_child, args=(dataset, list(command), i, lease_seconds, max_attempts))
-        for i in range(workers)
-    ]
+    options = _Options(dataset, list(command), lease_seconds, max_attempts, on_complete)
+    procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
     interrupted = False
 
     def forward(signum: int, frame: object) -> None:
@@ -157,4 +194,6 @@ def run_workers(
     print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
     if interrupted:
         return 143
+    if any(p.exitcode not in (0, None) for p in procs):
+        return 1
     return 0 if agg["state"] == "succeeded" else 1

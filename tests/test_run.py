@@ -99,3 +99,39 @@ def test_run_without_a_command_is_a_clear_error(ds: str) -> None:
     result = run(ds, "-N", "2")
     assert result.returncode == 1
     assert "no command given" in result.stderr
+
+
+def test_the_finalizer_runs_exactly_once_across_three_runs_of_two_workers(ds: str, tmp_path: Path) -> None:
+    log = tmp_path / "finalized.log"
+    cmd = [sys.executable, "-m", "shardclaim", "run", ds, "-N", "2",
+           "--on-complete", f'echo "$SHARDCLAIM_STATE" >> {log}', "--", "true"]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert log.read_text() == "succeeded\n"
+    marker = orjson.loads((Path(ds) / "_finalize.json").read_bytes())
+    assert marker["status"] == "done"
+
+
+def test_a_finalizer_whose_worker_dies_is_run_again_by_another(ds: str, tmp_path: Path) -> None:
+    # The first finalizer records its worker's pid and hangs; the test kills that worker (and the hung
+    # command). Another worker takes the marker over when the lease (2 s) expires and finalizes.
+    started, done = tmp_path / "started", tmp_path / "done"
+    script = (f'if [ -e {started} ]; then echo again >> {done}; '
+              f'else echo "$PPID $$" > {started}; exec sleep 300; fi')  # fmt: skip
+    cmd = [sys.executable, "-m", "shardclaim", "run", ds, "-N", "3", "--lease-seconds", "2",
+           "--on-complete", script, "--", "true"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (started.exists() and len(started.read_text().split()) == 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker_pid, shell_pid = (int(x) for x in started.read_text().split())
+    os.kill(worker_pid, signal.SIGKILL)
+    os.kill(shell_pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert done.read_text() == "again\n", err
+    assert orjson.loads((Path(ds) / "_finalize.json").read_bytes())["status"] == "done"

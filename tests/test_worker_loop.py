@@ -96,3 +96,22 @@ def test_a_shard_without_metadata_stops_the_loop_with_a_clear_error(ds: str) -> 
 def test_a_directory_without_a_master_is_not_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(ShardclaimError, match="not a complete shardclaim dataset"):
         ShardManager(str(tmp_path), "w")
+
+
+def test_wait_returns_the_aggregate_once_settled_and_times_out_on_the_injected_clock(ds: str) -> None:
+    holder = ShardManager(ds, "holder")
+    held = [holder.claim_shard()["shard_id"] for _ in range(6)]  # type: ignore[index]
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    with pytest.raises(TimeoutError, match="still unsettled after 30"):
+        holder.wait(timeout=30, poll_seconds=5, sleep=sleep, clock=lambda: now[0])
+    assert sleeps == [5.0] * 6
+    for shard_id in held:
+        holder.mark_completed(shard_id)
+    assert holder.wait(timeout=30, sleep=sleep, clock=lambda: now[0])["state"] == "succeeded"
+    holder.close()
