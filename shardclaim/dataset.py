@@ -109,6 +109,9 @@ def _prepare_output(output_dir: str, overwrite: bool) -> tuple[Any, Any, str]:
         # The master goes first, so the old dataset stops looking whole before anything else changes.
         if MASTER_KEY in ours:
             fs.rm(f"{base}/{MASTER_KEY}")
+        for key in ours:
+            if "/" not in key and key != MASTER_KEY:
+                fs.rm(f"{base}/{key}")
         # Every file in these directories is ours (anything else was refused above).
         for directory in sorted({k.split("/", 1)[0] for k in ours if "/" in k}):
             fs.rm(f"{base}/{directory}", recursive=True)
@@ -116,6 +119,8 @@ def _prepare_output(output_dir: str, overwrite: bool) -> tuple[Any, Any, str]:
 
 
 def _is_layout_key(key: str) -> bool:
+    if key == "_finalize.json":  # the fan-in marker (shardclaim.fanin)
+        return True
     return (
         key == MASTER_KEY
         or re.fullmatch(r"shard_[0-9]{3,}/(metadata\.json|chunk_[0-9]{4,}\.jsonl)", key) is not None

@@ -114,6 +114,10 @@ def test_the_finalizer_runs_exactly_once_across_three_runs_of_two_workers(ds: st
     assert log.read_text() == "succeeded\n"
     marker = orjson.loads((Path(ds) / "_finalize.json").read_bytes())
     assert marker["status"] == "done"
+    # The marker is part of the dataset: a rebuild with overwrite replaces it too.
+    src = Path(ds).parent / "tasks.jsonl"
+    create_sharded_dataset(str(src), ds, num_shards=3, overwrite=True)
+    assert not (Path(ds) / "_finalize.json").exists()
 
 
 def test_a_finalizer_whose_worker_dies_is_run_again_by_another(ds: str, tmp_path: Path) -> None:
