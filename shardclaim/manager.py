@@ -34,7 +34,7 @@ from shardclaim.errors import (
     StoreError,
 )
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
-from shardclaim.status import lease_of, shard_statuses
+from shardclaim.status import lease_of, listing_by_shard, shard_statuses
 from shardclaim.store import Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -135,10 +135,6 @@ class ShardManager:
     def _expired(self, updated: datetime, now: datetime, lease_seconds: float) -> bool:
         return now - updated > timedelta(seconds=lease_seconds)
 
-    def _chunk_urls(self, shard_id: int, doc: Mapping[str, Any]) -> list[str]:
-        base = self._store.url.rstrip("/")
-        return [f"{base}/{self._dirs[shard_id]}/{c['file']}" for c in doc["chunks"]]
-
     # -- claiming ---------------------------------------------------------------------------------
 
     def claim_shard(self, preferred_shard_id: int | None = None) -> dict[str, Any] | None:
@@ -176,7 +172,7 @@ class ShardManager:
 
     def _refresh_candidates(self) -> None:
         """One listing: the available shards (in random order) and the held ones with their age."""
-        listing = self._listing()
+        listing = listing_by_shard(self._store, self._dirs)
         available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
         self._random.shuffle(available)
         self._candidates = available
@@ -198,15 +194,6 @@ class ShardManager:
                 if claimed is not None:
                     return claimed
         return None
-
-    def _listing(self) -> dict[int, Any]:
-        by_dir = {d: i for i, d in enumerate(self._dirs)}
-        found = {}
-        for info in self._store.list(suffix="/" + SHARD_METADATA):
-            directory, _, name = info.key.partition("/")
-            if name == SHARD_METADATA and directory in by_dir:
-                found[by_dir[directory]] = info
-        return found
 
     def _try_claim(self, shard_id: int, now: datetime | None) -> dict[str, Any] | None:
         obj, doc = self._read(shard_id)
@@ -285,7 +272,8 @@ class ShardManager:
 
     def _describe(self, shard_id: int, doc: Mapping[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in doc.items() if k != "chunks"}
-        out["chunks"] = self._chunk_urls(shard_id, doc)
+        base = f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}"
+        out["chunks"] = [f"{base}/{c['file']}" for c in doc["chunks"]]
         out["chunk_info"] = list(doc["chunks"])
         out["dataset_dir"] = self.dataset_dir
         return out
@@ -305,6 +293,11 @@ class ShardManager:
         self._settle(
             shard_id, lambda doc: {**doc, "heartbeats": int(doc.get("heartbeats", 0)) + 1}, keep=True
         )
+
+    def checkpoint(self, shard_id: int, chunks_done: int) -> None:
+        """Record that the first ``chunks_done`` chunks of a held shard are done (a fenced write, which
+        also renews the lease); a later holder of the shard resumes after them (``resume_chunk``)."""
+        self._settle(shard_id, lambda doc: {**doc, "resume_chunk": int(chunks_done)}, keep=True)
 
     def mark_completed(self, shard_id: int) -> None:
         """Mark a held shard completed. Raises LeaseLostError if this worker no longer holds it."""
@@ -378,7 +371,7 @@ class ShardManager:
         for _ in range(10):
             obj, doc = self._read(shard_id)
             doc = {**doc, "status": "available", "assigned_to": None, "completed_at": None,
-                   "lease": None, "failures": 0}  # fmt: skip
+                   "lease": None, "failures": 0, "resume_chunk": 0}  # fmt: skip
             try:
                 self._write(shard_id, doc, obj.generation)
             except GenerationMismatchError:
@@ -391,7 +384,7 @@ class ShardManager:
 
     def get_shard_status(self) -> list[dict[str, Any]]:
         """Every shard's state from one listing (holder, attempt, failures, heartbeat age, expiry)."""
-        listing = self._listing()
+        listing = listing_by_shard(self._store, self._dirs)
         return shard_statuses(self.master, listing, self._store.now(), self.lease_seconds)
 
 

@@ -31,7 +31,7 @@ class ChunkCorruptError(ShardclaimError):
 
 
 def iter_shard_records(
-    dataset: str, shard_id: int, *, parse: bool = True, verify: bool = True
+    dataset: str, shard_id: int, *, parse: bool = True, verify: bool = True, start_chunk: int = 0
 ) -> Iterator[Any]:
     """Yield the records of one shard, chunk by chunk, streaming.
 
@@ -48,7 +48,7 @@ def iter_shard_records(
     key = f"{directory}/{SHARD_METADATA}"
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
     fs, base = fsspec.core.url_to_fs(store.url)
-    for chunk in meta["chunks"]:
+    for chunk in meta["chunks"][start_chunk:]:
         path = f"{base.rstrip('/')}/{directory}/{chunk['file']}"
         if verify:
             _verify_chunk(fs, path, chunk)

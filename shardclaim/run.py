@@ -9,7 +9,9 @@ command on many machines against one ``gs://`` dataset is the multi-machine mode
 CMD sees ``SHARDCLAIM_SHARD_ID``, ``SHARDCLAIM_TOTAL_SHARDS``, ``SHARDCLAIM_CHUNKS`` (the chunk
 paths/URLs, one per line), ``SHARDCLAIM_CHUNKS_JSON`` (the same as a JSON list), ``SHARDCLAIM_DATASET``,
 ``SHARDCLAIM_ATTEMPT``, ``SHARDCLAIM_WORKER_ID`` and the seed's ``VELDA_SHARD_ID`` /
-``VELDA_TOTAL_SHARDS``.
+``VELDA_TOTAL_SHARDS``. To resume inside a shard after a crash, CMD starts at chunk
+``SHARDCLAIM_RESUME_CHUNK`` and writes the number of chunks it has finished into the file named by
+``SHARDCLAIM_CHECKPOINT_FILE``; the worker records it in the shard (a fenced write).
 
 ``--on-complete CMD`` (a shell command) runs once across every worker of every ``run`` that shares the
 dataset, in whichever worker finds all shards settled first, and again in another if that one dies before
@@ -22,13 +24,16 @@ import collections
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -44,6 +49,7 @@ __all__ = ["run_workers", "shard_environment"]
 
 _TAIL_LINES = 40
 _GRACE_SECONDS = 30.0
+_CHECKPOINT_POLL = 0.2
 
 
 def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
@@ -56,6 +62,7 @@ def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> di
         "SHARDCLAIM_DATASET": dataset,
         "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
         "SHARDCLAIM_WORKER_ID": worker_id,
+        "SHARDCLAIM_RESUME_CHUNK": str(shard.get("resume_chunk") or 0),
         "VELDA_SHARD_ID": str(shard["shard_id"]),
         "VELDA_TOTAL_SHARDS": str(shard["total_shards"]),
     }
@@ -79,41 +86,55 @@ class _Options:
 
 
 def _worker(opts: _Options, index: int) -> int:
-    dataset, command, on_complete = opts.dataset, opts.command, opts.on_complete
-    lease_seconds, max_attempts = opts.lease_seconds, opts.max_attempts
     worker_id = f"{default_worker_id()}-w{index}"
-    with ShardManager(dataset, worker_id, lease_seconds=lease_seconds, max_attempts=max_attempts) as m:
+    with ShardManager(
+        opts.dataset, worker_id, lease_seconds=opts.lease_seconds, max_attempts=opts.max_attempts
+    ) as m:
+        running: list[subprocess.Popen[bytes]] = []
         try:
             for claim in m.claims():
-                env = {**os.environ, **shard_environment(claim.shard, dataset, worker_id)}
-                try:
-                    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
-                except OSError as e:
-                    m.mark_failed(claim.shard_id, f"cannot start {command[0]!r}: {e}")
-                    continue
-                tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-                assert proc.stderr is not None
-                pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
-                pump.start()
-                try:
-                    code = proc.wait()
-                except (Preempted, KeyboardInterrupt):
-                    _stop(proc)
-                    m.release_shard(claim.shard_id)
-                    raise
-                pump.join()
-                try:
-                    if code == 0:
-                        m.mark_completed(claim.shard_id)
-                    else:
-                        m.mark_failed(claim.shard_id, f"{command[0]} exited with {code}\n" + "".join(tail))
-                except LeaseLostError as e:
-                    print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
-            if on_complete is not None:
-                return _finalize(m, on_complete)
+                _run_one(m, opts, claim, worker_id, running)
+            if opts.on_complete is not None:
+                return _finalize(m, opts.on_complete)
         except (Preempted, KeyboardInterrupt):
+            # Wherever the signal landed — running CMD, claiming, between the two — stop CMD and give
+            # back every shard this worker holds, without spending an attempt.
+            for proc in running:
+                _stop(proc)
+            for shard_id in m.held_shards():
+                with contextlib.suppress(LeaseLostError):
+                    m.release_shard(shard_id)
             return 143
     return 0
+
+
+def _run_one(
+    m: ShardManager, opts: _Options, claim: Any, worker_id: str, running: list[subprocess.Popen[bytes]]
+) -> None:
+    env = {**os.environ, **shard_environment(claim.shard, opts.dataset, worker_id)}
+    progress = Path(tempfile.mkdtemp(prefix="shardclaim-")) / "checkpoint"
+    env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
+    try:
+        proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE)
+    except OSError as e:
+        m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
+        return
+    running.append(proc)
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    assert proc.stderr is not None
+    pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
+    pump.start()
+    code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
+    running.remove(proc)
+    pump.join()
+    shutil.rmtree(progress.parent, ignore_errors=True)
+    try:
+        if code == 0:
+            m.mark_completed(claim.shard_id)
+        else:
+            m.mark_failed(claim.shard_id, f"{opts.command[0]} exited with {code}\n" + "".join(tail))
+    except LeaseLostError as e:
+        print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
 
 
 def _finalize(m: ShardManager, on_complete: str) -> int:
@@ -132,6 +153,27 @@ def _finalize(m: ShardManager, on_complete: str) -> int:
         if outcome in ("ran", "done"):
             return 0
         time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
+
+
+def _wait_and_checkpoint(
+    proc: subprocess.Popen[bytes], progress: Path, m: ShardManager, shard_id: int, done: int
+) -> int:
+    """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file, record it."""
+    while True:
+        try:
+            return proc.wait(timeout=_CHECKPOINT_POLL)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            value = int(progress.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if value > done:
+            try:
+                m.checkpoint(shard_id, value)
+                done = value
+            except LeaseLostError as e:
+                print(f"shardclaim run: {e}", file=sys.stderr)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -6,9 +6,20 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from shardclaim.store import ObjectInfo
+from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["lease_of", "shard_statuses", "summarize"]
+__all__ = ["lease_of", "listing_by_shard", "shard_statuses", "summarize"]
+
+
+def listing_by_shard(store: Store, directories: list[str]) -> dict[int, ObjectInfo]:
+    """One listing of every shard's ``metadata.json``, keyed by shard id."""
+    by_dir = {d: i for i, d in enumerate(directories)}
+    found = {}
+    for info in store.list(suffix="/metadata.json"):
+        directory, _, name = info.key.partition("/")
+        if name == "metadata.json" and directory in by_dir:
+            found[by_dir[directory]] = info
+    return found
 
 
 def lease_of(metadata: Mapping[str, str], default: float) -> float:

@@ -55,9 +55,20 @@ class Claim:
         self.shard_id: int = shard["shard_id"]
         self.outcome: str | None = None  #: completed, available (to retry), failed, released or lost
 
+    @property
+    def resume_chunk(self) -> int:
+        """Chunks before this one were checkpointed as done by an earlier holder."""
+        return int(self.shard.get("resume_chunk") or 0)
+
     def records(self, *, parse: bool = True) -> Iterator[Any]:
-        """The shard's records, chunk by chunk, each chunk's size and CRC32C checked first."""
-        return iter_shard_records(self.manager.dataset_dir, self.shard_id, parse=parse)
+        """The shard's records from ``resume_chunk`` on, chunk by chunk, each chunk verified first."""
+        return iter_shard_records(
+            self.manager.dataset_dir, self.shard_id, parse=parse, start_chunk=self.resume_chunk
+        )
+
+    def checkpoint(self, chunks_done: int) -> None:
+        """The first ``chunks_done`` chunks are done: a holder after a crash resumes after them."""
+        self.manager.checkpoint(self.shard_id, chunks_done)
 
     def __enter__(self) -> Claim:
         return self
@@ -93,7 +104,7 @@ def claims(
     handle_sigterm: bool = True,
 ) -> Iterator[Claim]:
     """Claim shards until every shard is terminal; see the module docstring."""
-    with _sigterm_raises(handle_sigterm):
+    with _sigterm_raises(handle_sigterm), _release_on_interrupt(manager):
         idle = 0
         while True:
             shard = manager.claim_shard()
@@ -123,6 +134,19 @@ def _wait(manager: ShardManager, live: list[dict[str, Any]], idle: int) -> float
         soonest: float = min(manager.lease_seconds - float(s["heartbeat_age_s"] or 0.0) for s in live)
         poll = min(poll, max(soonest, 0.1))
     return poll * (1 + 0.2 * random.random())
+
+
+@contextlib.contextmanager
+def _release_on_interrupt(manager: ShardManager) -> Iterator[None]:
+    """A signal that lands while claiming or waiting (not inside a ``with claim``) gives back what
+    this worker holds, without spending attempts."""
+    try:
+        yield
+    except (Preempted, KeyboardInterrupt):
+        for shard_id in manager.held_shards():
+            with contextlib.suppress(LeaseLostError):
+                manager.release_shard(shard_id)
+        raise
 
 
 @contextlib.contextmanager

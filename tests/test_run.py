@@ -139,3 +139,40 @@ def test_a_finalizer_whose_worker_dies_is_run_again_by_another(ds: str, tmp_path
     _, err = proc.communicate(timeout=300)
     assert done.read_text() == "again\n", err
     assert orjson.loads((Path(ds) / "_finalize.json").read_bytes())["status"] == "done"
+
+
+RESUMABLE = """
+import json, os, pathlib, signal, sys, time
+chunks = os.environ["SHARDCLAIM_CHUNKS"].splitlines()
+log, meta = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+checkpoint = pathlib.Path(os.environ["SHARDCLAIM_CHECKPOINT_FILE"])
+attempt = os.environ["SHARDCLAIM_ATTEMPT"]
+for i in range(int(os.environ["SHARDCLAIM_RESUME_CHUNK"]), len(chunks)):
+    with log.open("a") as f:
+        f.write(f"{attempt} {i}\\n")
+    checkpoint.write_text(str(i + 1))
+    if attempt == "1" and i + 1 == 3:
+        # Die with the worker once the store holds the checkpoint (polled from the plain JSON file).
+        while json.loads(meta.read_text()).get("resume_chunk") != 3:
+            time.sleep(0.01)
+        os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_shard_resumes_after_the_last_checkpoint_of_a_killed_holder(tmp_path: Path) -> None:
+    src = tmp_path / "tasks.jsonl"
+    src.write_bytes(b"".join(b'{"id": %3d, "pad": "%s"}\n' % (i, b"x" * 180) for i in range(50)))
+    ds = str(tmp_path / "ds")
+    create_sharded_dataset(str(src), ds, num_shards=1, chunk_size_mb=2100 / 2**20)
+    assert ShardManager(ds, "o").read_shard(0)["num_chunks"] == 5
+    log, meta = tmp_path / "log", Path(ds) / "shard_000" / "metadata.json"
+    args = ["--lease-seconds", "2", "--", sys.executable, "-c", RESUMABLE, str(log), str(meta)]
+    first = run(ds, *args)
+    assert first.returncode != 0  # its only worker was killed with the shard unfinished
+    second = run(ds, *args)
+    assert second.returncode == 0, second.stderr
+    assert log.read_text().split("\n")[:-1] == ["1 0", "1 1", "1 2", "2 3", "2 4"]
+    doc = ShardManager(ds, "o").read_shard(0)
+    assert (doc["status"], doc["attempt"]) == ("completed", 2)
+    assert doc["resume_chunk"] >= 3

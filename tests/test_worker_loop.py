@@ -115,3 +115,21 @@ def test_wait_returns_the_aggregate_once_settled_and_times_out_on_the_injected_c
         holder.mark_completed(shard_id)
     assert holder.wait(timeout=30, sleep=sleep, clock=lambda: now[0])["state"] == "succeeded"
     holder.close()
+
+
+def test_records_resume_after_the_last_checkpoint(tmp_path: Path) -> None:
+    src = tmp_path / "tasks.jsonl"
+    src.write_bytes(b"".join(b'{"id": %3d, "pad": "%s"}\n' % (i, b"x" * 180) for i in range(50)))
+    ds = str(tmp_path / "ds")
+    create_sharded_dataset(str(src), ds, num_shards=1, chunk_size_mb=2100 / 2**20)
+    first = ShardManager(ds, "first", lease_seconds=60)
+    claim = next(first.claims(handle_sigterm=False))
+    assert claim.resume_chunk == 0
+    claim.checkpoint(3)
+    first.release_shard(0)  # as a crash would, once the lease expired: progress stays in the shard
+    second = ShardManager(ds, "second")
+    claim = next(second.claims(handle_sigterm=False))
+    assert claim.resume_chunk == 3
+    assert [r["id"] for r in claim.records()] == list(range(30, 50))
+    second.reset_shard(0)
+    assert ShardManager(ds, "third").claim_shard()["resume_chunk"] == 0  # type: ignore[index]
