@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = [d for d in ("shardclaim", "tests", "bench", "scripts") if (ROOT / d).is_dir()]
+CODE = [d for d in ("shardclaim", "tests", "bench", "scripts", "examples") if (ROOT / d).is_dir()]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -176,3 +176,12 @@ def test_a_shard_resumes_after_the_last_checkpoint_of_a_killed_holder(tmp_path: 
     doc = ShardManager(ds, "o").read_shard(0)
     assert (doc["status"], doc["attempt"]) == ("completed", 2)
     assert doc["resume_chunk"] >= 3
+
+
+def test_the_split_process_merge_example_merges_every_row_once(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "split_process_merge.py"
+    result = subprocess.run([sys.executable, str(example), str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    merged = json.loads((tmp_path / "results" / "merged.json").read_text())
+    assert [r["id"] for r in merged["rows"]] == list(range(1000))
