@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-seconds", type=float, default=60.0)
     run.add_argument("--max-attempts", type=int, default=3)
     run.add_argument(
+        "--progress", action="store_true", default=None, help="progress line (default: on a tty)"
+    )
+    run.add_argument(
         "--on-complete", metavar="SHELL_CMD", help="run once, fleet-wide, when all shards settle"
     )
     run.epilog = "Everything after -- is the command: shardclaim run DATASET -N 4 -- python work.py"
@@ -172,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
     return run_workers(
         args.dataset_dir, args.cmd, workers=args.workers,
         lease_seconds=args.lease_seconds, max_attempts=args.max_attempts, on_complete=args.on_complete,
+        progress=args.progress,
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ from typing import IO, Any
 import orjson
 
 from shardclaim._identity import default_worker_id
-from shardclaim.errors import LeaseLostError
+from shardclaim.errors import LeaseLostError, StoreError
 from shardclaim.fanin import finalize_once
 from shardclaim.manager import ShardManager
 from shardclaim.status import summarize
@@ -50,6 +51,7 @@ __all__ = ["run_workers", "shard_environment"]
 _TAIL_LINES = 40
 _GRACE_SECONDS = 30.0
 _CHECKPOINT_POLL = 0.2
+_PROGRESS_SECONDS = 2.0
 
 
 def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
@@ -176,6 +178,30 @@ def _wait_and_checkpoint(
                 print(f"shardclaim run: {e}", file=sys.stderr)
 
 
+class _Progress:
+    """One redrawn status line on stderr."""
+
+    def __init__(self, manager: ShardManager) -> None:
+        self._manager = manager
+        self._start = time.monotonic()
+        self._total = int(manager.master.get("total_tasks") or 0)
+
+    def __call__(self, *, final: bool = False) -> None:
+        try:
+            agg = summarize(self._manager.get_shard_status())
+        except StoreError:
+            return  # progress is best effort; the workers retry on their own
+        counts, done = agg["counts"], agg["records_done"]
+        rate = done / max(time.monotonic() - self._start, 1e-9)
+        eta = f"{(self._total - done) / rate:.0f}s" if rate > 0 and done < self._total else "-"
+        sys.stderr.write(
+            f"\r{counts.get('completed', 0)}/{agg['shards']} shards done, {counts.get('in_use', 0)} in use, "
+            f"{counts.get('failed', 0)} failed; {done} records, {rate:.0f}/s, ETA {eta}   "
+            + ("\n" if final else "")
+        )
+        sys.stderr.flush()
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
@@ -198,16 +224,20 @@ def run_workers(
     lease_seconds: float = 60.0,
     max_attempts: int = 3,
     on_complete: str | None = None,
+    progress: bool | None = None,
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
-    every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT."""
+    every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT. ``progress`` (default:
+    when stderr is a terminal) redraws one line every 2 s: shards done / in use / failed, records per
+    second and an ETA, from one listing each time."""
     if not command:
         msg = "no command given: shardclaim run DATASET -- CMD ARGS..."
         raise ValueError(msg)
     if workers < 1:
         msg = f"-N must be at least 1, got {workers}"
         raise ValueError(msg)
-    ShardManager(dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts)  # fail fast
+    watcher = ShardManager(dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts)
+    show = _Progress(watcher) if (sys.stderr.isatty() if progress is None else progress) else None
     ctx = mp.get_context("spawn")
     options = _Options(dataset, list(command), lease_seconds, max_attempts, on_complete)
     procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
@@ -225,8 +255,14 @@ def run_workers(
     try:
         for p in procs:
             p.start()
+        while alive := [p.sentinel for p in procs if p.is_alive()]:
+            mp.connection.wait(alive, timeout=_PROGRESS_SECONDS)  # a worker exits, or it is time to redraw
+            if show is not None:
+                show()
         for p in procs:
             p.join()
+        if show is not None:
+            show(final=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

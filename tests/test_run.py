@@ -185,3 +185,11 @@ def test_the_split_process_merge_example_merges_every_row_once(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     merged = json.loads((tmp_path / "results" / "merged.json").read_text())
     assert [r["id"] for r in merged["rows"]] == list(range(1000))
+
+
+def test_progress_shows_shards_records_and_rate(ds: str) -> None:
+    result = run(ds, "-N", "2", "--progress", "--", "sleep", "0.3")
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # text mode turned each \r into a line break
+    assert last.startswith("9/9 shards done, 0 in use, 0 failed; 300 records, ")
+    assert "/s, ETA -" in last
