@@ -34,13 +34,12 @@ _Job = tuple[int, str, bytes, dict[str, Any] | None]  # shard, chunk path, bytes
 class _Shard:
     """The main thread's view of one shard: its chunks so far and the lines waiting to be handed over."""
 
-    __slots__ = ("bytes", "chunks", "directory", "pending", "pending_bytes", "records")
+    __slots__ = ("bytes", "chunks", "directory", "pending", "records")
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.chunks: list[dict[str, Any]] = []
         self.pending: list[memoryview] = []
-        self.pending_bytes = 0
         self.bytes = 0  # in the current chunk
         self.records = 0  # in the current chunk
 
@@ -75,7 +74,6 @@ class ChunkWriter:
         if not shard.records and not shard.chunks:
             self._fs.makedirs(f"{self._base}/{shard.directory}", exist_ok=True)
         shard.pending.append(line)
-        shard.pending_bytes += n
         shard.bytes += n
         shard.records += 1
         if n > self._limit:
@@ -134,7 +132,6 @@ class ChunkWriter:
         path = f"{self._base}/{shard.directory}/{chunk_name(len(shard.chunks))}"
         data = b"".join(shard.pending)
         shard.pending.clear()
-        shard.pending_bytes = 0
         meta = None
         if close:
             meta = {

@@ -10,7 +10,17 @@ import fsspec
 
 from shardclaim.errors import ShardclaimError
 
-__all__ = ["InputError", "blocks_of", "is_blank", "lines_of", "names_of", "open_inputs", "size_of"]
+__all__ = [
+    "InputError",
+    "blocks_of",
+    "input_name",
+    "input_names",
+    "is_blank",
+    "lines_of",
+    "names_of",
+    "open_inputs",
+    "size_of",
+]
 
 _BLOCK = 8 << 20
 
@@ -51,7 +61,7 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
     for index, f in enumerate(files):
-        name = str(getattr(f, "full_name", f.path))
+        name = input_name(f)
         try:
             handle = f.open()
         except FileNotFoundError:
@@ -111,5 +121,14 @@ def is_blank(line: bytes | memoryview) -> bool:
     return line[0] in b" \t\r\n" and not bytes(line).strip()
 
 
+def input_name(f: Any) -> str:
+    """How an input is named in messages and in the master metadata."""
+    return str(getattr(f, "full_name", f.path))
+
+
+def input_names(files: list[Any]) -> list[str]:
+    return [input_name(f) for f in files]
+
+
 def names_of(files: list[Any]) -> str:
-    return ", ".join(str(getattr(f, "full_name", f.path)) for f in files)
+    return ", ".join(input_names(files))

@@ -21,7 +21,7 @@ import orjson
 import simdjson
 from fsspec.implementations.local import LocalFileSystem
 
-from shardclaim._input import is_blank, lines_of, open_inputs
+from shardclaim._input import input_name, is_blank, lines_of, open_inputs, size_of
 
 __all__ = ["INVALID_ERRORS", "BackgroundValidator", "Invalid", "make_validator", "why_invalid"]
 
@@ -99,10 +99,10 @@ class BackgroundValidator:
         workers = max(1, min(2, (os.cpu_count() or 1)))
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
         self._futures: list[tuple[int, Future[tuple[int, Invalid] | None]]] = []
-        sizes = [_size(f) for f in files]
+        sizes = [size_of(f) for f in files]
         share = max(1, -(-sum(sizes) // workers))
         for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
-            name = str(getattr(f, "full_name", f.path))
+            name = input_name(f)
             if getattr(f, "compression", None):
                 self._futures.append((index, self._pool.submit(_check_whole, f.path, name)))
                 continue
@@ -134,10 +134,3 @@ class BackgroundValidator:
         for _, job in self._futures:
             job.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _size(f: Any) -> int:
-    try:
-        return int(f.fs.size(f.path))
-    except (OSError, TypeError, ValueError):
-        return 0

@@ -31,7 +31,16 @@ import fsspec
 import orjson
 
 from shardclaim._chunks import ChunkWriter
-from shardclaim._input import InputError, blocks_of, is_blank, lines_of, names_of, open_inputs, size_of
+from shardclaim._input import (
+    InputError,
+    blocks_of,
+    input_names,
+    is_blank,
+    lines_of,
+    names_of,
+    open_inputs,
+    size_of,
+)
 from shardclaim._validate import INVALID_ERRORS, BackgroundValidator, Invalid, make_validator, why_invalid
 from shardclaim.errors import ShardclaimError
 from shardclaim.layout import (
@@ -48,7 +57,6 @@ __all__ = ["DatasetExistsError", "InputError", "create_sharded_dataset"]
 
 log = logging.getLogger("shardclaim.dataset")
 Strategy = Literal["round_robin", "contiguous"]
-_BLOCK = 8 << 20
 _MiB = 1 << 20
 _WHITESPACE = b" \t\r\n"
 
@@ -208,7 +216,7 @@ def create_sharded_dataset(
         "validated": validate,
         "skipped_invalid": stats["invalid"],
         "blank_lines": stats["blank"],
-        "inputs": names_of(files).split(", "),
+        "inputs": input_names(files),
         "created_at": datetime.now(UTC).isoformat(),
         "shards": [
             {

@@ -334,3 +334,10 @@ def test_with_several_bad_lines_the_first_in_input_order_is_reported(tmp_path: P
     bad_first = write_jsonl(tmp_path / "c.jsonl", [*records(10), b"nope\n"])
     with pytest.raises(InputError, match=r"c\.jsonl, line 11"):
         create_sharded_dataset([str(bad_first), str(second)], str(tmp_path / "ds"), num_shards=2)
+
+
+def test_the_master_lists_each_input_once_even_with_a_comma_in_its_name(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "part a, part b.jsonl", records(10))
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2)
+    assert len(master["inputs"]) == 1
+    assert master["inputs"][0].endswith("part a, part b.jsonl")
