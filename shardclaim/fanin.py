@@ -14,13 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError
-from shardclaim.status import summarize
+from shardclaim.status import lease_expired, summarize
 
 if TYPE_CHECKING:
     from shardclaim.manager import ShardManager
@@ -65,7 +64,7 @@ def finalize_once(manager: ShardManager, finalizer: Callable[[dict[str, Any]], N
         if marker.get("status") == "done":
             return "done"
         lease = float(marker.get("lease_seconds", manager.lease_seconds))
-        if store.now() - obj.updated <= timedelta(seconds=lease):
+        if not lease_expired(obj.updated, store.now(), lease):
             return "running"
         generation = obj.generation
     except ObjectNotFoundError:

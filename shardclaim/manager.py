@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,7 +34,7 @@ from shardclaim.errors import (
     StoreError,
 )
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
-from shardclaim.status import lease_of, listing_by_shard, shard_statuses
+from shardclaim.status import lease_expired, lease_of, listing_by_shard, shard_statuses
 from shardclaim.store import Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -132,9 +132,6 @@ class ShardManager:
             self._key(shard_id), data, if_generation_match=generation, metadata=meta
         ).generation
 
-    def _expired(self, updated: datetime, now: datetime, lease_seconds: float) -> bool:
-        return now - updated > timedelta(seconds=lease_seconds)
-
     # -- claiming ---------------------------------------------------------------------------------
 
     def claim_shard(self, preferred_shard_id: int | None = None) -> dict[str, Any] | None:
@@ -189,7 +186,7 @@ class ShardManager:
             return None
         now = self._store.now()
         for shard_id, updated, lease_seconds in self._busy:
-            if self._expired(updated, now, lease_seconds):
+            if lease_expired(updated, now, lease_seconds):
                 claimed = self._try_claim(shard_id, now)
                 if claimed is not None:
                     return claimed
@@ -201,7 +198,7 @@ class ShardManager:
         if doc["status"] == "in_use":
             now = now or self._store.now()
             held_for = (doc.get("lease") or {}).get("lease_seconds", self.lease_seconds)
-            if not isinstance(held_for, int | float) or not self._expired(obj.updated, now, float(held_for)):
+            if not isinstance(held_for, int | float) or not lease_expired(obj.updated, now, float(held_for)):
                 return None
             reclaimed_from = doc.get("assigned_to")
         elif doc["status"] != "available":

@@ -8,7 +8,7 @@ from typing import Any
 
 from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["lease_of", "listing_by_shard", "shard_statuses", "summarize"]
+__all__ = ["lease_expired", "lease_of", "listing_by_shard", "shard_statuses", "summarize"]
 
 
 def listing_by_shard(store: Store, directories: list[str]) -> dict[int, ObjectInfo]:
@@ -29,6 +29,11 @@ def lease_of(metadata: Mapping[str, str], default: float) -> float:
     except (KeyError, ValueError):
         return default
     return value if value > 0 else default
+
+
+def lease_expired(updated: datetime, now: datetime, lease_seconds: float) -> bool:
+    """Expired on the store's clock: the last write is more than the lease length before ``now``."""
+    return now - updated > timedelta(seconds=lease_seconds)
 
 
 def shard_statuses(
@@ -54,7 +59,7 @@ def shard_statuses(
                 "failures": int(meta.get("failures", 0)),
                 "heartbeat_age_s": round(age, 1) if status == "in_use" else None,
                 "expired": status == "in_use"
-                and now - info.updated > timedelta(seconds=lease_of(meta, lease_seconds)),
+                and lease_expired(info.updated, now, lease_of(meta, lease_seconds)),
             }
         )
     return out
