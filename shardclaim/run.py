@@ -114,22 +114,25 @@ def _run_one(
     m: ShardManager, opts: _Options, claim: Any, worker_id: str, running: list[subprocess.Popen[bytes]]
 ) -> None:
     env = {**os.environ, **shard_environment(claim.shard, opts.dataset, worker_id)}
-    progress = Path(tempfile.mkdtemp(prefix="shardclaim-")) / "checkpoint"
+    scratch = Path(tempfile.mkdtemp(prefix="shardclaim-"))
+    progress = scratch / "checkpoint"
     env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
     try:
-        proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE)
-    except OSError as e:
-        m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
-        return
-    running.append(proc)
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    assert proc.stderr is not None
-    pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
-    pump.start()
-    code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
-    running.remove(proc)
-    pump.join()
-    shutil.rmtree(progress.parent, ignore_errors=True)
+        try:
+            proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE)
+        except OSError as e:
+            m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
+            return
+        running.append(proc)
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        assert proc.stderr is not None
+        pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
+        pump.start()
+        code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
+        running.remove(proc)
+        pump.join()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     try:
         if code == 0:
             m.mark_completed(claim.shard_id)
@@ -175,7 +178,9 @@ def _wait_and_checkpoint(
                 m.checkpoint(shard_id, value)
                 done = value
             except LeaseLostError as e:
-                print(f"shardclaim run: {e}", file=sys.stderr)
+                # Said once: the completion will be refused too; no point re-reading every poll.
+                print(f"shardclaim run: {e}; progress is no longer recorded", file=sys.stderr)
+                done = sys.maxsize
 
 
 class _Progress:

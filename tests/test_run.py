@@ -193,3 +193,15 @@ def test_progress_shows_shards_records_and_rate(ds: str) -> None:
     last = result.stderr.strip().splitlines()[-1]  # text mode turned each \r into a line break
     assert last.startswith("9/9 shards done, 0 in use, 0 failed; 300 records, ")
     assert "/s, ETA -" in last
+
+
+def test_a_command_that_cannot_start_fails_its_shards_and_leaves_no_scratch(ds: str, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    result = run(
+        ds, "--max-attempts", "1", "--", str(tmp_path / "no-such-program"), env={"TMPDIR": str(scratch)}
+    )
+    assert result.returncode == 1
+    assert "failed: 9 shards (9 failed)" in result.stdout
+    assert "cannot start" in ShardManager(ds, "o").read_shard(0)["last_error"]
+    assert list(scratch.iterdir()) == []
