@@ -57,7 +57,7 @@ def finalize_once(manager: ShardManager, finalizer: Callable[[dict[str, Any]], N
     agg = summarize(manager.get_shard_status())
     if agg["state"] not in ("succeeded", "failed"):
         return "unsettled"
-    store = manager._store
+    store = manager.store
     try:
         obj = store.read(FINALIZE_KEY)
         marker = orjson.loads(obj.data)

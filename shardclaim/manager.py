@@ -277,6 +277,11 @@ class ShardManager:
 
     # -- holding and settling ---------------------------------------------------------------------
 
+    @property
+    def store(self) -> Store:
+        """The store behind the dataset (what :mod:`shardclaim.fanin` guards its marker with)."""
+        return self._store
+
     def read_shard(self, shard_id: int) -> dict[str, Any]:
         """One shard's metadata as stored now (checked, never trusted blindly)."""
         return self._read(shard_id)[1]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardclaim.errors import LeaseLostError, ShardclaimError
 from shardclaim.reader import iter_shard_records
+from shardclaim.status import summarize
 
 if TYPE_CHECKING:
     from shardclaim.manager import ShardManager
@@ -119,9 +120,9 @@ def claims(
                     f"shards {missing} of {manager.dataset_dir} have no metadata.json: nothing can claim them"
                 )
                 raise ShardclaimError(msg)
-            live = [s for s in statuses if s["status"] == "in_use"]
-            if not live and all(s["status"] in ("completed", "failed") for s in statuses):
+            if summarize(statuses)["state"] in ("succeeded", "failed"):  # every shard settled
                 return
+            live = [s for s in statuses if s["status"] == "in_use"]
             idle += 1
             sleep(_wait(manager, live, idle))
 
