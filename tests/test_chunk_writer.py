@@ -1,0 +1,168 @@
+"""The chunk writer's I/O paths: direct I/O with page-aligned writes, the buffered fallback, and tiny
+staging buffers that make every record straddle buffers, pages and chunk boundaries."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from shardclaim import _chunks, create_sharded_dataset, iter_shard_records
+
+MiB = 1 << 20
+PAGE = 4096
+
+
+def mixed_records(n: int, seed: int) -> list[bytes]:
+    """Records from a few bytes to several pages, so that writes rarely end on a page boundary."""
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 30, 700, 4000, 4095, 4096, 9000, 20000]) for _ in range(n)]
+    return [orjson.dumps({"i": i, "pad": "x" * s}) + b"\n" for i, s in enumerate(sizes)]
+
+
+def takes_direct_io(directory: Path) -> bool:
+    if not getattr(os, "O_DIRECT", 0):
+        return False
+    try:
+        fd = os.open(directory / ".probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    (directory / ".probe").unlink()
+    return True
+
+
+def check_dataset(out: Path, lines: list[bytes], num_shards: int) -> None:
+    """Byte-exact, sizes as recorded, and every chunk passes the reader's size and CRC32C check."""
+    got = []
+    for shard in range(num_shards):
+        meta = orjson.loads((out / f"shard_{shard:03d}" / "metadata.json").read_bytes())
+        for chunk in meta["chunks"]:
+            path = out / f"shard_{shard:03d}" / chunk["file"]
+            assert path.stat().st_size == chunk["size_bytes"]
+        got += [r + b"\n" for r in iter_shard_records(str(out), shard, parse=False)]
+    assert Counter(got) == Counter(lines)
+
+
+@pytest.fixture
+def tiny_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pages per shard buffer, a few in flight: every path of add() and the carry run often."""
+    monkeypatch.setattr(_chunks, "_STAGING", 2 * PAGE * 3)
+    monkeypatch.setattr(_chunks, "_MAX_BUFFER", 2 * PAGE)
+    monkeypatch.setattr(_chunks, "_IN_FLIGHT", 2 * PAGE * 4)
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered"])
+def test_tiny_buffers_write_every_byte_once_in_either_mode(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tiny_buffers: None,
+    mode: str,
+) -> None:
+    if mode == "direct" and not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    if mode == "buffered":
+        monkeypatch.setattr(_chunks, "_DIRECT", 0)
+    lines = mixed_records(600, seed=3)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    with caplog.at_level(logging.INFO, logger="shardclaim.dataset"):
+        master = create_sharded_dataset(
+            str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=3, chunk_size_mb=0.05
+        )
+    assert "through the page cache" not in caplog.text  # no misaligned write fell back
+    assert sum(s["num_chunks"] for s in master["shards"]) > 10
+    check_dataset(tmp_path / "ds", lines, 3)
+
+
+def test_chunk_files_are_written_with_direct_io_where_the_filesystem_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    flags: dict[str, int] = {}
+    real_open = os.open
+
+    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".jsonl") and flag & os.O_WRONLY:
+            flags[os.path.basename(str(path))] = flag
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    lines = mixed_records(300, seed=5)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.2)
+    monkeypatch.undo()
+    assert flags
+    assert all(f & os.O_DIRECT for f in flags.values())
+    check_dataset(tmp_path / "ds", lines, 2)
+
+
+def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = []
+    real_open = os.open
+
+    def no_direct(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if flag & getattr(os, "O_DIRECT", 0):
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))  # what tmpfs answers
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    lines = mixed_records(300, seed=7)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.1)
+    monkeypatch.undo()
+    if getattr(os, "O_DIRECT", 0):
+        assert len(refused) == 1  # asked once; every later chunk goes straight to buffered
+    check_dataset(tmp_path / "ds", lines, 2)
+
+
+def test_direct_writes_refused_after_open_fall_back_mid_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_buffers: None
+) -> None:
+    """Some devices accept O_DIRECT at open and refuse the alignment at write: nothing is lost."""
+    if not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    real_pwrite = os.pwrite
+    calls = {"direct": 0, "refused": 0}
+
+    def picky(fd: int, data: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            calls["direct"] += 1
+            if calls["direct"] > 3:  # the first few went through, then the device changes its mind
+                calls["refused"] += 1
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", picky)
+    lines = mixed_records(400, seed=11)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.05)
+    monkeypatch.undo()
+    # Each file already open direct (one per shard) is refused once; later files are opened buffered.
+    assert 1 <= calls["refused"] <= 2
+    check_dataset(tmp_path / "ds", lines, 2)
+
+
+def test_staging_memory_is_fixed_and_shared_out_among_the_shards(tmp_path: Path) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    sizes = {}
+    for shards in (1, 8, 1000):
+        writer = _chunks.ChunkWriter(LocalFileSystem(), str(tmp_path), shards, 100 * MiB)
+        sizes[shards] = len(writer._arena)
+        writer.abort()
+    # The same arena for 1 and 8 shards; 1000 shards get page-sized buffers, not 1000 x 2 MiB.
+    assert sizes[1] <= sizes[8] <= 32 * MiB
+    assert sizes[1000] <= 1000 * PAGE + 32 * MiB
