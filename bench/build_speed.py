@@ -1,11 +1,12 @@
 """Builder speed and memory against GNU ``split -C 100M``, measured side by side in one run.
 
-    python bench/build_speed.py [--size-mb 2048] [--rounds 3] [--rss-sizes 1024,4096] [--dir DIR]
+    python bench/build_speed.py [--size-mb 2048] [--rounds 5] [--rss-sizes 1024,4096] [--dir DIR]
 
 Generates the input with ../shared/bench/gen_jsonl.py (cached in DIR, default /var/tmp/shardclaim-bench),
 warms the page cache, then alternates, round by round: ``split -C 100M``, ``shardclaim create
 --no-validate`` and ``shardclaim create`` (every line validated), 8 shards of 100 MiB chunks. Each timing
-includes a final ``sync`` of the output. Prints medians and ratios to split; then the peak RSS of
+includes a final ``sync`` of the output. Prints medians, and the median over rounds of each round's
+ratio to that round's ``split`` (robust to the disk's speed drifting between rounds); then the peak RSS of
 ``shardclaim create`` at each of --rss-sizes (MiB of input), which should not grow with the input.
 """
 
@@ -75,7 +76,7 @@ def commands(src: Path, out: Path) -> dict[str, list[str]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=2048)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rss-sizes", default="1024,4096")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
     args = parser.parse_args()
@@ -89,13 +90,13 @@ def main() -> int:
             elapsed, _ = run(cmd, out)
             times[name].append(elapsed)
             print(f"round {r + 1}: {name:22s} {elapsed:6.2f} s", flush=True)
-    base = statistics.median(times["split -C 100M"])
     size = src.stat().st_size / 2**20
     print(f"\n{size:.0f} MiB input, 8 shards, 100 MiB chunks, median of {args.rounds} rounds:")
     for name, samples in times.items():
         med = statistics.median(samples)
-        print(f"  {name:22s} {med:6.2f} s  {size / med:7.0f} MiB/s  {med / base:5.2f}x split")
-
+        # Each round's ratio to the split run just before it: the disk's mood drifts between rounds.
+        ratio = statistics.median(t / s for t, s in zip(samples, times["split -C 100M"], strict=True))
+        print(f"  {name:22s} {med:6.2f} s  {size / med:7.0f} MiB/s  {ratio:5.2f}x split")
     print("\npeak RSS of `shardclaim create` (validated):")
     for mb in (int(x) for x in args.rss_sizes.split(",") if x):
         src = input_file(args.dir, mb)
