@@ -4,7 +4,8 @@ Coordination happens only through compare-and-swap on object storage (a local or
 Google Cloud Storage); there is no coordinator process and no database.
 """
 
-from shardclaim.dataset import DatasetExistsError, InputError, create_sharded_dataset
+from typing import TYPE_CHECKING, Any
+
 from shardclaim.errors import (
     GenerationMismatchError,
     InvalidKeyError,
@@ -15,10 +16,38 @@ from shardclaim.errors import (
     StoreError,
     TransientStoreError,
 )
-from shardclaim.layout import MetadataError
-from shardclaim.manager import ShardManager
-from shardclaim.reader import ChunkCorruptError, iter_shard_records
-from shardclaim.store import open_store
+
+if TYPE_CHECKING:
+    from shardclaim.dataset import DatasetExistsError, InputError, create_sharded_dataset
+    from shardclaim.layout import MetadataError
+    from shardclaim.manager import ShardManager
+    from shardclaim.reader import ChunkCorruptError, iter_shard_records
+    from shardclaim.store import open_store
+
+# Imported on first use, so that ``shardclaim create`` does not load the manager and a worker does not
+# load the builder: the command line starts in a fraction of the time.
+_LAZY = {
+    "DatasetExistsError": "shardclaim.dataset",
+    "InputError": "shardclaim.dataset",
+    "create_sharded_dataset": "shardclaim.dataset",
+    "MetadataError": "shardclaim.layout",
+    "ShardManager": "shardclaim.manager",
+    "ChunkCorruptError": "shardclaim.reader",
+    "iter_shard_records": "shardclaim.reader",
+    "open_store": "shardclaim.store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardclaim' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ChunkCorruptError",
@@ -39,3 +68,7 @@ __all__ = [
     "open_store",
 ]
 __version__ = "0.1.0"
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -28,8 +28,8 @@ import threading
 from typing import Any
 
 import crc32c
-from fsspec.implementations.local import LocalFileSystem
 
+from shardclaim._localfs import is_local
 from shardclaim.layout import chunk_name, shard_dir
 
 __all__ = ["ChunkWriter"]
@@ -67,7 +67,7 @@ class ChunkWriter:
     def __init__(self, fs: Any, base: str, num_shards: int, limit: int) -> None:
         self._fs = fs
         self._base = base
-        self._local = isinstance(fs, LocalFileSystem)
+        self._local = is_local(fs)
         self._direct = self._local and _DIRECT != 0  # the writer turns it off if the filesystem refuses
         self._limit = limit
         self._num_shards = num_shards

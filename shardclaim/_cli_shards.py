@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from shardclaim.errors import LeaseLostError
-from shardclaim.manager import ShardManager
 from shardclaim.status import summarize
+
+if TYPE_CHECKING:  # the manager is imported by the commands that use it, not by `create`
+    from shardclaim.manager import ShardManager
 
 __all__ = ["add_shard_commands", "run_shard_command"]
 
@@ -53,6 +55,8 @@ def add_shard_commands(sub: Any) -> None:
 
 
 def run_shard_command(args: argparse.Namespace) -> int:
+    from shardclaim.manager import ShardManager
+
     command = args.command
     if command == "status":
         return _status(ShardManager(args.dataset_dir, "status-reader"), as_json=args.json)
@@ -75,6 +79,8 @@ def run_shard_command(args: argparse.Namespace) -> int:
 
 
 def _settle(args: argparse.Namespace) -> int:
+    from shardclaim.manager import ShardManager
+
     worker = args.worker_id
     if worker is None:  # the seed's CLI names no worker: act as whoever holds the shard
         worker = ShardManager(args.dataset_dir, "cli").read_shard(args.shard_id).get("assigned_to") or "cli"
@@ -92,6 +98,8 @@ def _settle(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
+    from shardclaim.manager import ShardManager
+
     m = ShardManager(args.dataset_dir, "operator")
     if args.shard_id is not None:
         targets = [args.shard_id]

@@ -3,11 +3,12 @@ as one stream of lines with file names and line numbers for error messages."""
 
 from __future__ import annotations
 
+import glob
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import fsspec
-
+from shardclaim._localfs import LocalInput
 from shardclaim.errors import ShardclaimError
 
 __all__ = [
@@ -30,16 +31,28 @@ class InputError(ShardclaimError, ValueError):
 
 
 def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
+    """Each path, URL or glob in order, as fsspec ``OpenFile``-like objects (local paths as
+    :class:`LocalInput`, without importing fsspec)."""
     paths = [input_file] if isinstance(input_file, str) else list(input_file)
     if not paths:
         raise InputError("no input files given")
     files: list[Any] = []
     for path in paths:
-        matched = fsspec.open_files(path, mode="rb", compression="infer", expand=False)
-        if any(c in path for c in "*?["):
-            matched = fsspec.open_files(path, mode="rb", compression="infer")
-            if not matched:
-                raise InputError(f"no input file matches {path!r}")
+        pattern = any(c in path for c in "*?[")
+        if "://" not in path:
+            local = os.path.expanduser(path)
+            if pattern:
+                matched = [LocalInput(p) for p in sorted(glob.glob(local)) if os.path.isfile(p)]
+            else:
+                matched = [LocalInput(local)]
+        else:
+            import fsspec
+
+            matched = fsspec.open_files(path, mode="rb", compression="infer", expand=False)
+            if pattern:
+                matched = fsspec.open_files(path, mode="rb", compression="infer")
+        if pattern and not matched:
+            raise InputError(f"no input file matches {path!r}")
         files.extend(matched)
     return files
 

@@ -25,9 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-import fsspec
 import orjson
 
 from shardclaim._chunks import ChunkWriter
@@ -41,7 +40,7 @@ from shardclaim._input import (
     open_inputs,
     size_of,
 )
-from shardclaim._validate import INVALID_ERRORS, BackgroundValidator, Invalid, make_validator, why_invalid
+from shardclaim._localfs import filesystem
 from shardclaim.errors import ShardclaimError
 from shardclaim.layout import (
     FORMAT_VERSION,
@@ -52,6 +51,9 @@ from shardclaim.layout import (
     shard_dir,
 )
 from shardclaim.store import open_store
+
+if TYPE_CHECKING:  # _validate (simdjson, multiprocessing) is imported only when validating
+    from shardclaim._validate import BackgroundValidator, Invalid
 
 __all__ = ["DatasetExistsError", "InputError", "create_sharded_dataset"]
 
@@ -98,8 +100,7 @@ def _check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None
 def _prepare_output(output_dir: str, overwrite: bool) -> tuple[Any, Any, str]:
     """Open the output; refuse an existing dataset unless ``overwrite``; clear a partial build."""
     store = open_store(output_dir)
-    fs, base = fsspec.core.url_to_fs(store.url)
-    base = base.rstrip("/")
+    fs, base = filesystem(store.url)
     existing = store.list()
     ours = [o.key for o in existing if _is_layout_key(o.key)]
     foreign = [o.key for o in existing if not _is_layout_key(o.key)]
@@ -167,8 +168,11 @@ def create_sharded_dataset(
     total_records = _count_records(files) if strategy == "contiguous" else 0
     writer = ChunkWriter(fs, base, num_shards, opts.limit)
     background = None
-    if validate and BackgroundValidator.suits(files, skip_invalid):
-        background = BackgroundValidator(files)
+    if validate:
+        from shardclaim._validate import BackgroundValidator
+
+        if BackgroundValidator.suits(files, skip_invalid):
+            background = BackgroundValidator(files)
     bar = _progress_bar(files, progress)
     # The writer thread needs the GIL back after every write; with the default 5 ms switch interval
     # it would queue behind the parsing loop for most of that time (1.63 s -> 1.35 s on 2 GiB here).
@@ -256,7 +260,12 @@ def _distribute(
 ) -> dict[str, int]:
     records = invalid = blank = nbytes = 0
     n = opts.num_shards
-    parse = make_validator() if opts.validate and background is None else None
+    parse = None
+    invalid_errors: tuple[type[Exception], ...] = ()
+    if opts.validate and background is None:
+        from shardclaim._validate import INVALID_ERRORS, make_validator
+
+        parse, invalid_errors = make_validator(), INVALID_ERRORS
     round_robin = opts.strategy == "round_robin"
     add = writer.add
     # The same walk as _input.lines_of, written out: a generator step per line costs ~15% of the
@@ -279,8 +288,10 @@ def _distribute(
             if parse is not None:
                 try:
                     parse(line)
-                except INVALID_ERRORS:
+                except invalid_errors:
                     if not opts.skip_invalid:
+                        from shardclaim._validate import why_invalid
+
                         _invalid((name, lineno, why_invalid(line)))
                     invalid += 1
                     continue

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import crc32c
-import fsspec
 import orjson
 
+from shardclaim._localfs import filesystem
 from shardclaim.errors import ShardclaimError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
 from shardclaim.store import open_store
@@ -47,7 +47,7 @@ def iter_shard_records(
     directory = master["shards"][shard_id]["directory"]
     key = f"{directory}/{SHARD_METADATA}"
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
-    fs, base = fsspec.core.url_to_fs(store.url)
+    fs, base = filesystem(store.url)
     for chunk in meta["chunks"][start_chunk:]:
         path = f"{base.rstrip('/')}/{directory}/{chunk['file']}"
         if verify:
