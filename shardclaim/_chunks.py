@@ -7,13 +7,14 @@ thread then folds it into the chunk's running CRC32C and returns the buffer to t
 release the GIL for their heavy part, so parsing, writing and checksumming overlap, and memory is the
 arena, whatever the input size: the main thread waits for a free buffer when all are in flight.
 
-On a local filesystem the chunk files are opened with ``O_DIRECT``: buffers go from the arena to the
-device without passing through the page cache. Filling the page cache costs more CPU than anything
-else the builder does (a first-touch fault per page on a VM, then the writeback), and the machine has
-little CPU to spare while it parses. Direct I/O needs every write aligned: buffers are whole 4 KiB
-pages and only full ones are handed over mid-chunk; a chunk's last write is padded to a page and the
-file truncated to its true size. A filesystem that refuses ``O_DIRECT`` (tmpfs, some FUSE mounts)
-gets ordinary buffered writes of the same buffers.
+On a local disk filesystem (ext4, XFS, btrfs...) the chunk files are opened with ``O_DIRECT``:
+buffers go from the arena to the device without passing through the page cache. Filling the page
+cache costs more CPU than anything else the builder does (a first-touch fault per page on a VM, then
+the writeback), and the machine has little CPU to spare while it parses. Direct I/O needs every write
+aligned: buffers are whole 4 KiB pages and only full ones are handed over mid-chunk; a chunk's last
+write is padded to a page and the file truncated to its true size. Other filesystems (NFS, where every
+direct write would be a synchronous round trip; tmpfs; FUSE), and any that refuses ``O_DIRECT`` after
+all, get ordinary buffered writes of the same buffers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import crc32c
 
-from shardclaim._localfs import is_local
+from shardclaim._localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
 from shardclaim.layout import chunk_name, shard_dir
 
 __all__ = ["ChunkWriter"]
@@ -68,7 +69,9 @@ class ChunkWriter:
         self._fs = fs
         self._base = base
         self._local = is_local(fs)
-        self._direct = self._local and _DIRECT != 0  # the writer turns it off if the filesystem refuses
+        self._direct = (  # the writer turns it off if the filesystem refuses it after all
+            self._local and _DIRECT != 0 and filesystem_type(base) in DIRECT_IO_FILESYSTEMS
+        )
         self._limit = limit
         self._num_shards = num_shards
         size = max(_PAGE, min(_MAX_BUFFER, _STAGING // num_shards // _PAGE * _PAGE))

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from shardclaim import _chunks, create_sharded_dataset, iter_shard_records
+from shardclaim._localfs import DIRECT_IO_FILESYSTEMS, filesystem_type
 
 MiB = 1 << 20
 PAGE = 4096
@@ -29,7 +30,8 @@ def mixed_records(n: int, seed: int) -> list[bytes]:
 
 
 def takes_direct_io(directory: Path) -> bool:
-    if not getattr(os, "O_DIRECT", 0):
+    """The builder would use direct I/O here: a disk filesystem that accepts O_DIRECT."""
+    if not getattr(os, "O_DIRECT", 0) or filesystem_type(str(directory)) not in DIRECT_IO_FILESYSTEMS:
         return False
     try:
         fd = os.open(directory / ".probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
@@ -109,6 +111,8 @@ def test_chunk_files_are_written_with_direct_io_where_the_filesystem_takes_it(
 def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
     refused = []
     real_open = os.open
 
@@ -123,9 +127,45 @@ def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
     (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
     create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.1)
     monkeypatch.undo()
-    if getattr(os, "O_DIRECT", 0):
-        assert len(refused) == 1  # asked once; every later chunk goes straight to buffered
+    assert len(refused) == 1  # asked once; every later chunk goes straight to buffered
     check_dataset(tmp_path / "ds", lines, 2)
+
+
+def test_network_and_memory_filesystems_are_written_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS a direct write is a synchronous round trip; the builder does not ask for it there."""
+    monkeypatch.setattr(_chunks, "filesystem_type", lambda path: "nfs4")
+    flags = []
+    real_open = os.open
+
+    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".jsonl") and flag & os.O_WRONLY:
+            flags.append(flag)
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    lines = mixed_records(200, seed=13)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.2)
+    monkeypatch.undo()
+    assert flags
+    assert not any(f & getattr(os, "O_DIRECT", 0) for f in flags)
+    check_dataset(tmp_path / "ds", lines, 2)
+
+
+def test_the_filesystem_type_is_that_of_the_innermost_mount() -> None:
+    mounts = (
+        "/dev/vda / ext4 rw,relatime 0 0\n"
+        "server:/export /mnt/data nfs4 rw 0 0\n"
+        "tmpfs /mnt/data/scratch tmpfs rw 0 0\n"
+        "/dev/vdb /mnt/my\\040disk xfs rw 0 0\n"
+    )
+    assert filesystem_type("/home/me/ds", mounts) == "ext4"
+    assert filesystem_type("/mnt/data/ds", mounts) == "nfs4"
+    assert filesystem_type("/mnt/data/scratch/ds", mounts) == "tmpfs"
+    assert filesystem_type("/mnt/datax/ds", mounts) == "ext4"  # a prefix of the name is not a mount
+    assert filesystem_type("/mnt/my disk/ds", mounts) == "xfs"
 
 
 def test_direct_writes_refused_after_open_fall_back_mid_chunk(
