@@ -1,11 +1,11 @@
-"""Writing chunk files: the builder's main thread copies records out, two helper threads do the I/O.
+"""Writing chunk files: the builder's main thread copies records out, a writer thread does the I/O.
 
 Each shard owns one staging buffer at a time, a page-aligned slice of one preallocated arena. The main
 thread copies every record into its shard's buffer (a ``memcpy``; the input block it came from can be
-read into again at once) and hands a full buffer over as one job. A writer thread writes it; a checksum
-thread then folds it into the chunk's running CRC32C and returns the buffer to the free list. Both
-release the GIL for their heavy part, so parsing, writing and checksumming overlap, and memory is the
-arena, whatever the input size: the main thread waits for a free buffer when all are in flight.
+read into again at once); when the buffer is full it folds it into the chunk's running CRC32C and hands
+it over as one job. The writer thread writes it and returns it to the free list. ``write`` and
+``crc32c`` release the GIL, so parsing and writing overlap, and memory is the arena, whatever the input
+size: the main thread waits for a free buffer when all are in flight.
 
 On a local disk filesystem (ext4, XFS, btrfs...) the chunk files are opened with ``O_DIRECT``:
 buffers go from the arena to the device without passing through the page cache. Filling the page
@@ -50,7 +50,7 @@ _Job = tuple[int, str, memoryview, int, int, dict[str, Any] | None]
 class _Shard:
     """The main thread's view of one shard: its chunks so far and its current staging buffer."""
 
-    __slots__ = ("buffer", "bytes", "chunks", "directory", "fill", "offset", "records")
+    __slots__ = ("buffer", "bytes", "chunks", "crc", "directory", "fill", "offset", "records")
 
     def __init__(self, directory: str, size: int) -> None:
         self.directory = directory
@@ -60,6 +60,7 @@ class _Shard:
         self.offset = 0  # where the buffer's first byte goes in the current chunk file
         self.bytes = 0  # in the current chunk
         self.records = 0  # in the current chunk
+        self.crc = 0  # CRC32C of the current chunk's bytes handed over so far
 
 
 class ChunkWriter:
@@ -84,14 +85,9 @@ class ChunkWriter:
             self._free.put(whole[i * size : (i + 1) * size])
         self.shards = [_Shard(shard_dir(i, num_shards), size) for i in range(num_shards)]
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._sums: queue.Queue[_Job | None] = queue.Queue()
         self._error: BaseException | None = None
-        self._threads = [
-            threading.Thread(target=self._run, name="shardclaim-writer", daemon=True),
-            threading.Thread(target=self._checksum, name="shardclaim-crc32c", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._run, name="shardclaim-writer", daemon=True)
+        self._thread.start()
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -133,8 +129,7 @@ class ChunkWriter:
             if shard.records:
                 self._close_chunk(shard_id)
         self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
+        self._thread.join()
         self._raise_if_failed()
         return [
             {
@@ -155,8 +150,7 @@ class ChunkWriter:
         """Stop the writer and close its files (the caller removes them)."""
         self._error = self._error or RuntimeError("aborted")
         self._jobs.put(None)
-        for thread in self._threads:
-            thread.join()
+        self._thread.join()
 
     def _next_buffer(self, shard_id: int) -> None:
         """The shard's buffer is full, or it has none: hand it over (whole pages, as direct I/O
@@ -165,6 +159,7 @@ class ChunkWriter:
         fresh = self._take()
         if shard.buffer is not None:
             path = f"{self._base}/{shard.directory}/{chunk_name(len(shard.chunks))}"
+            shard.crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
             self._jobs.put((shard_id, path, shard.buffer, shard.fill, shard.offset, None))
             shard.offset += shard.fill
         shard.buffer, shard.fill = fresh, 0
@@ -173,19 +168,20 @@ class ChunkWriter:
         """Close the shard's current chunk: its last bytes go to the writer with its metadata."""
         shard = self.shards[shard_id]
         assert shard.buffer is not None  # records > 0, and every record has at least its newline
+        crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
         meta = {
             "chunk_id": len(shard.chunks),
             "file": chunk_name(len(shard.chunks)),
             "num_tasks": shard.records,
             "size_mb": round(shard.bytes / _MiB, 6),
             "size_bytes": shard.bytes,
-            "crc32c": None,  # filled in by the checksum thread
+            "crc32c": f"{crc:08x}",
         }
         path = f"{self._base}/{shard.directory}/{meta['file']}"
         shard.chunks.append(meta)
         self._jobs.put((shard_id, path, shard.buffer, shard.fill, shard.offset, meta))
         shard.buffer, shard.fill, shard.offset = None, self._size, 0
-        shard.bytes = shard.records = 0
+        shard.bytes = shard.records = shard.crc = 0
 
     def _take(self) -> memoryview:
         while True:
@@ -216,35 +212,17 @@ class ChunkWriter:
                         del open_files[shard_id]
                         self._close(file)
                         written.append(path)
-                self._sums.put(job)
+                self._free.put(job[2])  # the buffer can be filled again
             if self._local and self._error is None:
                 _make_durable(written)
         except BaseException as e:
             self._error = e
         finally:
-            self._sums.put(None)
             for file in open_files.values():
                 try:
                     self._close(file)
                 except OSError as e:
                     self._error = self._error or e
-
-    def _checksum(self) -> None:
-        """The writer's jobs, in the same order, once written: running CRC32C per chunk. Then the
-        buffer is free again. crc32c releases the GIL on large buffers, so this runs in parallel."""
-        sums: dict[str, int] = {}
-        try:
-            while (job := self._sums.get()) is not None:
-                _, path, buffer, length, _, meta = job
-                if self._error is None:
-                    crc = crc32c.crc32c(buffer[:length], value=sums.pop(path, 0))
-                    if meta is None:
-                        sums[path] = crc
-                    else:
-                        meta["crc32c"] = f"{crc:08x}"
-                self._free.put(buffer)
-        except BaseException as e:
-            self._error = e
 
     def _open(self, path: str) -> _File:
         if not self._local:
