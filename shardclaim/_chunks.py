@@ -1,11 +1,13 @@
-"""Writing chunk files: the builder's main thread copies records out, a writer thread does the I/O.
+"""Writing chunk files: the builder's main thread copies records out, writer threads do the I/O.
 
 Each shard owns one staging buffer at a time, a page-aligned slice of one preallocated arena. The main
 thread copies every record into its shard's buffer (a ``memcpy``; the input block it came from can be
 read into again at once); when the buffer is full it folds it into the chunk's running CRC32C and hands
-it over as one job. The writer thread writes it and returns it to the free list. ``write`` and
-``crc32c`` release the GIL, so parsing and writing overlap, and memory is the arena, whatever the input
-size: the main thread waits for a free buffer when all are in flight.
+it over as one job. One of four writer threads (a shard always goes to the same one, so each chunk file
+is written in order) writes it and returns it to the free list: four writes in flight keep the device
+busy, where one at a time left it idle between completion and the next request (2 GiB in 2.1 s against
+1.7 s here). ``write`` and ``crc32c`` release the GIL, so parsing and writing overlap, and memory is the
+arena, whatever the input size: the main thread waits for a free buffer when all are in flight.
 
 On a local disk filesystem (ext4, XFS, btrfs...) the chunk files are opened with ``O_DIRECT``:
 buffers go from the arena to the device without passing through the page cache. Filling the page
@@ -40,7 +42,8 @@ _MiB = 1 << 20
 _PAGE = 4096  # O_DIRECT alignment: the logical block size of any common device divides it
 _STAGING = 16 * _MiB  # all shards' current buffers together
 _MAX_BUFFER = 2 * _MiB  # one write
-_IN_FLIGHT = 8 * _MiB  # buffers handed over and not yet written and checksummed
+_IN_FLIGHT = 16 * _MiB  # buffers handed over and not yet written and checksummed
+_WRITERS = 4  # writes in flight at once: one at a time leaves the device idle between them
 _DIRECT = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD; 0 elsewhere: buffered writes
 
 # (shard, chunk path, buffer, bytes of it to write, file offset of its first byte, metadata if closing)
@@ -84,10 +87,15 @@ class ChunkWriter:
         for i in range(count):
             self._free.put(whole[i * size : (i + 1) * size])
         self.shards = [_Shard(shard_dir(i, num_shards), size) for i in range(num_shards)]
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        # A shard always goes to the same writer, so its chunk files see their writes in order.
+        self._jobs: list[queue.Queue[_Job | None]] = [queue.Queue() for _ in range(_WRITERS)]
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="shardclaim-writer", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(jobs,), name="shardclaim-writer", daemon=True)
+            for jobs in self._jobs
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -128,8 +136,10 @@ class ChunkWriter:
         for shard_id, shard in enumerate(self.shards):
             if shard.records:
                 self._close_chunk(shard_id)
-        self._jobs.put(None)
-        self._thread.join()
+        for jobs in self._jobs:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join()
         self._raise_if_failed()
         return [
             {
@@ -149,8 +159,10 @@ class ChunkWriter:
     def abort(self) -> None:
         """Stop the writer and close its files (the caller removes them)."""
         self._error = self._error or RuntimeError("aborted")
-        self._jobs.put(None)
-        self._thread.join()
+        for jobs in self._jobs:
+            jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def _next_buffer(self, shard_id: int) -> None:
         """The shard's buffer is full, or it has none: hand it over (whole pages, as direct I/O
@@ -160,7 +172,8 @@ class ChunkWriter:
         if shard.buffer is not None:
             path = f"{self._base}/{shard.directory}/{chunk_name(len(shard.chunks))}"
             shard.crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
-            self._jobs.put((shard_id, path, shard.buffer, shard.fill, shard.offset, None))
+            job = (shard_id, path, shard.buffer, shard.fill, shard.offset, None)
+            self._jobs[shard_id % _WRITERS].put(job)
             shard.offset += shard.fill
         shard.buffer, shard.fill = fresh, 0
 
@@ -179,7 +192,7 @@ class ChunkWriter:
         }
         path = f"{self._base}/{shard.directory}/{meta['file']}"
         shard.chunks.append(meta)
-        self._jobs.put((shard_id, path, shard.buffer, shard.fill, shard.offset, meta))
+        self._jobs[shard_id % _WRITERS].put((shard_id, path, shard.buffer, shard.fill, shard.offset, meta))
         shard.buffer, shard.fill, shard.offset = None, self._size, 0
         shard.bytes = shard.records = shard.crc = 0
 
@@ -197,11 +210,11 @@ class ChunkWriter:
 
     # -- writer thread ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, jobs: queue.Queue[_Job | None]) -> None:
         open_files: dict[int, _File] = {}  # shard -> its open chunk file
         written: list[str] = []
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := jobs.get()) is not None:
                 if self._error is None:
                     shard_id, path, buffer, length, offset, meta = job
                     file = open_files.get(shard_id)

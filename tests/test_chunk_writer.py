@@ -127,7 +127,8 @@ def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
     (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
     create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.1)
     monkeypatch.undo()
-    assert len(refused) == 1  # asked once; every later chunk goes straight to buffered
+    # Asked once per writer thread at most; every later chunk goes straight to buffered.
+    assert 1 <= len(refused) <= _chunks._WRITERS
     check_dataset(tmp_path / "ds", lines, 2)
 
 
