@@ -3,11 +3,12 @@
     python bench/build_speed.py [--size-mb 2048] [--rounds 5] [--rss-sizes 1024,4096] [--dir DIR]
 
 Generates the input with ../shared/bench/gen_jsonl.py (cached in DIR, default /var/tmp/shardclaim-bench),
-warms the page cache, then alternates, round by round: ``split -C 100M``, ``shardclaim create
---no-validate`` and ``shardclaim create`` (every line validated), 8 shards of 100 MiB chunks. Each timing
-includes a final ``sync`` of the output. Prints medians, and the median over rounds of each round's
-ratio to that round's ``split`` (robust to the disk's speed drifting between rounds); then the peak RSS of
-``shardclaim create`` at each of --rss-sizes (MiB of input), which should not grow with the input.
+warms the page cache, then alternates, round by round: ``split -C 100M``, ``dd oflag=direct`` (the disk's
+own speed for one sequential copy), ``shardclaim create --no-validate`` and ``shardclaim create`` (every
+line validated), 8 shards of 100 MiB chunks. Each timing includes a final ``sync`` of the output.
+Prints medians, and the median over rounds of each round's ratio to that round's ``split`` (robust to
+the disk's speed drifting between rounds); then the peak RSS of ``shardclaim create`` at each of
+--rss-sizes (MiB of input), which should not grow with the input.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def commands(src: Path, out: Path) -> dict[str, list[str]]:
     ]
     return {
         "split -C 100M": ["sh", "-c", f'mkdir -p "{out}" && exec split -C 100M "{src}" "{out}/x"'],
+        # The disk alone: one sequential copy with direct I/O, the floor for anything writing 2 GiB.
+        "dd oflag=direct": [
+            "sh",
+            "-c",
+            f'mkdir -p "{out}" && exec dd if="{src}" of="{out}/x" bs=2M oflag=direct status=none',
+        ],
         "create --no-validate": [*create, "--no-validate"],
         "create (validated)": create,
     }

@@ -54,6 +54,24 @@ def check_dataset(out: Path, lines: list[bytes], num_shards: int) -> None:
     assert Counter(got) == Counter(lines)
 
 
+def build_recording_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[bytes]) -> list[int]:
+    """Build two shards from ``lines``; the open flags of every chunk file the writer created."""
+    flags: list[int] = []
+    real_open = os.open
+
+    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(".jsonl") and flag & os.O_WRONLY:
+            flags.append(flag)
+        return real_open(path, flag, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.2)
+    monkeypatch.undo()
+    check_dataset(tmp_path / "ds", lines, 2)
+    return flags
+
+
 @pytest.fixture
 def tiny_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two pages per shard buffer, a few in flight: every path of add() and the carry run often."""
@@ -90,22 +108,9 @@ def test_chunk_files_are_written_with_direct_io_where_the_filesystem_takes_it(
 ) -> None:
     if not takes_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} does not take O_DIRECT")
-    flags: dict[str, int] = {}
-    real_open = os.open
-
-    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
-        if str(path).endswith(".jsonl") and flag & os.O_WRONLY:
-            flags[os.path.basename(str(path))] = flag
-        return real_open(path, flag, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", spy)
-    lines = mixed_records(300, seed=5)
-    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
-    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.2)
-    monkeypatch.undo()
+    flags = build_recording_opens(tmp_path, monkeypatch, mixed_records(300, seed=5))
     assert flags
-    assert all(f & os.O_DIRECT for f in flags.values())
-    check_dataset(tmp_path / "ds", lines, 2)
+    assert all(f & os.O_DIRECT for f in flags)
 
 
 def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
@@ -137,22 +142,9 @@ def test_network_and_memory_filesystems_are_written_through_the_page_cache(
 ) -> None:
     """On NFS a direct write is a synchronous round trip; the builder does not ask for it there."""
     monkeypatch.setattr(_chunks, "filesystem_type", lambda path: "nfs4")
-    flags = []
-    real_open = os.open
-
-    def spy(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
-        if str(path).endswith(".jsonl") and flag & os.O_WRONLY:
-            flags.append(flag)
-        return real_open(path, flag, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", spy)
-    lines = mixed_records(200, seed=13)
-    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
-    create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.2)
-    monkeypatch.undo()
+    flags = build_recording_opens(tmp_path, monkeypatch, mixed_records(200, seed=13))
     assert flags
     assert not any(f & getattr(os, "O_DIRECT", 0) for f in flags)
-    check_dataset(tmp_path / "ds", lines, 2)
 
 
 def test_the_filesystem_type_is_that_of_the_innermost_mount() -> None:
