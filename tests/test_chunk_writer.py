@@ -199,3 +199,25 @@ def test_staging_memory_is_fixed_and_shared_out_among_the_shards(tmp_path: Path)
     # The same arena for 1 and 8 shards; 1000 shards get page-sized buffers, not 1000 x 2 MiB.
     assert sizes[1] <= sizes[8] <= 32 * MiB
     assert sizes[1000] <= 1000 * PAGE + 32 * MiB
+
+
+def test_a_full_disk_fails_the_build_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC in a writer thread reaches the caller as the error; nothing is published or left behind."""
+    real_pwrite = os.pwrite
+    calls = []
+
+    def filling_up(fd: int, data: Any, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(_chunks, "_STAGING", 2 * PAGE * 3)
+    monkeypatch.setattr(_chunks, "_MAX_BUFFER", 2 * PAGE)
+    monkeypatch.setattr(os, "pwrite", filling_up)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(mixed_records(500, seed=17)))
+    with pytest.raises(OSError, match="No space left"):
+        create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=3)
+    monkeypatch.undo()
+    assert len(calls) > 5
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == []
