@@ -280,7 +280,7 @@ class ChunkWriter:
         if not self._local:
             file.handle.close()
             return
-        if not file.direct:
+        if not file.direct and hasattr(os, "posix_fadvise"):  # not on macOS
             # Start writing the chunk back now, in the background, rather than leaving all of it
             # to the final flush; the final fdatasync then finds little left to do.
             os.posix_fadvise(file.handle, 0, 0, os.POSIX_FADV_DONTNEED)
