@@ -234,24 +234,24 @@ class ChunkWriter:
     # -- writer threads ---------------------------------------------------------------------------
 
     def _run(self, jobs: queue.Queue[_Job | None]) -> None:
-        try:
-            while (job := jobs.get()) is not None:
-                file, buffer, length, offset, last = job
+        while (job := jobs.get()) is not None:
+            file, buffer, length, offset, last = job
+            try:
+                if self._error is None:
+                    self._write(file, buffer, length, offset, last=last)
+            except BaseException as e:  # keep draining: every buffer must come back
+                self._error = self._error or e
+            self._free.put(buffer)  # the buffer can be filled again
+            with file.lock:
+                file.pending -= 1
+                done = file.closing and file.pending == 0
+            if done and self._error is None:  # every write of the chunk has landed
                 try:
-                    if self._error is None:
-                        self._write(file, buffer, length, offset, last=last)
-                except BaseException as e:  # keep draining: the buffers must come back
-                    self._error = self._error or e
-                self._free.put(buffer)  # the buffer can be filled again
-                with file.lock:
-                    file.pending -= 1
-                    done = file.closing and file.pending == 0
-                if done and self._error is None:  # every write of the chunk has landed
                     self._open_files.discard(file)
                     self._close(file)
                     self._written.append(file.path)
-        except BaseException as e:
-            self._error = self._error or e
+                except BaseException as e:  # a remote upload can fail only at close
+                    self._error = self._error or e
 
     def _open(self, path: str) -> _File:
         if not self._local:

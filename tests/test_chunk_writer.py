@@ -222,3 +222,20 @@ def test_a_full_disk_fails_the_build_cleanly(tmp_path: Path, monkeypatch: pytest
     monkeypatch.undo()
     assert len(calls) > 5
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == []
+
+
+def test_an_upload_refused_at_close_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote chunk files (fsspec) can fail only when closed, in a writer thread: the build raises it."""
+    from fsspec.implementations.memory import MemoryFile
+
+    from shardclaim import open_store
+
+    def refused(self: Any) -> None:
+        raise OSError("upload refused")
+
+    monkeypatch.setattr(MemoryFile, "close", refused)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(mixed_records(50, seed=19)))
+    with pytest.raises(OSError, match="upload refused"):
+        create_sharded_dataset(str(tmp_path / "in.jsonl"), "memory://shardclaim-close-fails", num_shards=2)
+    monkeypatch.undo()
+    assert [o.key for o in open_store("memory://shardclaim-close-fails").list()] == []
