@@ -45,7 +45,7 @@ _MiB = 1 << 20
 _PAGE = 4096  # O_DIRECT alignment: the logical block size of any common device divides it
 _STAGING = 16 * _MiB  # all shards' current buffers together
 _MAX_BUFFER = 2 * _MiB  # one write
-_IN_FLIGHT = 16 * _MiB  # buffers handed over and not yet written and checksummed
+_IN_FLIGHT = 16 * _MiB  # buffers handed over and not yet written
 _WRITERS = 4  # writes in flight at once: one at a time leaves the device idle between them
 _DIRECT = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD; 0 elsewhere: buffered writes
 
@@ -183,40 +183,40 @@ class ChunkWriter:
         shard = self.shards[shard_id]
         fresh = self._take()
         if shard.buffer is not None:
-            shard.crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
-            self._hand_over(shard_id, None)
+            self._hand_over(shard_id, last=False)
             shard.offset += shard.fill
         shard.buffer, shard.fill = fresh, 0
 
     def _close_chunk(self, shard_id: int) -> None:
-        """Close the shard's current chunk: its last bytes go to a writer with its metadata."""
+        """Close the shard's current chunk: its last bytes go to a writer, its metadata to the list."""
         shard = self.shards[shard_id]
-        assert shard.buffer is not None  # records > 0, and every record has at least its newline
-        crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
-        meta = {
-            "chunk_id": len(shard.chunks),
-            "file": chunk_name(len(shard.chunks)),
-            "num_tasks": shard.records,
-            "size_mb": round(shard.bytes / _MiB, 6),
-            "size_bytes": shard.bytes,
-            "crc32c": f"{crc:08x}",
-        }
-        self._hand_over(shard_id, meta)
-        shard.chunks.append(meta)
+        self._hand_over(shard_id, last=True)
+        shard.chunks.append(
+            {
+                "chunk_id": len(shard.chunks),
+                "file": chunk_name(len(shard.chunks)),
+                "num_tasks": shard.records,
+                "size_mb": round(shard.bytes / _MiB, 6),
+                "size_bytes": shard.bytes,
+                "crc32c": f"{shard.crc:08x}",
+            }
+        )
         shard.buffer, shard.fill, shard.offset, shard.file = None, self._size, 0, None
         shard.bytes = shard.records = shard.crc = 0
 
-    def _hand_over(self, shard_id: int, meta: dict[str, Any] | None) -> None:
+    def _hand_over(self, shard_id: int, *, last: bool) -> None:
+        """The shard's buffer, folded into the chunk's CRC32C, goes to a writer."""
         shard = self.shards[shard_id]
-        assert shard.buffer is not None
+        assert shard.buffer is not None  # records > 0, and every record has at least its newline
+        shard.crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
         if shard.file is None:  # the chunk's first bytes: open it here, before any writer needs it
             shard.file = self._open(f"{self._base}/{shard.directory}/{chunk_name(len(shard.chunks))}")
             self._open_files.add(shard.file)
         file = shard.file
         with file.lock:
             file.pending += 1
-            file.closing = meta is not None
-        job = (file, shard.buffer, shard.fill, shard.offset, meta is not None)
+            file.closing = last
+        job = (file, shard.buffer, shard.fill, shard.offset, last)
         self._queues[shard_id % _WRITERS].put(job)
 
     def _take(self) -> memoryview:

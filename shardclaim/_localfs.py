@@ -15,7 +15,15 @@ import shutil
 import sys
 from typing import IO, Any, cast
 
-__all__ = ["COMPRESSIONS", "LocalFS", "LocalInput", "filesystem", "is_local"]
+__all__ = [
+    "COMPRESSIONS",
+    "DIRECT_IO_FILESYSTEMS",
+    "LocalFS",
+    "LocalInput",
+    "filesystem",
+    "filesystem_type",
+    "is_local",
+]
 
 # What fsspec's compression="infer" calls these suffixes, and how to open them.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}
@@ -23,8 +31,6 @@ COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}
 
 class LocalFS:
     """The fsspec calls shardclaim makes, on local paths (an fsspec-compatible subset)."""
-
-    protocol = ("file", "local")
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         os.makedirs(path, exist_ok=exist_ok)
