@@ -59,7 +59,10 @@ PY
 grep -q "Shard 0: in_use (assigned to: machine0_host0)" "$WORK/status.txt" || fail "status does not show shard 0"
 "${S[@]}" --action complete --shard_id 0
 "${S[@]}" --action reset --shard_id 0
-"${S[@]}" --action status | grep -q "Shard 0: available" || fail "reset did not free shard 0"
+# Captured, not piped into `grep -q`: grep leaves at its first match, and under pipefail the writer's
+# broken pipe would fail the step.
+"${S[@]}" --action status > "$WORK/status_after_reset.txt"
+grep -q "Shard 0: available" "$WORK/status_after_reset.txt" || fail "reset did not free shard 0"
 
 echo "== 5. directory structure"
 if command -v tree > /dev/null; then tree "$WORK/sharded_dataset"; else find "$WORK/sharded_dataset" -not -name '.shardclaim*' | sort; fi

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -189,6 +191,20 @@ _COMMANDS = {"selftest": _selftest, "create": run_create, "run": _run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a broken pipe surfaces here, not in the interpreter's exit
+    except BrokenPipeError:
+        # `shardclaim status DS | head -1`: the reader left. Quiet, like a shell tool killed by SIGPIPE;
+        # stdout goes to /dev/null so that the interpreter's final flush cannot complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd: list[str] = []
     if argv[:1] == ["run"] and "--" in argv:  # the wrapped command is not ours to parse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,40 @@ def test_claim_exits_non_zero_when_nothing_is_claimable(tmp_path: Path) -> None:
     assert report["summary"]["counts"] == {"available": 1, "in_use": 1}
     assert [s["failures"] for s in report["shards"]] == [1, 0]
     assert shardclaim("reset", ds, "--failed").returncode == 0
+
+
+def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    # `shardclaim status DS | head -1`: the reader goes away while status still prints. The reader here
+    # closes its end before status writes anything, so the broken pipe happens on every run.
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"id": {i}}}\n' for i in range(300)))
+    ds = str(tmp_path / "ds")
+    made = shardclaim("create", "--input_file", str(src), "--output_dir", ds, "--num_shards", "300")
+    assert made.returncode == 0, made.stderr
+
+    for args in (["status", ds], ["status", ds, "--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        proc = subprocess.run(
+            [sys.executable, "-m", "shardclaim", *args],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300, check=False,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        os.close(write_end)
+        assert proc.stderr == "", proc.stderr
+        assert proc.returncode == 141  # 128 + SIGPIPE, as a shell tool killed by the signal reports
+
+
+def test_status_piped_into_head_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'{{"id": {i}}}\n' for i in range(3000)))
+    ds = str(tmp_path / "ds")
+    made = shardclaim("create", "--input_file", str(src), "--output_dir", ds, "--num_shards", "3000")
+    assert made.returncode == 0, made.stderr
+
+    result = subprocess.run(
+        ["/bin/sh", "-c", f'"{sys.executable}" -m shardclaim status "{ds}" | head -1'],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert result.stdout == "Shard 0: available\n"
+    assert result.stderr == ""
