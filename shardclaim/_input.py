@@ -6,9 +6,11 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from contextlib import contextmanager
+from typing import IO, Any
 
-from shardclaim._localfs import LocalInput
+from shardclaim._build_decompress import CompressedStreamError, open_decompressed
+from shardclaim._localfs import COMPRESSIONS, LocalInput
 from shardclaim.errors import ShardclaimError
 
 __all__ = [
@@ -31,13 +33,14 @@ class InputError(ShardclaimError, ValueError):
 
 
 def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
-    """Each path, URL or glob in order, as fsspec ``OpenFile``-like objects (local paths as
-    :class:`LocalInput`, without importing fsspec)."""
+    """Each path, URL or glob in order: local paths as :class:`LocalInput` (without importing
+    fsspec), URLs as :class:`RemoteInput`."""
     paths = [input_file] if isinstance(input_file, str) else list(input_file)
     if not paths:
         raise InputError("no input files given")
     files: list[Any] = []
     for path in paths:
+        matched: list[Any]
         pattern = any(c in path for c in "*?[")
         if "://" not in path:
             local = os.path.expanduser(path)
@@ -48,13 +51,27 @@ def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
         else:
             import fsspec
 
-            matched = fsspec.open_files(path, mode="rb", compression="infer", expand=False)
-            if pattern:
-                matched = fsspec.open_files(path, mode="rb", compression="infer")
+            opened = fsspec.open_files(path, mode="rb", expand=pattern)
+            matched = [RemoteInput(f.fs, f.path, f.full_name) for f in opened]
         if pattern and not matched:
             raise InputError(f"no input file matches {path!r}")
         files.extend(matched)
     return files
+
+
+class RemoteInput:
+    """One input behind an fsspec URL, read like :class:`LocalInput` (decompressed by suffix, checked
+    to its end)."""
+
+    def __init__(self, fs: Any, path: str, full_name: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.full_name = full_name
+        self.compression = COMPRESSIONS.get(os.path.splitext(path)[1].lower())
+
+    def open(self) -> IO[bytes]:
+        raw = self.fs.open(self.path, "rb")
+        return raw if self.compression is None else open_decompressed(raw, self.compression)
 
 
 def size_of(f: Any) -> int:
@@ -70,26 +87,27 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
     One 8 MiB buffer is read into again and again, so a block is only valid until the next one is
     asked for: copy whatever must outlive it. The line that straddles two reads is yielded on its own
     (a small copy), so the large blocks are never joined. A last line without a newline gets one.
+    An input that cannot be read to its end (missing, truncated, corrupt) raises :class:`InputError`
+    naming it.
     """
     buf = bytearray(_BLOCK)
     view = memoryview(buf)
     for index, f in enumerate(files):
         name = input_name(f)
-        try:
-            handle = f.open()
-        except FileNotFoundError:
-            raise InputError(f"input file not found: {name}") from None
-        with handle:
+        with _opened(f, name) as handle:
             readinto = getattr(handle, "readinto", None)
             carry = b""
             while True:
                 data: bytes | bytearray
-                if readinto is not None:
-                    n = readinto(view)
-                    data = buf
-                else:
-                    data = handle.read(_BLOCK)
-                    n = len(data)
+                try:
+                    if readinto is not None:
+                        n = readinto(view)
+                        data = buf
+                    else:
+                        data = handle.read(_BLOCK)
+                        n = len(data)
+                except (OSError, ValueError, EOFError) as e:
+                    raise _unreadable(name, e) from None
                 if not n:
                     break
                 if progress is not None:
@@ -109,6 +127,24 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
                 carry = bytes(data[end:n])
             if carry:
                 yield index, name, carry + b"\n", 0, len(carry) + 1
+
+
+@contextmanager
+def _opened(f: Any, name: str) -> Iterator[Any]:
+    try:
+        handle = f.open()
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {name}") from None
+    except (OSError, ValueError) as e:
+        raise _unreadable(name, e) from None
+    with handle:
+        yield handle
+
+
+def _unreadable(name: str, e: BaseException) -> InputError:
+    if isinstance(e, CompressedStreamError):
+        return InputError(f"{name}: {e.problem}")
+    return InputError(f"{name}: cannot be read ({type(e).__name__}: {e})")
 
 
 def lines_of(files: list[Any], progress: Any) -> Iterator[tuple[str, int, memoryview]]:

@@ -7,13 +7,10 @@ fsspec, imported on first use. ``filesystem(url)`` hands out one or the other wi
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 import shutil
 import sys
-from typing import IO, Any, cast
+from typing import IO, Any
 
 __all__ = [
     "COMPRESSIONS",
@@ -58,18 +55,13 @@ class LocalInput:
         self.compression = COMPRESSIONS.get(os.path.splitext(path)[1].lower())
 
     def open(self) -> IO[bytes]:
+        """The file's bytes, decompressed and checked to end where the compressed stream ends."""
+        raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 - readinto straight into the caller's buffer
         if self.compression is None:
-            return open(self.path, "rb", buffering=0)  # readinto straight into the caller's buffer
-        if self.compression == "gzip":
-            return cast(IO[bytes], gzip.open(self.path, "rb"))
-        if self.compression == "bz2":
-            return cast(IO[bytes], bz2.open(self.path, "rb"))
-        if self.compression == "xz":
-            return cast(IO[bytes], lzma.open(self.path, "rb"))
-        import zstandard
+            return raw
+        from shardclaim._build_decompress import open_decompressed
 
-        raw = open(self.path, "rb")  # noqa: SIM115 - closed with the reader
-        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return open_decompressed(raw, self.compression)
 
 
 def filesystem(url: str) -> tuple[Any, str]:

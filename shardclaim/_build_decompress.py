@@ -1,0 +1,296 @@
+"""Compressed inputs, read to their proper end.
+
+A decompressor that reaches the end of its input without the format's end-of-stream marker has read a
+truncated file; most libraries then simply stop (zstandard's stream reader does, at any cut), which would
+build a dataset from part of the input. Here every stream is read to the end of the file and the end is
+checked:
+
+* gzip: each member's trailer (CRC-32 and length, checked by zlib); several members are one stream;
+* bz2, xz: each stream's end marker (and check); several streams are one stream;
+* zstd: the frames themselves are walked (headers and block sizes, without decoding) beside the
+  decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
+  when it has one; skippable frames are skipped.
+
+Zero bytes between or after gzip, bz2 and xz streams are padding (as gzip(1) and xz(1) accept); any other
+byte after a stream must start another stream. A file with no stream at all is refused.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import zlib
+from collections.abc import Callable
+from typing import IO, Any
+
+__all__ = ["CompressedStreamError", "open_decompressed"]
+
+_READ = 1 << 20  # compressed bytes asked of the file at a time
+
+
+class CompressedStreamError(ValueError):
+    """The compressed data ends early (``truncated``) or is not valid; the caller names the file."""
+
+    def __init__(self, kind: str, problem: str, *, truncated: bool) -> None:
+        self.kind = kind
+        self.problem = problem
+        self.truncated = truncated
+        super().__init__(problem)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (self.kind, self.problem, self.truncated)
+
+
+def _rebuild(kind: str, problem: str, truncated: bool) -> CompressedStreamError:
+    return CompressedStreamError(kind, problem, truncated=truncated)
+
+
+def _truncated(kind: str) -> CompressedStreamError:
+    return CompressedStreamError(
+        kind, f"the {kind} data ends before its end-of-stream marker: the file is truncated", truncated=True
+    )
+
+
+def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
+    """A reader of the decompressed bytes of ``raw`` (which it closes) that raises
+    :class:`CompressedStreamError` rather than ending early."""
+    if compression == "zstd":
+        return _ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
+    factories: dict[str, Callable[[], Any]] = {
+        "gzip": lambda: zlib.decompressobj(wbits=31),
+        "bz2": bz2.BZ2Decompressor,
+        "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO),
+    }
+    return _StreamReader(raw, compression, factories[compression])  # type: ignore[return-value]
+
+
+class _Reader:
+    """The part of a binary file the builder uses: ``readinto``, ``read``, a context manager."""
+
+    kind = ""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        raise NotImplementedError
+
+    def read(self, size: int = _READ) -> bytes:
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        del buffer[n:]
+        return bytes(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StreamReader(_Reader):
+    """gzip (zlib), bz2 and xz: one decompressor per stream, output bounded by the caller's buffer."""
+
+    def __init__(self, raw: IO[bytes], kind: str, factory: Callable[[], Any]) -> None:
+        super().__init__(raw)
+        self.kind = kind
+        self._factory = factory
+        self._decoder: Any = None  # None between streams
+        self._pending = b""  # compressed bytes not yet given to a decoder
+        self._streams = 0
+        self._zlib = kind == "gzip"  # zlib keeps what it did not take in unconsumed_tail
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        want = len(buffer)
+        while True:
+            if self._decoder is not None and self._decoder.eof:  # all of the stream's output is out
+                self._pending = self._decoder.unused_data + self._pending
+                self._decoder = None
+            if self._decoder is None and not self._next_stream():
+                return 0
+            out = self._decode(want)
+            if out:
+                buffer[: len(out)] = out
+                return len(out)
+            if self._decoder.eof:
+                continue
+            if self._zlib or self._decoder.needs_input:
+                more = self._raw.read(_READ)
+                if not more:
+                    raise _truncated(self.kind)
+                self._pending = self._pending + more if self._pending else more
+
+    def _decode(self, want: int) -> bytes:
+        try:
+            if self._zlib:
+                out: bytes = self._decoder.decompress(self._pending, want)
+                self._pending = self._decoder.unconsumed_tail
+                return out
+            out = self._decoder.decompress(self._pending, want)
+            self._pending = b""
+            return out
+        except (zlib.error, OSError, lzma.LZMAError, EOFError) as e:
+            raise CompressedStreamError(self.kind, f"corrupt {self.kind} data ({e})", truncated=False) from e
+
+    def _next_stream(self) -> bool:
+        """Start the next stream, skipping zero padding; False at a clean end of the file."""
+        while True:
+            self._pending = self._pending.lstrip(b"\0")
+            if self._pending:
+                self._decoder = self._factory()
+                self._streams += 1
+                return True
+            self._pending = self._raw.read(_READ)
+            if not self._pending:
+                if self._streams == 0:
+                    raise CompressedStreamError(self.kind, f"no {self.kind} data in the file", truncated=True)
+                return False
+
+
+class _ZstdReader(_Reader):
+    """zstandard's stream reader, fed through a tap that walks the frames it reads."""
+
+    kind = "zstd"
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        super().__init__(raw)
+        self._frames = _ZstdFrames()
+        self._tap = _Tap(raw, self._frames)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            self._tap,  # type: ignore[arg-type]  # it calls read() only
+            read_size=_READ,
+            read_across_frames=True,
+            closefd=False,
+        )
+        self._errors: tuple[type[Exception], ...] = (zstandard.ZstdError,)
+        self._done = False
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        if self._done:
+            return 0
+        try:
+            n: int = self._reader.readinto(buffer)
+        except self._errors as e:
+            self._frames.check_end_if_drained(self._tap)
+            raise CompressedStreamError("zstd", f"corrupt zstd data ({e})", truncated=False) from e
+        if n:
+            return n
+        while self._tap.read(_READ):  # the decoder stopped: whatever follows must be frames too
+            pass
+        self._frames.check_end()
+        self._done = True
+        return 0
+
+    def close(self) -> None:
+        self._reader.close()  # type: ignore[no-untyped-call]
+        super().close()
+
+
+class _Tap:
+    """The compressed file as the decoder reads it, every byte also shown to the frame walker."""
+
+    def __init__(self, raw: IO[bytes], frames: _ZstdFrames) -> None:
+        self._raw = raw
+        self._frames = frames
+        self.eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size if size and size > 0 else _READ)
+        if data:
+            self._frames.feed(data)
+        else:
+            self.eof = True
+        return data
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_SKIPPABLE = 0x184D2A50  # the low four bits are free
+
+
+class _ZstdFrames:
+    """Walks zstd frames (RFC 8878) by their headers and block sizes, so that the end of the file can
+    be checked to be the end of a frame. Block contents are skipped, never decoded."""
+
+    # states: what the next ``need`` header bytes are
+    _MAGIC, _SKIP_SIZE, _DESCRIPTOR, _FRAME_HEADER, _BLOCK = range(5)
+
+    def __init__(self) -> None:
+        self._state = self._MAGIC
+        self._need = 4
+        self._head = bytearray()
+        self._skip = 0  # payload bytes to pass over before the next header
+        self._checksum = False
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                self._skip -= take
+                pos += take
+                continue
+            take = min(self._need - len(self._head), n - pos)
+            self._head += data[pos : pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                header = bytes(self._head)
+                self._head.clear()
+                self._step(header)
+
+    def _step(self, header: bytes) -> None:
+        state = self._state
+        if state == self._MAGIC:
+            magic = int.from_bytes(header, "little")
+            if magic == _ZSTD_MAGIC:
+                self._state, self._need = self._DESCRIPTOR, 1
+            elif magic & ~0xF == _SKIPPABLE:
+                self._state, self._need = self._SKIP_SIZE, 4
+            else:
+                raise CompressedStreamError(
+                    "zstd", f"bytes that start no zstd frame (0x{magic:08x})", truncated=False
+                )
+        elif state == self._SKIP_SIZE:
+            self._skip = int.from_bytes(header, "little")
+            self._state, self._need = self._MAGIC, 4
+        elif state == self._DESCRIPTOR:
+            descriptor = header[0]
+            single = descriptor >> 5 & 1
+            content_size = (0, 2, 4, 8)[descriptor >> 6] or single  # 1 byte when single-segment
+            self._checksum = bool(descriptor >> 2 & 1)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
+            self.frames += 1
+            if rest:
+                self._state, self._need = self._FRAME_HEADER, rest
+            else:
+                self._state, self._need = self._BLOCK, 3
+        elif state == self._FRAME_HEADER:
+            self._state, self._need = self._BLOCK, 3
+        else:
+            block = int.from_bytes(header, "little")
+            kind = block >> 1 & 3
+            if kind == 3:
+                raise CompressedStreamError("zstd", "a zstd block of the reserved type", truncated=False)
+            self._skip = 1 if kind == 1 else block >> 3  # an RLE block is one byte
+            if block & 1:  # the frame's last block
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = self._MAGIC, 4
+
+    def at_end_of_frame(self) -> bool:
+        return self._state == self._MAGIC and not self._head and not self._skip
+
+    def check_end(self) -> None:
+        if self.frames == 0 and self.at_end_of_frame():
+            raise CompressedStreamError("zstd", "no zstd frame in the file", truncated=True)
+        if not self.at_end_of_frame():
+            raise _truncated("zstd")
+
+    def check_end_if_drained(self, tap: _Tap) -> None:
+        """A decoder error at the very end of the file, inside a frame, is a truncation."""
+        if tap.eof and not self.at_end_of_frame():
+            raise _truncated("zstd")
