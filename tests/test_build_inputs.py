@@ -84,6 +84,11 @@ def truncated_cases() -> Iterator[Any]:
     blob = zstd_input(checksum=False)
     for where in ("after a middle block", "before the last block"):
         yield pytest.param(".zst", blob[: cuts_of(".zst", blob)[where]], id=f".zst-no-checksum-{where}")
+    first, second = gzip.compress(b"".join(records(3000))), gzip.compress(b"".join(records(3000, seed=1)))
+    for cut in (10, len(second) // 2):  # inside the second member's header, in its middle
+        yield pytest.param(".gz", first + second[:cut], id=f".gz-second-member-cut-at-{cut}")
+    frames = zstd_input(checksum=True) + zstd_input(checksum=False)
+    yield pytest.param(".zst", frames[: len(frames) - 100], id=".zst-inside-the-second-frame")
 
 
 @pytest.mark.parametrize(("suffix", "blob"), list(truncated_cases()))
