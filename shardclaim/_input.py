@@ -1,13 +1,21 @@
 """Reading the builder's input: local paths or fsspec URLs, globs and lists, compressed by suffix,
-as one stream of lines with file names and line numbers for error messages."""
+as one stream of lines with file names and line numbers for error messages.
+
+An input URL may carry credentials: a password (``http://user:secret@host/x``) or a signature in its
+query (``?X-Goog-Signature=...``, ``?X-Amz-Signature=...``, ``?sig=...``). They are used to read the input
+and never shown: an input is named everywhere (the master's ``inputs``, errors, logs) without its
+userinfo, query and fragment, and the text of any error raised while reading it is scrubbed of them.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
+from urllib.parse import unquote
 
 from shardclaim._build_decompress import CompressedStreamError, open_decompressed
 from shardclaim._localfs import COMPRESSIONS, LocalInput
@@ -22,6 +30,9 @@ __all__ = [
     "lines_of",
     "names_of",
     "open_inputs",
+    "scrub",
+    "secrets_of",
+    "shown",
     "size_of",
 ]
 
@@ -49,25 +60,34 @@ def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
             else:
                 matched = [LocalInput(local)]
         else:
-            import fsspec
-
-            opened = fsspec.open_files(path, mode="rb", expand=pattern)
-            matched = [RemoteInput(f.fs, f.path, f.full_name) for f in opened]
+            matched = _open_urls(path, pattern=pattern)
         if pattern and not matched:
-            raise InputError(f"no input file matches {path!r}")
+            raise InputError(f"no input file matches {shown(path)!r}")
         files.extend(matched)
     return files
 
 
+def _open_urls(url: str, *, pattern: bool) -> list[Any]:
+    import fsspec
+
+    try:
+        opened = fsspec.open_files(url, mode="rb", expand=pattern)
+    except Exception as e:  # whatever the filesystem raises: its text may quote the secret
+        why = scrub(f"{type(e).__name__}: {e}", url)
+        raise InputError(f"{shown(url)}: cannot be opened ({why})") from None
+    return [RemoteInput(f.fs, f.path, f.full_name, url) for f in opened]
+
+
 class RemoteInput:
     """One input behind an fsspec URL, read like :class:`LocalInput` (decompressed by suffix, checked
-    to its end)."""
+    to its end). ``full_name`` is the URL without credentials; ``secrets`` what to scrub from errors."""
 
-    def __init__(self, fs: Any, path: str, full_name: str) -> None:
+    def __init__(self, fs: Any, path: str, full_name: str, given: str = "") -> None:
         self.fs = fs
         self.path = path
-        self.full_name = full_name
-        self.compression = COMPRESSIONS.get(os.path.splitext(path)[1].lower())
+        self.full_name = shown(full_name)
+        self.secrets = secrets_of(full_name) + secrets_of(given) + secrets_of(path)
+        self.compression = COMPRESSIONS.get(os.path.splitext(_without_query(path))[1].lower())
 
     def open(self) -> IO[bytes]:
         raw = self.fs.open(self.path, "rb")
@@ -106,8 +126,8 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
                     else:
                         data = handle.read(_BLOCK)
                         n = len(data)
-                except (OSError, ValueError, EOFError) as e:
-                    raise _unreadable(name, e) from None
+                except Exception as e:  # see _opened
+                    raise _unreadable(f, name, e) from None
                 if not n:
                     break
                 if progress is not None:
@@ -135,16 +155,22 @@ def _opened(f: Any, name: str) -> Iterator[Any]:
         handle = f.open()
     except FileNotFoundError:
         raise InputError(f"input file not found: {name}") from None
-    except (OSError, ValueError) as e:
-        raise _unreadable(name, e) from None
+    except Exception as e:  # an HTTP or cloud client raises its own types
+        raise _unreadable(f, name, e) from None
     with handle:
         yield handle
 
 
-def _unreadable(name: str, e: BaseException) -> InputError:
+def _unreadable(f: Any, name: str, e: BaseException) -> InputError:
     if isinstance(e, CompressedStreamError):
         return InputError(f"{name}: {e.problem}")
-    return InputError(f"{name}: cannot be read ({type(e).__name__}: {e})")
+    return InputError(f"{name}: cannot be read ({_scrub_all(f'{type(e).__name__}: {e}', f)})")
+
+
+def _scrub_all(text: str, f: Any) -> str:
+    for secret in sorted(getattr(f, "secrets", ()), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def lines_of(files: list[Any], progress: Any) -> Iterator[tuple[str, int, memoryview]]:
@@ -181,3 +207,44 @@ def input_names(files: list[Any]) -> list[str]:
 
 def names_of(files: list[Any]) -> str:
     return ", ".join(input_names(files))
+
+
+# -- names without credentials ----------------------------------------------------------------------
+
+_USERINFO = re.compile(r"(?<=://)[^/?#@]*@")
+_QUERY = re.compile(r"[?#].*?(?=::|$)")  # up to the next link of a chained fsspec URL
+
+
+def shown(url: str) -> str:
+    """``url`` as it may be recorded and printed: without userinfo, query and fragment (which carry
+    passwords, signatures and tokens). A local path is returned as it is."""
+    if "://" not in url:
+        return url
+    return _QUERY.sub("", _USERINFO.sub("", url))
+
+
+def secrets_of(url: str) -> list[str]:
+    """The parts of ``url`` that :func:`shown` drops, raw and percent-decoded, to scrub from error text
+    (which may quote the URL in another form)."""
+    if "://" not in url:
+        return []
+    found = []
+    for m in _USERINFO.finditer(url):
+        found += [m.group(0), *m.group(0)[:-1].split(":", 1)]  # user:password@, user, password
+    for m in _QUERY.finditer(url):
+        found += [
+            m.group(0),
+            *(value for _, _, value in (p.partition("=") for p in re.split("[?#&;]", m.group(0)))),
+        ]
+    found += [unquote(p) for p in found]
+    return sorted({p for p in found if len(p) >= 4}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _without_query(path: str) -> str:
+    return _QUERY.sub("", path) if "://" in path or "?" in path else path

@@ -4,16 +4,20 @@ or signature is neither recorded in the master nor printed."""
 
 from __future__ import annotations
 
+import base64
 import bz2
 import gzip
+import http.server
 import lzma
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import zstandard
 
@@ -161,3 +165,116 @@ def test_garbage_after_a_compressed_stream_fails_the_build(tmp_path: Path) -> No
         src.write_bytes(compress(b"".join(records(100))) + b"\x17not compressed data at all\n")
         with pytest.raises(InputError, match=rf"in\.jsonl\{suffix}: "):
             create_sharded_dataset(str(src), str(tmp_path / f"ds{suffix}"), num_shards=2, validate=False)
+
+
+# -- credentials in input URLs ----------------------------------------------------------------------
+
+PASSWORD = "PASSW0RD-c8f1"
+SIGNATURE = "SIGNATURE-5e0b"
+CREDENTIAL = "CREDENTIAL-77aa"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves the files of ``server.files`` to requests with alice's password (basic auth) or a
+    signature in the query; anything else gets 401, an unknown file 404."""
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, *, body: bool) -> None:
+        path, _, query = self.path.partition("?")
+        auth = self.headers.get("Authorization", "")
+        expected = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+        if auth != expected and SIGNATURE not in query:
+            self.send_response(401)
+            self.end_headers()
+            return
+        data = self.server.files.get(path)  # type: ignore[attr-defined]
+        if data is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(host:port, files)`` of an HTTP server on loopback that wants a password or a signature."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.files = {}  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", server.files  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in (PASSWORD, SIGNATURE, CREDENTIAL):
+            assert secret not in text
+
+
+@pytest.mark.parametrize("form", ["password", "signed"])
+def test_credentials_in_an_input_url_are_neither_recorded_nor_printed(
+    tmp_path: Path, http_server: tuple[str, dict[str, bytes]], form: str
+) -> None:
+    host, files = http_server
+    files["/data.jsonl"] = b"".join(records(200))
+    if form == "password":
+        url = f"http://alice:{PASSWORD}@{host}/data.jsonl"
+    else:
+        url = f"http://{host}/data.jsonl?X-Goog-Signature={SIGNATURE}&X-Goog-Credential={CREDENTIAL}"
+    out = tmp_path / "ds"
+    result = shardclaim("create", "--input_file", url, "--output_dir", str(out), "--verbose", "--json")
+    assert result.returncode == 0, result.stderr
+    master_text = (out / "master_metadata.json").read_text()
+    assert orjson.loads(master_text)["inputs"] == [f"http://{host}/data.jsonl"]
+    assert orjson.loads(master_text)["total_tasks"] == 200
+    assert_no_secret(master_text, result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("problem", ["missing", "malformed", "refused"])
+def test_an_error_about_an_input_url_shows_it_without_credentials(
+    tmp_path: Path, http_server: tuple[str, dict[str, bytes]], problem: str
+) -> None:
+    host, files = http_server
+    lines = records(20)
+    lines[2] = b'{"broken": \n'
+    files["/bad.jsonl"] = b"".join(lines)
+    name = {"missing": "missing.jsonl", "malformed": "bad.jsonl", "refused": "bad.jsonl"}[problem]
+    if problem == "refused":  # a wrong password and no signature: 401
+        url = f"http://alice:wrong-{PASSWORD}@{host}/{name}?X-Goog-Credential={CREDENTIAL}"
+    else:
+        url = f"http://alice:{PASSWORD}@{host}/{name}?X-Goog-Signature={SIGNATURE}&X-Goog-Credential={CREDENTIAL}"
+    result = shardclaim("create", "--input_file", url, "--output_dir", str(tmp_path / "ds"))
+    assert result.returncode == 1
+    assert f"http://{host}/{name}" in result.stderr
+    assert "Traceback" not in result.stderr
+    if problem == "malformed":
+        assert "line 3: not valid JSON" in result.stderr
+    assert_no_secret(result.stdout, result.stderr)
+    assert not (tmp_path / "ds" / "master_metadata.json").exists()
+
+
+def test_a_glob_over_a_url_with_credentials_is_shown_without_them(tmp_path: Path) -> None:
+    result = shardclaim(
+        "create", "--input_file", f"memory://alice:{PASSWORD}@nowhere/x-*.jsonl?sig={SIGNATURE}",
+        "--output_dir", str(tmp_path / "ds"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "no input file matches" in result.stderr
+    assert_no_secret(result.stdout, result.stderr)
