@@ -18,6 +18,7 @@ from typing import IO, Any
 from urllib.parse import unquote
 
 from shardclaim._build_decompress import CompressedStreamError, open_decompressed
+from shardclaim._build_json import BOM
 from shardclaim._localfs import COMPRESSIONS, LocalInput
 from shardclaim.errors import ShardclaimError
 
@@ -117,6 +118,7 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
         with _opened(f, name) as handle:
             readinto = getattr(handle, "readinto", None)
             carry = b""
+            begin = -1  # the first read: a BOM opening the file is an encoding marker, dropped
             while True:
                 data: bytes | bytearray
                 try:
@@ -132,15 +134,16 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
                     break
                 if progress is not None:
                     progress.update(n)
-                first = data.find(b"\n", 0, n) + 1
+                begin = 3 if begin < 0 and data[:3] == BOM else 0
+                first = data.find(b"\n", begin, n) + 1
                 if first == 0:  # no newline at all: the carried line goes on
-                    carry += bytes(data[:n])
+                    carry += bytes(data[begin:n])
                     continue
                 if carry:
                     joined = carry + bytes(data[:first])
                     yield index, name, joined, 0, len(joined)
                 else:
-                    first = 0
+                    first = begin
                 end = data.rfind(b"\n", 0, n) + 1
                 if end > first:
                     yield index, name, data, first, end
@@ -193,7 +196,8 @@ def lines_of(files: list[Any], progress: Any) -> Iterator[tuple[str, int, memory
 
 
 def is_blank(line: bytes | memoryview) -> bool:
-    return line[0] in b" \t\r\n" and not bytes(line).strip()
+    """JSON whitespace only (a form feed is not: such a line is invalid, not blank)."""
+    return line[0] in b" \t\r\n" and not bytes(line).strip(b" \t\r\n")
 
 
 def input_name(f: Any) -> str:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import crc32c
-import orjson
 
+from shardclaim._build_json import record_reader
 from shardclaim._localfs import filesystem
 from shardclaim.errors import ShardclaimError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
@@ -38,7 +38,8 @@ def iter_shard_records(
     With ``verify`` (the default) each chunk's size and CRC32C are checked against the shard's metadata
     *before* any of its records is yielded (one extra streaming read of the chunk), so a corrupt chunk
     raises :class:`ChunkCorruptError` instead of feeding bad records to the caller.
-    With ``parse`` records are parsed JSON values, else the raw line bytes (newline stripped).
+    With ``parse`` records are parsed JSON values (integers beyond 64 bits as exact ints), else the raw
+    line bytes (newline stripped).
     """
     store = open_store(dataset)
     master = check_master(MASTER_KEY, parse_json(MASTER_KEY, store.read(MASTER_KEY).data))
@@ -48,6 +49,7 @@ def iter_shard_records(
     key = f"{directory}/{SHARD_METADATA}"
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
     fs, base = filesystem(store.url)
+    loads = record_reader(master)
     for chunk in meta["chunks"][start_chunk:]:
         path = f"{base.rstrip('/')}/{directory}/{chunk['file']}"
         if verify:
@@ -55,7 +57,7 @@ def iter_shard_records(
         with fs.open(path, "rb") as f:
             for raw in f:
                 line = raw.rstrip(b"\n")
-                yield orjson.loads(line) if parse else line
+                yield loads(line) if parse else line
 
 
 def _verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:

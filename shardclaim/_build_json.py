@@ -1,0 +1,182 @@
+"""What a record is: the one rule the validator and the reader share.
+
+A record is one line holding one JSON value (RFC 8259) in UTF-8, and :func:`loads_exact` is the rule
+itself. It is orjson's parser with one widening: an integer outside 64 bits ([-2**63, 2**64-1]) is read
+as a Python ``int`` of any size (up to 4,300 digits, Python's own bound), where orjson alone would turn
+it into a float, losing digits, or refuse it. Everything else orjson refuses is not a record: a byte order
+mark (the builder drops one at the very start of an input file, where it is an encoding marker, so only
+a BOM elsewhere reaches here), NaN and Infinity, numbers beyond a double's range, lone surrogates,
+invalid UTF-8, raw control characters in strings, anything after the value, more than 1,024 levels of
+nesting. Blank lines (JSON whitespace only) are not records and are counted apart.
+
+The fast paths must never disagree with the rule, and the tests hold them to it:
+
+* the validator runs simdjson first (about 3x faster); a line it accepts is a record, except one that
+  starts with a BOM (simdjson skips it), checked apart; a line it refuses (also every integer beyond
+  64 bits) is decided by :func:`loads_exact`;
+* the reader runs orjson alone where the master says no record holds an integer beyond 64 bits
+  (``big_integers`` is 0), else :func:`record_reader` looks at each line as the validator did.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BOM",
+    "FAST_ERRORS",
+    "InvalidRecordError",
+    "big_integers_in",
+    "fast_validator",
+    "loads_exact",
+    "record_reader",
+]
+
+BOM = b"\xef\xbb\xbf"
+#: What simdjson raises for a line it refuses: ValueError (also UnicodeDecodeError) for bad JSON,
+#: RuntimeError for integers beyond 64 bits and documents too deep. The rule then decides.
+FAST_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError)
+_I64_MIN, _U64_MAX = -(2**63), 2**64 - 1
+
+# A string (skipped as it is) or a number token; only integers of 19 digits or more can be out of range.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?', re.DOTALL)
+# Big integers travel through orjson as strings carrying this per-process mark.
+_MARK = f"\ue000{uuid.uuid4().hex}:"
+_MARK_BYTES = _MARK.encode()
+
+
+class InvalidRecordError(ValueError):
+    """The line is not a record; ``reason`` says why (in orjson's words where it has them)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[type[InvalidRecordError], tuple[str]]:
+        return type(self), (self.reason,)
+
+
+def loads_exact(line: bytes | memoryview) -> Any:
+    """The record on ``line`` (its newline may be there), with integers of any size; raises
+    :class:`InvalidRecordError` if the line is not a record. The definition; slow next to orjson."""
+    return _exact(line)[0]
+
+
+def big_integers_in(line: bytes | memoryview) -> int:
+    """How many integers beyond 64 bits the record on ``line`` holds; raises
+    :class:`InvalidRecordError` if the line is not a record."""
+    return _exact(line)[1]
+
+
+def _exact(line: bytes | memoryview) -> tuple[Any, int]:
+    data = bytes(line)
+    if data.startswith(BOM):
+        raise InvalidRecordError("a byte order mark (U+FEFF) before the value")
+    marked, count = _mark_big_integers(data)
+    try:
+        value = orjson.loads(marked)
+    except orjson.JSONDecodeError as e:
+        raise InvalidRecordError(str(e)) from None
+    if count:
+        value = _unmark(value, count)
+    return value, count
+
+
+def fast_validator() -> Callable[[Any], int]:
+    """``check(line) -> 0 | 1``: 1 when the record holds an integer beyond 64 bits; raises
+    :class:`InvalidRecordError` when the line is not a record. simdjson first, the rule when it refuses."""
+    import simdjson
+
+    parse = simdjson.Parser().parse
+
+    def check(line: Any) -> int:
+        try:
+            if line[0] == 0xEF and bytes(line[:3]) == BOM:
+                raise ValueError("BOM")  # simdjson skips one; the rule does not
+            parse(line)
+        except FAST_ERRORS:
+            return 1 if big_integers_in(line) else 0
+        return 0
+
+    return check
+
+
+def record_reader(master: dict[str, Any]) -> Callable[[bytes], Any]:
+    """The parser for the records of a dataset: orjson where the build counted no integer beyond 64
+    bits (or a validated build from before the count, whose validator refused them), else one that looks
+    at every line first, as the validator does, and reads those with big integers exactly."""
+    if master.get("validated") is True and not master.get("big_integers"):
+        return orjson.loads
+    import simdjson
+
+    parse = simdjson.Parser().parse
+
+    def loads(line: bytes) -> Any:
+        try:
+            parse(line)
+        except FAST_ERRORS:
+            return loads_exact(line)
+        return orjson.loads(line)
+
+    return loads
+
+
+def _mark_big_integers(data: bytes) -> tuple[bytes, int]:
+    """``data`` with every integer beyond 64 bits (outside strings) turned into a marked string."""
+    count = 0
+
+    def mark(m: re.Match[bytes]) -> bytes:
+        nonlocal count
+        token = m.group(0)
+        if token[0] == 0x22 or len(token) < 19 or b"." in token or b"e" in token or b"E" in token:
+            return token
+        if len(token) <= 21 and _I64_MIN <= int(token) <= _U64_MAX:  # else too long for 64 bits
+            return token
+        count += 1
+        return b'"' + _MARK_BYTES + token + b'"'
+
+    if len(data) < 19:
+        return data, 0
+    marked = _TOKEN.sub(mark, data)
+    return marked, count
+
+
+def _unmark(value: Any, count: int) -> Any:
+    """Turn the marked strings back into ints, without recursion (nesting may be 1,024 deep). Every
+    mark must come back as a value: one found as an object key was a number used as a key."""
+    restored = 0
+
+    def convert(v: Any) -> Any:
+        nonlocal restored
+        if isinstance(v, str) and v.startswith(_MARK):
+            restored += 1
+            try:
+                return int(v[len(_MARK) :])
+            except ValueError as e:  # more digits than Python converts
+                raise InvalidRecordError(f"integer too long ({e})") from None
+        return v
+
+    root = [value]
+    stack: list[list[Any] | dict[str, Any]] = [root]
+    while stack:
+        container = stack.pop()
+        if isinstance(container, dict):
+            for key, v in container.items():
+                if key.startswith(_MARK):
+                    raise InvalidRecordError("a number used as an object key")
+                container[key] = convert(v)
+                if isinstance(v, dict | list):
+                    stack.append(v)
+        else:
+            for i, v in enumerate(container):
+                container[i] = convert(v)
+                if isinstance(v, dict | list):
+                    stack.append(v)
+    if restored != count:
+        raise InvalidRecordError("a number used as an object key")
+    return root[0]
