@@ -30,6 +30,7 @@ import logging
 import mmap
 import os
 import queue
+import resource
 import threading
 from typing import Any
 
@@ -48,6 +49,7 @@ _MAX_BUFFER = 2 * _MiB  # one write
 _IN_FLIGHT = 16 * _MiB  # buffers handed over and not yet written
 _WRITERS = 4  # writes in flight at once: one at a time leaves the device idle between them
 _DIRECT = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD; 0 elsewhere: buffered writes
+_RESERVED_DESCRIPTORS = 128  # at least, for whatever else the process has open or opens
 
 # (chunk file, buffer, bytes of it to write, file offset of its first byte, the chunk's last write?)
 _Job = tuple["_File", memoryview, int, int, bool]
@@ -82,6 +84,10 @@ class ChunkWriter:
         )
         self._limit = limit
         self._num_shards = num_shards
+        # Every shard keeps its chunk file open, unless that would take more descriptors than the
+        # process may open (2,048 shards under `ulimit -n 1024`): then each write opens the file
+        # again and closes it at once, and no more than one per writer thread is open.
+        self._reopen = self._local and num_shards > descriptors_to_spare()
         size = max(_PAGE, min(_MAX_BUFFER, _STAGING // num_shards // _PAGE * _PAGE))
         count = num_shards + max(4, _IN_FLIGHT // size)
         self._size = size
@@ -257,39 +263,59 @@ class ChunkWriter:
         if not self._local:
             # gcsfs buffers a whole block per open file: keep it small, one file per shard is open.
             return _File(path, self._fs.open(path, "wb", block_size=8 << 20), direct=False)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        file = None
         if self._direct:
             try:
-                return _File(path, os.open(path, flags | _DIRECT, 0o644), direct=True)
+                file = _File(path, os.open(path, flags | _DIRECT, 0o644), direct=True)
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
                 self._buffered_from_now_on(f"the filesystem refuses O_DIRECT ({e})")
-        return _File(path, os.open(path, flags, 0o644), direct=False)
+        if file is None:
+            file = _File(path, os.open(path, flags, 0o644), direct=False)
+        if self._reopen:  # created (and truncated) now; each write opens it again, briefly
+            os.close(file.handle)
+            file.handle = -1
+        return file
 
     def _write(self, file: _File, buffer: memoryview, length: int, offset: int, *, last: bool) -> None:
         if not self._local:
             file.handle.write(buffer[:length])
             return
+        if not self._reopen:
+            self._pwrite(file, file.handle, buffer, length, offset, direct=file.opened_direct, last=last)
+            return
+        with file.lock:
+            direct = file.direct
+        fd = os.open(file.path, os.O_WRONLY | os.O_CLOEXEC | (_DIRECT if direct else 0))
+        try:
+            self._pwrite(file, fd, buffer, length, offset, direct=direct, last=last)
+        finally:
+            os.close(fd)
+
+    def _pwrite(
+        self, file: _File, fd: int, buffer: memoryview, length: int, offset: int, *, direct: bool, last: bool
+    ) -> None:
         # A direct chunk's last write is padded to whole pages and the file cut back to its size
         # (the chunk's other writes all lie below that size, so their order does not matter).
-        end = -(-length // _PAGE) * _PAGE if file.direct and last else length
+        end = -(-length // _PAGE) * _PAGE if direct and file.direct and last else length
         done = 0
         while done < end:
             try:
-                done += os.pwrite(file.handle, buffer[done:end], offset + done)
+                done += os.pwrite(fd, buffer[done:end], offset + done)
             except OSError as e:
-                if not file.opened_direct or e.errno != errno.EINVAL:
+                if not direct or e.errno != errno.EINVAL:
                     raise
                 # Accepted at open, refused at write: an alignment this device does not take.
                 self._buffered_from_now_on(f"O_DIRECT writes fail ({e})")
                 with file.lock:
-                    flags = fcntl.fcntl(file.handle, fcntl.F_GETFL)
-                    fcntl.fcntl(file.handle, fcntl.F_SETFL, flags & ~_DIRECT)
+                    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_DIRECT)
                     file.direct = False
                 end = length
         if last and done > length:
-            os.ftruncate(file.handle, offset + length)
+            os.ftruncate(fd, offset + length)
 
     def _buffered_from_now_on(self, why: str) -> None:
         if self._direct:
@@ -300,11 +326,14 @@ class ChunkWriter:
         if not self._local:
             file.handle.close()
             return
+        if file.handle < 0:  # reopened for each write: nothing is open
+            return
         if not file.direct and hasattr(os, "posix_fadvise"):  # not on macOS
             # Start writing the chunk back now, in the background, rather than leaving all of it
             # to the final flush; the final fdatasync then finds little left to do.
             os.posix_fadvise(file.handle, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(file.handle)
+        file.handle = -1
 
 
 class _File:
@@ -321,6 +350,19 @@ class _File:
         self.lock = threading.Lock()
         self.pending = 0
         self.closing = False
+
+
+def descriptors_to_spare() -> int:
+    """File descriptors this process may still open, less a reserve for everything else it does
+    (the store, validator processes, the caller's own files)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): assume a busy process
+        in_use = 256
+    return soft - in_use - max(_RESERVED_DESCRIPTORS, soft // 8)
 
 
 def _make_durable(paths: list[str]) -> None:

@@ -239,3 +239,42 @@ def test_an_upload_refused_at_close_fails_the_build(tmp_path: Path, monkeypatch:
         create_sharded_dataset(str(tmp_path / "in.jsonl"), "memory://shardclaim-close-fails", num_shards=2)
     monkeypatch.undo()
     assert [o.key for o in open_store("memory://shardclaim-close-fails").list()] == []
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered"])
+def test_beyond_the_descriptor_budget_each_write_opens_its_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_buffers: None, mode: str
+) -> None:
+    """More shards than descriptors to spare: no chunk file stays open between writes, and every byte
+    still lands once, with direct I/O or without."""
+    if mode == "direct" and not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    if mode == "buffered":
+        monkeypatch.setattr(_chunks, "_DIRECT", 0)
+    monkeypatch.setattr(_chunks, "descriptors_to_spare", lambda: 2)
+    open_now: set[int] = set()
+    most = [0]
+    real_open, real_close = os.open, os.close
+
+    def counting_open(path: Any, flag: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flag, *args, **kwargs)
+        if str(path).endswith(".jsonl"):
+            open_now.add(fd)
+            most[0] = max(most[0], len(open_now))
+        return fd
+
+    def counting_close(fd: int) -> None:
+        open_now.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "close", counting_close)
+    lines = mixed_records(1200, seed=23)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    master = create_sharded_dataset(
+        str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=12, chunk_size_mb=0.05
+    )
+    monkeypatch.undo()
+    assert sum(s["num_chunks"] for s in master["shards"]) > 24
+    assert 1 <= most[0] <= _chunks._WRITERS + 1  # the writers' and the main thread's, not 12 shards'
+    check_dataset(tmp_path / "ds", lines, 12)
