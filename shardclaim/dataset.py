@@ -6,6 +6,9 @@ shard; inside a shard, records fill ``chunk_NNNN.jsonl`` files up to ``chunk_siz
 written first, then every shard's ``metadata.json``, then ``master_metadata.json``: until that last
 object exists the build is not a dataset, so an interrupted build never looks complete.
 
+The build never writes into the dataset it may replace, and one build at a time writes to an output:
+see :mod:`shardclaim._build_output` (staging and the switch) and :mod:`shardclaim._build_lock`.
+
 Assignment strategies (both deterministic):
 
 * ``round_robin`` (default): record *i* goes to shard *i mod N*. Shards differ by at most one record
@@ -17,9 +20,7 @@ Assignment strategies (both deterministic):
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-import orjson
-
 from shardclaim._build_json import BOM, FAST_ERRORS, InvalidRecordError, big_integers_in
+from shardclaim._build_lock import BuildInProgressError
+from shardclaim._build_output import DatasetExistsError, Output, prepare_output
 from shardclaim._chunks import ChunkWriter
 from shardclaim._input import (
     InputError,
@@ -41,34 +42,17 @@ from shardclaim._input import (
     open_inputs,
     size_of,
 )
-from shardclaim._localfs import filesystem
-from shardclaim.errors import ShardclaimError
-from shardclaim.layout import (
-    FORMAT_VERSION,
-    MASTER_KEY,
-    SHARD_METADATA,
-    check_master,
-    check_shard,
-    shard_dir,
-)
-from shardclaim.store import open_store
+from shardclaim.layout import FORMAT_VERSION, shard_dir
 
 if TYPE_CHECKING:  # _validate (simdjson, multiprocessing) is imported only when validating
     from shardclaim._validate import BackgroundValidator, Invalid
 
-__all__ = ["DatasetExistsError", "InputError", "create_sharded_dataset"]
+__all__ = ["BuildInProgressError", "DatasetExistsError", "InputError", "create_sharded_dataset"]
 
 log = logging.getLogger("shardclaim.dataset")
 Strategy = Literal["round_robin", "contiguous"]
 _MiB = 1 << 20
 _WHITESPACE = b" \t\r\n"
-
-
-class DatasetExistsError(ShardclaimError, FileExistsError):
-    """The output already holds a dataset (or foreign files) and overwriting was not asked for."""
-
-
-# -- output -------------------------------------------------------------------------------------
 
 
 # -- build --------------------------------------------------------------------------------------
@@ -98,45 +82,6 @@ def _check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None
         raise ValueError(msg)
 
 
-def _prepare_output(output_dir: str, overwrite: bool) -> tuple[Any, Any, str]:
-    """Open the output; refuse an existing dataset unless ``overwrite``; clear a partial build."""
-    store = open_store(output_dir)
-    fs, base = filesystem(store.url)
-    existing = store.list()
-    ours = [o.key for o in existing if _is_layout_key(o.key)]
-    foreign = [o.key for o in existing if not _is_layout_key(o.key)]
-    if foreign:
-        raise DatasetExistsError(
-            f"{output_dir} holds files that are not part of a shardclaim dataset "
-            f"(e.g. {foreign[0]!r}); choose an empty or new directory"
-        )
-    if MASTER_KEY in ours and not overwrite:
-        raise DatasetExistsError(
-            f"{output_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
-        )
-    if ours:
-        # A complete dataset being replaced, or the leftovers of an interrupted build.
-        # The master goes first, so the old dataset stops looking whole before anything else changes.
-        if MASTER_KEY in ours:
-            fs.rm(f"{base}/{MASTER_KEY}")
-        for key in ours:
-            if "/" not in key and key != MASTER_KEY:
-                fs.rm(f"{base}/{key}")
-        # Every file in these directories is ours (anything else was refused above).
-        for directory in sorted({k.split("/", 1)[0] for k in ours if "/" in k}):
-            fs.rm(f"{base}/{directory}", recursive=True)
-    return store, fs, base
-
-
-def _is_layout_key(key: str) -> bool:
-    if key == "_finalize.json":  # the fan-in marker (shardclaim.fanin)
-        return True
-    return (
-        key == MASTER_KEY
-        or re.fullmatch(r"shard_[0-9]{3,}/(metadata\.json|chunk_[0-9]{4,}\.jsonl)", key) is not None
-    )
-
-
 def _count_records(files: list[Any]) -> int:
     return sum(1 for _, _, line in lines_of(files, None) if not is_blank(line))
 
@@ -164,15 +109,28 @@ def create_sharded_dataset(
     _check_options(num_shards, chunk_size_mb, strategy)
     opts = _Options(num_shards, int(chunk_size_mb * _MiB), strategy, validate, skip_invalid)
     files = open_inputs(input_file)
-    store, fs, base = _prepare_output(output_dir, overwrite)
+    output = prepare_output(output_dir, overwrite=overwrite)
+    try:
+        return _build(files, output, opts, chunk_size_mb=chunk_size_mb, progress=progress)
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        output.close()
+
+
+def _build(
+    files: list[Any], output: Output, opts: _Options, *, chunk_size_mb: float, progress: bool | None
+) -> dict[str, Any]:
     started = time.perf_counter()
-    total_records = _count_records(files) if strategy == "contiguous" else 0
-    writer = ChunkWriter(fs, base, num_shards, opts.limit)
+    num_shards = opts.num_shards
+    total_records = _count_records(files) if opts.strategy == "contiguous" else 0
+    writer = ChunkWriter(output.fs, output.chunk_base, num_shards, opts.limit)
     background = None
-    if validate:
+    if opts.validate:
         from shardclaim._validate import BackgroundValidator
 
-        if BackgroundValidator.suits(files, skip_invalid):
+        if BackgroundValidator.suits(files, opts.skip_invalid):
             background = BackgroundValidator(files)
     bar = _progress_bar(files, progress)
     # A writer thread needs the GIL back after every write; with the default 5 ms switch interval
@@ -197,7 +155,6 @@ def create_sharded_dataset(
         shards = writer.finish()
     except BaseException:
         writer.abort()
-        _remove_quietly(fs, [f"{base}/{shard_dir(i, num_shards)}" for i in range(num_shards)])
         raise
     finally:
         sys.setswitchinterval(switch_interval)
@@ -205,24 +162,16 @@ def create_sharded_dataset(
             bar.close()
         if background is not None:
             background.close()
-    for doc in shards:
-        key = f"{shard_dir(doc['shard_id'], num_shards)}/{SHARD_METADATA}"
-        store.write(
-            key,
-            orjson.dumps(check_shard(key, doc), option=orjson.OPT_INDENT_2),
-            if_generation_match=0,
-            metadata={"status": "available", "attempt": "0", "failures": "0"},  # read by listings
-        )
     master = {
         "format_version": FORMAT_VERSION,
         "total_tasks": stats["records"],
         "num_shards": num_shards,
         "chunk_size_mb": float(chunk_size_mb),
         "total_bytes": stats["bytes"],
-        "strategy": strategy,
-        "validated": validate,
+        "strategy": opts.strategy,
+        "validated": opts.validate,
         "skipped_invalid": stats["invalid"],
-        "big_integers": stats["big"] if validate else None,
+        "big_integers": stats["big"] if opts.validate else None,
         "blank_lines": stats["blank"],
         "inputs": input_names(files),
         "created_at": datetime.now(UTC).isoformat(),
@@ -238,11 +187,7 @@ def create_sharded_dataset(
             for d in shards
         ],
     }
-    store.write(
-        MASTER_KEY,
-        orjson.dumps(check_master(MASTER_KEY, master), option=orjson.OPT_INDENT_2),
-        if_generation_match=0,
-    )
+    output.publish(shards, master)
     elapsed = time.perf_counter() - started
     chunks = sum(d["num_chunks"] for d in shards)
     log.info(
@@ -325,9 +270,3 @@ def _progress_bar(files: list[Any], progress: bool | None) -> Any:
     compressed = any(getattr(f, "compression", None) for f in files)
     total = None if compressed else sum(size_of(f) for f in files)
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="sharding", file=sys.stderr)
-
-
-def _remove_quietly(fs: Any, paths: list[str]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            fs.rm(path, recursive=True)

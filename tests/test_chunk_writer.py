@@ -221,7 +221,7 @@ def test_a_full_disk_fails_the_build_cleanly(tmp_path: Path, monkeypatch: pytest
         create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=3)
     monkeypatch.undo()
     assert len(calls) > 5
-    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no output, no staging area
 
 
 def test_an_upload_refused_at_close_fails_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,27 +226,24 @@ def test_a_directory_with_foreign_files_is_refused_even_with_overwrite(tmp_path:
 
 
 def test_a_killed_build_never_looks_complete_and_a_rebuild_cleans_it(tmp_path: Path) -> None:
-    src = write_jsonl(tmp_path / "in.jsonl", records(40_000, size=1200))
+    from tests.test_build_output import leftovers, paused_build
+
+    lines = records(4000, size=1200)
     out = tmp_path / "ds"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shardclaim", "create", "--input_file", str(src), "--output_dir", str(out),
-         "--num_shards", "4", "--chunk_size_mb", "0.05"],
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(out.glob("shard_*/chunk_0003.jsonl")) and proc.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if proc.returncode != -signal.SIGKILL:
-        pytest.skip("the build finished before it could be killed")
-    assert list(out.glob("shard_*/chunk_*.jsonl"))
+    with paused_build(tmp_path, out, "--num_shards", "4", "--chunk_size_mb", "0.05") as (proc, w):
+        w.write(b"".join(lines))  # read, and mostly written, before the write returns
+        w.flush()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [p for staging in leftovers(tmp_path) for p in Path(staging).glob("shard_*/chunk_*.jsonl")]
     assert not (out / "master_metadata.json").exists()
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
     master = create_sharded_dataset(str(src), str(out), num_shards=2, chunk_size_mb=0.5)
-    assert master["total_tasks"] == 40_000
+    assert master["total_tasks"] == 4000
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "master_metadata.json", "shard_000", "shard_001",
     ]  # fmt: skip
+    assert leftovers(tmp_path) == []
 
 
 @pytest.mark.parametrize(
