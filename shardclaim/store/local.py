@@ -23,6 +23,7 @@ Where it is safe:
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import os
@@ -31,12 +32,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError
+from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
 from shardclaim.store.base import (
     RESERVED_PREFIX,
     ObjectInfo,
@@ -82,6 +84,10 @@ class LocalStore:
     # -- reading -------------------------------------------------------------------------------
 
     def read(self, key: str) -> StoredObject:
+        with _translated("read", key):
+            return self._read(key)
+
+    def _read(self, key: str) -> StoredObject:
         path = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -96,6 +102,10 @@ class LocalStore:
         return StoredObject(key, data, st.st_mtime_ns, _from_ns(st.st_ctime_ns), meta)
 
     def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
+        with _translated("list", prefix):
+            return self._list(prefix, suffix)
+
+    def _list(self, prefix: str, suffix: str) -> builtins.list[ObjectInfo]:
         # Walk only the directory the prefix pins down: "shard_0" -> ROOT, "shard_000/" -> shard_000.
         head, _, _ = prefix.rpartition("/")
         start = self._root.joinpath(*head.split("/")) if head else self._root
@@ -130,6 +140,10 @@ class LocalStore:
                 yield f"{key_prefix}{entry.name}", Path(entry.path)
 
     def now(self) -> datetime:
+        with _translated("now", _CLOCK_NAME):
+            return self._now()
+
+    def _now(self) -> datetime:
         # The filesystem's clock: touch a scratch file and read its change time. On a local disk
         # this is the kernel clock; on NFS it is the server's, shared by every client.
         self._root.mkdir(parents=True, exist_ok=True)
@@ -149,6 +163,12 @@ class LocalStore:
         *,
         if_generation_match: int | None = None,
         metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        with _translated("write", key):
+            return self._write(key, data, if_generation_match, metadata)
+
+    def _write(
+        self, key: str, data: bytes, if_generation_match: int | None, metadata: Mapping[str, str] | None
     ) -> ObjectInfo:
         path = self._path(key)
         meta = validate_metadata(metadata)
@@ -218,6 +238,27 @@ class _DirectoryLock:
             os.close(self._fd)  # closing releases the flock
         finally:
             _process_mutex.release()
+
+
+#: Failures of the filesystem that pass: a full disk or quota (someone frees space), an I/O error or a
+#: stale NFS handle (the server comes back), an interrupted or busy call.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.EAGAIN, errno.EINTR, errno.EBUSY,
+     errno.ETIMEDOUT, errno.ENOLCK, errno.ECONNRESET}
+)  # fmt: skip
+
+
+@contextmanager
+def _translated(operation: str, key: str) -> Iterator[None]:
+    """The filesystem's errors as the store's: transient ones retried above, the rest a StoreError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as e:
+        if e.errno in _TRANSIENT_ERRNOS:
+            raise TransientStoreError(operation, f"{key!r}: {e}") from e
+        raise StoreError(f"{operation} failed: {key!r}: {e}") from e
 
 
 def _is_regular(mode: int) -> bool:

@@ -9,12 +9,13 @@ the object and, if it carries this write's unique token, reports the write as th
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -27,6 +28,7 @@ __all__ = ["WRITE_TOKEN_KEY", "RetryPolicy", "RetryingStore"]
 WRITE_TOKEN_KEY = "shardclaim-write"
 
 T = TypeVar("T")
+log = logging.getLogger("shardclaim.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +36,19 @@ class RetryPolicy:
     """How transient store failures are retried.
 
     Waits are random in ``[0, min(max_wait, initial_wait * 2**n)]`` (full jitter), so a fleet that
-    hit the same 429 does not come back in step.
+    hit the same 429 does not come back in step. By default a request gives up after ``max_attempts``
+    (about 25 s at most); with ``max_seconds`` it keeps trying for that long instead, whatever the number
+    of attempts — what a worker uses to wait out a store outage of minutes. A request that has been
+    failing for ``report_after`` seconds says so once in the log, and once more when it gets through.
     """
 
     max_attempts: int = 8
     initial_wait: float = 0.2
     max_wait: float = 15.0
+    max_seconds: float | None = None
+    report_after: float = 10.0
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -49,19 +57,61 @@ class RetryPolicy:
         if self.initial_wait < 0 or self.max_wait < 0:
             msg = f"waits must not be negative, got {self.initial_wait!r} and {self.max_wait!r}"
             raise ValueError(msg)
+        if self.max_seconds is not None and not 0 <= self.max_seconds < float("inf"):
+            msg = f"max_seconds must be a non-negative number, got {self.max_seconds!r}"
+            raise ValueError(msg)
 
-    def retrying(self) -> tenacity.Retrying:
+    def retrying(self, outage: _Outage | None = None) -> tenacity.Retrying:
+        outage = outage if outage is not None else _Outage(self)
+        stop: Any = tenacity.stop_after_attempt(self.max_attempts)
+        if self.max_seconds is not None:
+            limit = self.max_seconds
+
+            def stop(state: tenacity.RetryCallState) -> bool:
+                return outage.elapsed() >= limit
+
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientStoreError),
             wait=tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=stop,
             sleep=self.sleep,
+            before_sleep=outage.failing,
             reraise=True,
         )
 
     def call(self, fn: Callable[[], T]) -> T:
-        result: T = self.retrying()(fn)
+        outage = _Outage(self)
+        result: T = self.retrying(outage)(fn)
+        outage.over()
         return result
+
+
+class _Outage:
+    """One request's run of transient failures: said once when long, and once when over."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._start = policy.clock()
+        self._reported = False
+
+    def elapsed(self) -> float:
+        return self._policy.clock() - self._start
+
+    def failing(self, state: tenacity.RetryCallState) -> None:
+        down = self.elapsed()
+        if self._reported or down < self._policy.report_after:
+            return
+        self._reported = True
+        error = state.outcome.exception() if state.outcome is not None else None
+        bound = self._policy.max_seconds
+        log.warning(
+            "the store has failed for %.0f s (%s); still retrying%s",
+            down, error, f", for up to {bound:.0f} s in all" if bound is not None else "",
+        )  # fmt: skip
+
+    def over(self) -> None:
+        if self._reported:
+            log.warning("the store answers again, after %.0f s", self.elapsed())
 
 
 class RetryingStore:
