@@ -46,12 +46,24 @@ def add_shard_commands(sub: Any) -> None:
         if name == "fail":
             p.add_argument("--error", help="text recorded in the shard as last_error")
 
-    p = sub.add_parser("reset", help="make shards available again (operator action)")
+    p = sub.add_parser(
+        "reset",
+        help="make shards available again (operator action)",
+        description=(
+            "Each reset is a compare-and-swap on the state it judged: --stale and --failed reset a shard "
+            "only if it is still stale or failed when written. Any reset of a settled shard re-arms the "
+            "fan-in finalizer."
+        ),
+    )
     dataset(p)
-    which = p.add_mutually_exclusive_group(required=True)
+    which = p.add_mutually_exclusive_group()
     which.add_argument("--shard_id", "--shard-id", dest="shard_id", type=int)
     which.add_argument("--stale", action="store_true", help="every in_use shard whose lease expired")
     which.add_argument("--failed", action="store_true", help="every failed shard")
+    p.add_argument(
+        "--finalizer", action="store_true",
+        help="clear the fan-in finalizer's marker (a failed or running finalizer runs again)",
+    )  # fmt: skip
 
 
 def run_shard_command(args: argparse.Namespace) -> int:
@@ -59,9 +71,13 @@ def run_shard_command(args: argparse.Namespace) -> int:
 
     command = args.command
     if command == "status":
-        return _status(ShardManager(args.dataset_dir, "status-reader"), as_json=args.json)
+        return _status(
+            ShardManager(args.dataset_dir, "status-reader", max_outage_seconds=None), as_json=args.json
+        )
     if command == "claim":
-        m = ShardManager(args.dataset_dir, args.worker_id, lease_seconds=args.lease_seconds)
+        m = ShardManager(
+            args.dataset_dir, args.worker_id, lease_seconds=args.lease_seconds, max_outage_seconds=None
+        )
         shard = m.claim_shard(preferred_shard_id=args.shard_id)
         if shard is None:
             print("no shard is claimable now", file=sys.stderr)
@@ -83,8 +99,9 @@ def _settle(args: argparse.Namespace) -> int:
 
     worker = args.worker_id
     if worker is None:  # the seed's CLI names no worker: act as whoever holds the shard
-        worker = ShardManager(args.dataset_dir, "cli").read_shard(args.shard_id).get("assigned_to") or "cli"
-    m = ShardManager(args.dataset_dir, worker)
+        reader = ShardManager(args.dataset_dir, "cli", max_outage_seconds=None)
+        worker = reader.read_shard(args.shard_id).get("assigned_to") or "cli"
+    m = ShardManager(args.dataset_dir, worker, max_outage_seconds=None)
     try:
         if args.command == "complete":
             m.mark_completed(args.shard_id)
@@ -100,20 +117,24 @@ def _settle(args: argparse.Namespace) -> int:
 def _reset(args: argparse.Namespace) -> int:
     from shardclaim.manager import ShardManager
 
-    m = ShardManager(args.dataset_dir, "operator")
+    if args.shard_id is None and not (args.stale or args.failed or args.finalizer):
+        print("shardclaim reset: give --shard_id N, --stale, --failed and/or --finalizer", file=sys.stderr)
+        return 2
+    m = ShardManager(args.dataset_dir, "operator", max_outage_seconds=None)
     if args.shard_id is not None:
-        targets = [args.shard_id]
+        m.reset_shard(args.shard_id)
+        done = [args.shard_id]
+    elif args.stale:
+        done = m.reset_stale()
+    elif args.failed:
+        done = m.reset_failed()
     else:
-        statuses = m.get_shard_status()
-        targets = [
-            s["shard_id"]
-            for s in statuses
-            if (args.stale and s.get("expired")) or (args.failed and s["status"] == "failed")
-        ]
-    for shard_id in targets:
-        m.reset_shard(shard_id)
+        done = []
+    for shard_id in done:
         print(f"Shard {shard_id}: reset to available")
-    if not targets:
+    if args.finalizer:
+        print("finalizer: reset" if m.reset_finalizer() else "finalizer: nothing to reset")
+    elif not done:
         print("no shard to reset")
     return 0
 
@@ -121,11 +142,16 @@ def _reset(args: argparse.Namespace) -> int:
 def _status(m: ShardManager, *, as_json: bool) -> int:
     statuses = m.get_shard_status()
     agg = summarize(statuses)
+    final = m.finalizer_status()
     if as_json:
-        sys.stdout.write(orjson.dumps({"summary": agg, "shards": statuses}).decode() + "\n")
+        report = {"summary": agg, "shards": statuses, "finalizer": final}
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     for s in statuses:
         line = f"Shard {s['shard_id']}: {s['status']}"
+        if s["status"] in ("invalid", "missing"):
+            print(line + (f": {s['error']}" if s.get("error") else ""))
+            continue
         if s["status"] == "in_use":
             line += f" (assigned to: {s['assigned_to']})"
             line += f", heartbeat {s['heartbeat_age_s']:.0f}s ago" + (", EXPIRED" if s["expired"] else "")
@@ -139,4 +165,24 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
         print(line)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
     print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
+    if final is not None:
+        print("finalizer: " + _finalizer_line(final))
     return 0
+
+
+def _finalizer_line(final: dict[str, Any]) -> str:
+    status = str(final.get("status"))
+    if status == "running":
+        return f"running on {final.get('worker')}"
+    if status == "failed":
+        code = final.get("exit_code")
+        lines = str(final.get("error") or "").strip().splitlines()
+        return (
+            f"failed on {final.get('worker')}"
+            + (f" (exit {code})" if code is not None else "")
+            + (f": {lines[-1]}" if lines else "")
+            + "; shardclaim reset DATASET --finalizer runs it again"
+        )
+    if status == "done":
+        return f"done on {final.get('worker')} at {final.get('ended_at')}"
+    return status

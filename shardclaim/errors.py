@@ -95,14 +95,18 @@ class TransientStoreError(StoreError):
 
 
 class LeaseLostError(ShardclaimError):
-    """This worker no longer holds the shard: someone else wrote it since this worker last did."""
+    """This holder's lease is over: someone else wrote the object since this holder last did.
 
-    def __init__(self, shard_id: int, worker_id: str, detail: str = "") -> None:
+    ``shard_id`` is None for a lease that is not on a shard (the fan-in finalizer's marker).
+    """
+
+    def __init__(self, shard_id: int | None, worker_id: str, detail: str = "") -> None:
         self.shard_id = shard_id
         self.worker_id = worker_id
         self.detail = detail
-        msg = f"shard {shard_id}: worker {worker_id!r} lost its lease"
+        what = "the finalizer" if shard_id is None else f"shard {shard_id}"
+        msg = f"{what}: worker {worker_id!r} lost its lease"
         super().__init__(f"{msg} ({detail})" if detail else msg)
 
-    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int, str, str]]:
+    def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int | None, str, str]]:
         return type(self), (self.shard_id, self.worker_id, self.detail)

@@ -1,32 +1,40 @@
-"""Fan-in: wait for every shard, then run a finalizer exactly once across the whole fleet.
+"""Fan-in: wait for every shard, then run a finalizer exactly once per settled state, fleet-wide.
 
-The finalizer is guarded by one marker object, ``_finalize.json``, written with compare-and-swap like a
-shard: the first worker to find every shard settled creates it (``if_generation_match=0``) and runs the
-finalizer under a lease it heartbeats; the others see the marker and move on. If the finalizing worker
-dies, its lease expires (on the store's clock) and the next worker to look takes the marker over and runs
-the finalizer again; once it has succeeded the marker says ``done`` and nobody runs it again. A finalizer
-must therefore be safe to re-run after a crash (write its output under a fixed name, replace, don't append).
+The finalizer is guarded by one marker object, ``_finalize.json`` (:mod:`shardclaim.lease.finalizer`),
+leased like a shard: the first worker to find every shard settled takes the marker with a
+compare-and-swap and runs the finalizer while its manager's heartbeat renews the lease; the others see
+the marker and wait. If that worker dies, its lease expires on the store's clock and the next worker to
+look takes the marker over and runs the finalizer again — so a finalizer must be safe to re-run (write
+its output under a fixed name, replace, don't append). A finalizer that stalls past its lease and is
+taken over is *told*: its next write is refused and :func:`finalize_once` raises LeaseLostError, leaving
+the marker as its successor wrote it. A finalizer that fails is recorded (``failed``, with the error) and
+not run again for the same settled state until ``shardclaim reset DATASET --finalizer``; a change of
+the shards (a reset and re-run) re-arms it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError
-from shardclaim.status import lease_expired, summarize
+from shardclaim.errors import LeaseLostError, ObjectNotFoundError
+from shardclaim.lease import finalizer as marker
+from shardclaim.lease.fenced import FencedLease
+from shardclaim.lease.shard import lease_expired
+from shardclaim.status import SETTLED_STATES, shard_statuses, summarize
 
 if TYPE_CHECKING:
     from shardclaim.manager import ShardManager
 
-__all__ = ["FINALIZE_KEY", "finalize_once", "wait_for_shards"]
+__all__ = ["FINALIZE_KEY", "Outcome", "finalize_once", "wait_for_shards"]
 
-FINALIZE_KEY = "_finalize.json"
+FINALIZE_KEY = marker.FINALIZE_KEY
+Outcome = Literal["ran", "done", "failed", "running", "unsettled"]
 
 
 def wait_for_shards(
@@ -42,7 +50,7 @@ def wait_for_shards(
     deadline = None if timeout is None else clock() + timeout
     while True:
         agg = summarize(manager.get_shard_status())
-        if agg["state"] in ("succeeded", "failed"):
+        if agg["state"] in SETTLED_STATES:
             return agg
         if deadline is not None and clock() >= deadline:
             msg = f"shards still unsettled after {timeout} s: {agg['counts']}"
@@ -50,52 +58,76 @@ def wait_for_shards(
         sleep(poll_seconds)
 
 
-def finalize_once(manager: ShardManager, finalizer: Callable[[dict[str, Any]], None]) -> str:
-    """If every shard is settled and nobody has finalized (or a finalizer's lease expired), run
-    ``finalizer(aggregate)`` under the marker's lease. Returns ``ran``, ``done`` (someone finished it),
-    ``running`` (someone else holds it now) or ``unsettled`` (shards remain)."""
-    agg = summarize(manager.get_shard_status())
-    if agg["state"] not in ("succeeded", "failed"):
-        return "unsettled"
+def finalize_once(
+    manager: ShardManager,
+    finalizer: Callable[[dict[str, Any]], None],
+    *,
+    on_lost: Callable[[], None] | None = None,
+) -> Outcome:
+    """If every shard is settled and the finalizer has not run for this settled state, run
+    ``finalizer(aggregate)`` under the marker's lease.
+
+    Returns ``ran``; ``done`` (it ran for this state already); ``failed`` (it failed for this state:
+    ``shardclaim reset DATASET --finalizer`` to run it again); ``running`` (another worker holds the
+    marker now) or ``unsettled`` (shards remain). Raises LeaseLostError if the marker was taken over
+    while the finalizer ran (``on_lost``, if given, is called as soon as the heartbeat finds out), and
+    re-raises what the finalizer raised after recording it.
+    """
     store = manager.store
+    # The marker first, the shards second: a listing made after reading the marker is at least as new
+    # as the one its writer made, so a different digest means the shards really changed since.
     try:
         obj = store.read(FINALIZE_KEY)
-        marker = orjson.loads(obj.data)
-        if marker.get("status") == "done":
-            return "done"
-        lease = float(marker.get("lease_seconds", manager.lease_seconds))
-        if not lease_expired(obj.updated, store.now(), lease):
-            return "running"
         generation = obj.generation
+        current = orjson.loads(obj.data)
+        current = current if isinstance(current, dict) else {}
     except ObjectNotFoundError:
-        generation = 0
-    token = uuid.uuid4().hex
-    doc = {"status": "running", "worker": manager.worker_id, "token": token,
-           "lease_seconds": manager.lease_seconds, "summary": agg}  # fmt: skip
+        obj, generation, current = None, 0, {}
+    views = manager.shard_views()
+    now = store.now()
+    agg = summarize(shard_statuses(manager.master, views, now))
+    if agg["state"] not in SETTLED_STATES:
+        return "unsettled"
+    digest = marker.settled_digest(views)
+    status = current.get("status")
+    if current.get("settled") == digest and status in ("done", "failed"):
+        return "done" if status == "done" else "failed"
+    if status == "running" and obj is not None:
+        try:
+            held_for = float((current.get("lease") or {}).get("lease_seconds", manager.lease_seconds))
+        except (TypeError, ValueError):
+            held_for = manager.lease_seconds
+        if current.get("settled") == digest and not lease_expired(obj.updated, now, held_for):
+            return "running"
+    doc = marker.running(
+        worker=manager.worker_id, token=uuid.uuid4().hex, lease_seconds=manager.lease_seconds,
+        digest=digest, summary=agg, now=now,
+    )  # fmt: skip
+    lease = FencedLease(store, FINALIZE_KEY, generation, doc, holder=manager.worker_id, encode=marker.encode)
     try:
-        held = [store.write(FINALIZE_KEY, orjson.dumps(doc), if_generation_match=generation).generation]
-    except GenerationMismatchError:
-        return "running"
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def beat() -> None:
-        while not stop.wait(manager.heartbeat_seconds):
-            with lock:
-                try:
-                    held[0] = store.write(
-                        FINALIZE_KEY, orjson.dumps(doc), if_generation_match=held[0]
-                    ).generation
-                except GenerationMismatchError:
-                    return
-
-    beater = threading.Thread(target=beat, name="shardclaim-finalize-heartbeat", daemon=True)
-    beater.start()
+        lease.write(lambda d: d, kind="take")
+    except LeaseLostError:
+        return "running"  # another worker took it first
+    if on_lost is not None:
+        lease.on_lost(on_lost)
+    manager.hold_lease(lease)
     try:
-        finalizer(agg)
+        try:
+            finalizer(agg)
+        except Exception as e:
+            tail = "".join(traceback.format_exception(e))[-4000:]
+            code = getattr(e, "returncode", None)
+            lease.write(
+                lambda d: {**d, "status": "failed", "exit_code": code, "error": tail,
+                           "ended_at": store.now().isoformat(), "lease": None},
+                final=True, kind="failed",
+            )  # fmt: skip
+            raise
+        lease.write(
+            lambda d: {**d, "status": "done", "ended_at": store.now().isoformat(), "lease": None},
+            final=True,
+            kind="done",
+        )
     finally:
-        stop.set()
-        beater.join()
-    with lock:
-        store.write(FINALIZE_KEY, orjson.dumps({**doc, "status": "done"}), if_generation_match=held[0])
+        manager.drop_lease(lease)
     return "ran"

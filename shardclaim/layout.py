@@ -24,6 +24,7 @@ from shardclaim.errors import ShardclaimError
 __all__ = [
     "FORMAT_VERSION",
     "MASTER_KEY",
+    "MAX_LEASE_SECONDS",
     "STATUSES",
     "MetadataError",
     "ShardStatus",
@@ -39,6 +40,10 @@ MASTER_KEY = "master_metadata.json"
 SHARD_METADATA = "metadata.json"
 ShardStatus = Literal["available", "in_use", "completed", "failed"]
 STATUSES: frozenset[str] = frozenset({"available", "in_use", "completed", "failed"})
+
+#: The longest lease anyone may take (a week). Longer leases are refused when given and, found in a
+#: shard's metadata, make that shard invalid: a lease that never ends is a shard nobody can reclaim.
+MAX_LEASE_SECONDS = 7 * 24 * 3600.0
 
 _CHUNK_FILE = re.compile(r"chunk_[0-9]{4,}\.jsonl")
 _SHARD_DIR = re.compile(r"shard_[0-9]{3,}")
@@ -130,9 +135,41 @@ def check_shard(key: str, doc: dict[str, Any], *, expect_id: int | None = None) 
             raise MetadataError(key, f"chunk {i} has crc32c {crc!r}; expected 8 hex digits")
     if counted != total:
         raise MetadataError(key, f"total_tasks is {total} but the chunks hold {counted}")
-    for field in ("assigned_to", "started_at", "completed_at"):
+    for field in ("assigned_to", "started_at", "completed_at", "last_error", "write_token"):
         _opt_str(key, doc, field)
+    _check_state(key, doc)
     return doc
+
+
+def _check_state(key: str, doc: dict[str, Any]) -> None:
+    """The fields the lease protocol writes: counters, the lease, the holder."""
+    for field in ("attempt", "failures", "heartbeats", "resume_chunk", "expired_leases"):
+        if doc.get(field) is not None:
+            _int(key, doc, field)
+    lease = doc.get("lease")
+    if lease is not None:
+        if not isinstance(lease, dict):
+            raise MetadataError(key, f"'lease' must be an object or null, got {lease!r}")
+        for field in ("token", "worker"):
+            value = lease.get(field)
+            if not isinstance(value, str) or not value:
+                raise MetadataError(key, f"lease {field!r} must be a non-empty string, got {value!r}")
+        check_lease_seconds(key, lease.get("lease_seconds"))
+    if doc["status"] == "in_use" and lease is None and not isinstance(doc.get("assigned_to"), str):
+        raise MetadataError(key, "status is in_use but the shard names no holder")
+
+
+def check_lease_seconds(key: str, value: object) -> float:
+    """A lease length from the store: a finite number of seconds in (0, MAX_LEASE_SECONDS]."""
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value <= MAX_LEASE_SECONDS  # also refuses NaN
+    ):
+        raise MetadataError(
+            key, f"lease_seconds must be a number in (0, {MAX_LEASE_SECONDS:.0f}], got {value!r}"
+        )
+    return float(value)
 
 
 def check_master(key: str, doc: dict[str, Any]) -> dict[str, Any]:

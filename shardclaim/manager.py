@@ -1,60 +1,68 @@
-"""The one lease algorithm: claim, heartbeat, complete, fail, release, reset and status of shards.
+"""The seed's API: one worker's view of a dataset — claim, heartbeat, checkpoint, complete, fail, release,
+reset and status of shards — composed from the lease protocol in :mod:`shardclaim.lease`.
 
-Every state change is a conditional write of one shard's ``metadata.json`` on the generation the writer
-last saw, so under any interleaving of workers exactly one of them moves a shard on. The generation a
-holder last wrote is its *fencing token*: once anyone else has written the shard (a peer reclaiming an
-expired lease, an operator's reset), every later write by the old holder is refused and surfaces as
-:class:`LeaseLostError` — it can never complete a shard it no longer holds.
+Every state change is a conditional write of one shard's ``metadata.json``. A holder writes only through
+its :class:`~shardclaim.lease.fenced.FencedLease`, conditioned on the generation it last wrote; once
+anyone else wrote the shard (a peer reclaiming an expired lease, an operator's reset), the holder's
+next write is refused and surfaces as :class:`~shardclaim.errors.LeaseLostError`. A lease is identified
+by its own token, never by the worker id: a manager that held a shard and lost (or settled) it never
+acts on it again. A manager that never held a shard may act for the holder it names (the seed's CLI
+claims in one process and completes in another), on the generation it reads.
 
-Expiry is judged on the store's clock only: a lease is expired when the object's last update, as the
-store stamped it, is more than the *holder's* ``lease_seconds`` (recorded with the lease) before the
-store's current time — so a long CLI claim is safe from workers that use short leases. Each state write
-also sets ``status``, ``holder``, ``attempt``, ``failures`` as object metadata: status is one listing.
+Operator actions are compare-and-swaps on the state they judged: ``reset --stale`` resets a shard only
+if, at the generation it writes on, the shard is still in use with an expired lease.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import math
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from shardclaim._identity import default_worker_id, launcher_index
 from shardclaim.errors import (
-    GenerationMismatchError,
     LeaseLostError,
     ObjectNotFoundError,
     ShardclaimError,
-    StoreError,
 )
-from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
-from shardclaim.status import lease_expired, lease_of, listing_by_shard, shard_statuses
-from shardclaim.store import Store, StoredObject, open_store
+from shardclaim.layout import (
+    MASTER_KEY,
+    SHARD_METADATA,
+    MetadataError,
+    check_master,
+    check_shard,
+    parse_json,
+)
+from shardclaim.lease import operator
+from shardclaim.lease import shard as transitions
+from shardclaim.lease.fenced import FencedLease
+from shardclaim.lease.holdings import Holdings
+from shardclaim.lease.select import Candidates
+from shardclaim.lease.views import ShardView, read_views
+from shardclaim.status import shard_statuses
+from shardclaim.store import RetryPolicy, Store, StoredObject, open_store
 
 if TYPE_CHECKING:
     from shardclaim.worker import Claim
 
-__all__ = ["ShardManager"]
+__all__ = ["DEFAULT_MAX_OUTAGE_SECONDS", "ShardManager"]
 
 log = logging.getLogger("shardclaim.manager")
 
-
-@dataclass(slots=True)
-class _Held:
-    generation: int
-    doc: dict[str, Any]
+#: How long a worker waits out an unreachable store before giving up (10 minutes).
+DEFAULT_MAX_OUTAGE_SECONDS = 600.0
 
 
 class ShardManager:
     """Claims and settles the shards of the dataset at ``dataset_dir`` (path or URL) for one worker.
 
-    Thread-safe: the background heartbeat and the caller share one lock per manager.
+    ``max_outage_seconds``: how long each store request is retried through an outage (transient errors:
+    timeouts, 429, 5xx) before it fails; None keeps the store's short default (about 25 s). Thread-safe:
+    the background heartbeat and the caller may act at once.
     """
 
     def __init__(
@@ -66,24 +74,23 @@ class ShardManager:
         heartbeat_seconds: float | None = None,
         max_attempts: int = 3,
         store: Store | None = None,
+        max_outage_seconds: float | None = DEFAULT_MAX_OUTAGE_SECONDS,
     ) -> None:
-        if not lease_seconds > 0:
-            msg = f"lease_seconds must be positive, got {lease_seconds!r}"
+        lease_seconds, heartbeat_seconds = transitions.check_lease_options(lease_seconds, heartbeat_seconds)
+        if type(max_attempts) is not int or not 1 <= max_attempts <= 10_000:
+            msg = f"max_attempts must be an integer in [1, 10000], got {max_attempts!r}"
             raise ValueError(msg)
-        if heartbeat_seconds is None:
-            heartbeat_seconds = max(lease_seconds / 4, 10.0) if lease_seconds >= 40 else lease_seconds / 4
-        if not 0 < heartbeat_seconds < lease_seconds:
-            msg = f"heartbeat_seconds must be in (0, lease_seconds), got {heartbeat_seconds!r}"
-            raise ValueError(msg)
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            msg = f"max_attempts must be a positive integer, got {max_attempts!r}"
+        if max_outage_seconds is not None and not (0 <= max_outage_seconds < math.inf):
+            msg = f"max_outage_seconds must be a non-negative number or None, got {max_outage_seconds!r}"
             raise ValueError(msg)
         self.dataset_dir = dataset_dir
         self.worker_id = worker_id or default_worker_id()
-        self.lease_seconds = float(lease_seconds)
-        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
         self.max_attempts = max_attempts
-        self._store: Store = store if store is not None else open_store(dataset_dir)
+        if store is None:
+            policy = None if max_outage_seconds is None else RetryPolicy(max_seconds=max_outage_seconds)
+            store = open_store(dataset_dir, policy=policy)
+        self._store: Store = store
         try:
             master = self._store.read(MASTER_KEY)
         except ObjectNotFoundError:
@@ -92,17 +99,16 @@ class ShardManager:
         self.master = check_master(MASTER_KEY, parse_json(MASTER_KEY, master.data))
         self.num_shards: int = self.master["num_shards"]
         self._dirs: list[str] = [s["directory"] for s in self.master["shards"]]
-        self._held: dict[int, _Held] = {}
         self._lock = threading.RLock()
-        self._random = random.Random()
-        self._candidates: list[int] = []  # available shards from the last listing, popped from the end
-        self._busy: list[tuple[int, datetime, float]] = []  # in_use: (shard, last write, its lease)
+        self._holdings = Holdings(self.heartbeat_seconds)
+        self._invalid: dict[int, tuple[int, str]] = {}  # shard -> (generation, why) found unusable
+        self._candidates = Candidates()
         self._tried_launcher_index = False
-        self._stop = threading.Event()
-        self._heartbeats: threading.Thread | None = None
-        self.lost: set[int] = set()  #: shards whose lease the background heartbeat found lost
 
-    # -- helpers ----------------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        """The store behind the dataset."""
+        return self._store
 
     def _key(self, shard_id: int) -> str:
         if not isinstance(shard_id, int) or isinstance(shard_id, bool) or not 0 <= shard_id < self.num_shards:
@@ -115,22 +121,15 @@ class ShardManager:
         obj = self._store.read(key)
         return obj, check_shard(key, parse_json(key, obj.data), expect_id=shard_id)
 
-    def _write(self, shard_id: int, doc: dict[str, Any], generation: int) -> int:
-        lease = doc.get("lease") or {}
-        meta = {
-            "status": doc["status"],
-            "attempt": str(doc.get("attempt", 0)),
-            "failures": str(doc.get("failures", 0)),
-        }
-        if doc.get("assigned_to"):
-            meta["holder"] = _ascii(doc["assigned_to"])
-        if lease.get("token"):
-            meta["token"] = lease["token"]
-            meta["lease-seconds"] = repr(float(lease["lease_seconds"]))
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
-        return self._store.write(
-            self._key(shard_id), data, if_generation_match=generation, metadata=meta
-        ).generation
+    def read_shard(self, shard_id: int) -> dict[str, Any]:
+        """One shard's metadata as stored now (checked: MetadataError names a corrupt object)."""
+        return self._read(shard_id)[1]
+
+    def _new_lease(self, shard_id: int, generation: int, doc: Mapping[str, Any]) -> FencedLease:
+        return FencedLease(
+            self._store, self._key(shard_id), generation, doc,
+            holder=self.worker_id, encode=transitions.encode, shard_id=shard_id,
+        )  # fmt: skip
 
     # -- claiming ---------------------------------------------------------------------------------
 
@@ -140,7 +139,8 @@ class ShardManager:
         ``assigned_to``, ...) or None when no shard is claimable now.
 
         Uncontended: at most three store requests (listing, read, conditional write); the listing is
-        reused until three candidates in a row turn out taken, so a worker mostly pays two.
+        reused until three candidates in a row turn out taken, so a worker mostly pays two. A shard
+        whose metadata is corrupt or hostile is skipped (and reported by status), never raised.
         """
         if preferred_shard_id is not None:
             self._key(preferred_shard_id)
@@ -157,7 +157,7 @@ class ShardManager:
             if not self._candidates or misses >= 3:
                 if fresh:
                     break
-                self._refresh_candidates()
+                self._candidates.refresh(self.shard_views())
                 fresh, misses = True, 0
                 if not self._candidates:
                     break
@@ -167,96 +167,118 @@ class ShardManager:
             misses += 1
         return self._claim_expired()
 
-    def _refresh_candidates(self) -> None:
-        """One listing: the available shards (in random order) and the held ones with their age."""
-        listing = listing_by_shard(self._store, self._dirs)
-        available = [i for i, o in listing.items() if o.metadata.get("status", "available") == "available"]
-        self._random.shuffle(available)
-        self._candidates = available
-        self._busy = [
-            (i, o.updated, lease_of(o.metadata, self.lease_seconds))
-            for i, o in listing.items()
-            if o.metadata.get("status") == "in_use"
-        ]
-        self._random.shuffle(self._busy)
+    def shard_views(self) -> list[ShardView]:
+        """Every shard as one listing shows it, with the shards this manager found invalid marked so."""
+        views = read_views(self._store, self._dirs, self.lease_seconds)
+        with self._lock:
+            invalid = dict(self._invalid)
+        out = []
+        for view in views:
+            bad = invalid.get(view.shard_id)
+            if bad is not None and bad[0] == view.generation and view.status != "invalid":
+                out.append(
+                    ShardView(
+                        view.shard_id,
+                        "invalid",
+                        updated=view.updated,
+                        generation=view.generation,
+                        error=bad[1],
+                    )
+                )
+            else:
+                out.append(view)
+        return out
 
     def _claim_expired(self) -> dict[str, Any] | None:
         """After a fresh listing found nothing available: take over a lease that expired, if any."""
-        if not self._busy:
+        if not self._candidates.busy:
             return None
         now = self._store.now()
-        for shard_id, updated, lease_seconds in self._busy:
-            if lease_expired(updated, now, lease_seconds):
-                claimed = self._try_claim(shard_id, now)
-                if claimed is not None:
-                    return claimed
+        for shard_id in self._candidates.expired(now):
+            claimed = self._try_claim(shard_id, now)
+            if claimed is not None:
+                return claimed
         return None
 
     def _try_claim(self, shard_id: int, now: datetime | None) -> dict[str, Any] | None:
-        obj, doc = self._read(shard_id)
+        try:
+            obj, doc = self._read(shard_id)
+        except ObjectNotFoundError:
+            return None
+        except MetadataError as e:
+            self._note_invalid(shard_id, e)
+            return None
         reclaimed_from = None
         if doc["status"] == "in_use":
             now = now or self._store.now()
-            held_for = (doc.get("lease") or {}).get("lease_seconds", self.lease_seconds)
-            if not isinstance(held_for, int | float) or not lease_expired(obj.updated, now, float(held_for)):
+            held_for = float((doc.get("lease") or {}).get("lease_seconds", self.lease_seconds))
+            if not transitions.lease_expired(obj.updated, now, held_for):
                 return None
             reclaimed_from = doc.get("assigned_to")
         elif doc["status"] != "available":
             return None
-        token = uuid.uuid4().hex
-        doc = {
-            **doc,
-            "status": "in_use",
-            "assigned_to": self.worker_id,
-            "started_at": (now or obj.updated).isoformat(),
-            "completed_at": None,
-            "attempt": int(doc.get("attempt", 0)) + 1,
-            "lease": {"token": token, "worker": self.worker_id, "lease_seconds": self.lease_seconds},
-        }
-        if reclaimed_from is not None:
-            doc["expired_leases"] = int(doc.get("expired_leases", 0)) + 1
-            doc["reclaimed_from"] = reclaimed_from
+        doc = transitions.claimed(
+            doc, worker=self.worker_id, token=uuid.uuid4().hex, lease_seconds=self.lease_seconds,
+            started_at=now or obj.updated, reclaimed_from=reclaimed_from,
+        )  # fmt: skip
+        lease = self._new_lease(shard_id, obj.generation, doc)
         try:
-            generation = self._write(shard_id, doc, obj.generation)
-        except GenerationMismatchError:
+            doc = lease.write(lambda d: d, kind="claim")  # conditioned on the generation just read
+        except LeaseLostError:
             return None  # a peer got there first: try another shard
-        with self._lock:
-            self._held[shard_id] = _Held(generation, doc)
-            self.lost.discard(shard_id)
-            if self._heartbeats is None:
-                self._heartbeats = threading.Thread(
-                    target=self._heartbeat_loop, name="shardclaim-heartbeat", daemon=True
-                )
-                self._heartbeats.start()
+        self._holdings.add(shard_id, lease)
         return self._describe(shard_id, doc)
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_seconds):
-            for shard_id in self.held_shards():
-                try:
-                    with self._lock:  # a shard settled meanwhile is not ours to renew
-                        if shard_id in self._held:
-                            self.heartbeat(shard_id)
-                except LeaseLostError as e:
-                    log.warning("%s", e)
-                    self.lost.add(shard_id)
-                except StoreError as e:  # retried already; the lease may survive to the next beat
-                    log.warning("heartbeat for shard %d failed: %s", shard_id, e)
+    def _note_invalid(self, shard_id: int, error: MetadataError) -> None:
+        try:
+            generation = self._store.read(self._key(shard_id)).generation
+        except ObjectNotFoundError:
+            return
+        with self._lock:
+            first = shard_id not in self._invalid
+            self._invalid[shard_id] = (generation, str(error))
+        if first:
+            log.warning("skipping shard %d: %s", shard_id, error)
+
+    def _describe(self, shard_id: int, doc: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in doc.items() if k != "chunks"}
+        base = f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}"
+        out["chunks"] = [f"{base}/{c['file']}" for c in doc["chunks"]]
+        out["chunk_info"] = list(doc["chunks"])
+        out["dataset_dir"] = self.dataset_dir
+        return out
+
+    # -- the heartbeat ----------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> set[int]:
+        """Shards whose lease a write (the background heartbeat's, mostly) found lost."""
+        return self._holdings.lost
+
+    def renew_leases(self) -> None:
+        """One heartbeat: renew every lease this manager holds (shards, and the finalizer's marker).
+        Never raises; the background heartbeat thread calls it every ``heartbeat_seconds``."""
+        self._holdings.renew()
+
+    def hold_lease(self, lease: FencedLease) -> None:
+        """Have the heartbeat renew ``lease`` too (the fan-in finalizer's marker) until dropped."""
+        self._holdings.hold_other(lease)
+
+    def drop_lease(self, lease: FencedLease) -> None:
+        self._holdings.drop_other(lease)
 
     def close(self) -> None:
         """Stop the heartbeat. Held shards stay held until their leases expire."""
-        self._stop.set()
-        if self._heartbeats is not None:
-            self._heartbeats.join()
+        self._holdings.close()
 
     def claims(self, **options: Any) -> Iterator[Claim]:
-        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are terminal."""
+        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are settled."""
         from shardclaim.worker import claims
 
         return claims(self, **options)
 
     def wait(self, timeout: float | None = None, **options: Any) -> dict[str, Any]:
-        """Block until every shard is terminal; the aggregate (:mod:`shardclaim.fanin`)."""
+        """Block until every shard is settled; the aggregate (:mod:`shardclaim.fanin`)."""
         from shardclaim.fanin import wait_for_shards
 
         return wait_for_shards(self, timeout=timeout, **options)
@@ -267,95 +289,18 @@ class ShardManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _describe(self, shard_id: int, doc: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in doc.items() if k != "chunks"}
-        base = f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}"
-        out["chunks"] = [f"{base}/{c['file']}" for c in doc["chunks"]]
-        out["chunk_info"] = list(doc["chunks"])
-        out["dataset_dir"] = self.dataset_dir
-        return out
-
     # -- holding and settling ---------------------------------------------------------------------
 
-    @property
-    def store(self) -> Store:
-        """The store behind the dataset (what :mod:`shardclaim.fanin` guards its marker with)."""
-        return self._store
-
-    def read_shard(self, shard_id: int) -> dict[str, Any]:
-        """One shard's metadata as stored now (checked, never trusted blindly)."""
-        return self._read(shard_id)[1]
-
     def held_shards(self) -> list[int]:
-        with self._lock:
-            return sorted(self._held)
+        return self._holdings.held()
 
-    def heartbeat(self, shard_id: int) -> None:
-        """Renew the lease on a held shard (a conditional write). LeaseLostError if it was lost."""
-        self._settle(
-            shard_id, lambda doc: {**doc, "heartbeats": int(doc.get("heartbeats", 0)) + 1}, keep=True
-        )
-
-    def checkpoint(self, shard_id: int, chunks_done: int) -> None:
-        """Record that the first ``chunks_done`` chunks of a held shard are done (a fenced write, which
-        also renews the lease); a later holder of the shard resumes after them (``resume_chunk``)."""
-        self._settle(shard_id, lambda doc: {**doc, "resume_chunk": int(chunks_done)}, keep=True)
-
-    def mark_completed(self, shard_id: int) -> None:
-        """Mark a held shard completed. Raises LeaseLostError if this worker no longer holds it."""
-        self._settle(
-            shard_id,
-            lambda doc: {
-                **doc,
-                "status": "completed",
-                "completed_at": self._store.now().isoformat(),
-                "lease": None,
-            },
-        )
-
-    def mark_failed(self, shard_id: int, error: str | None = None) -> str:
-        """Give a held shard back after a failure, spending one attempt: ``available`` or ``failed``."""
-        outcome: list[str] = []
-
-        def failed(doc: dict[str, Any]) -> dict[str, Any]:
-            failures = int(doc.get("failures", 0)) + 1
-            status = "failed" if failures >= self.max_attempts else "available"
-            outcome.append(status)
-            return {
-                **doc,
-                "status": status,
-                "failures": failures,
-                "last_error": None if error is None else str(error)[-4000:],
-                "assigned_to": None,
-                "lease": None,
-            }
-
-        self._settle(shard_id, failed)
-        return outcome[-1]
-
-    def release_shard(self, shard_id: int) -> None:
-        """Give a held shard back without spending an attempt (preemption, shutdown)."""
-        self._settle(shard_id, lambda doc: {**doc, "status": "available", "assigned_to": None, "lease": None})
-
-    def _settle(self, shard_id: int, change: Any, *, keep: bool = False) -> None:
+    def _lease_for(self, shard_id: int) -> FencedLease:
+        """This manager's lease on the shard; or, for a shard it never held, the lease of the holder it
+        is named as (adoption, for the seed's two-process CLI), on the generation read now."""
         self._key(shard_id)
-        with self._lock:
-            held = self._held.get(shard_id) or self._adopt(shard_id)
-            doc = change(dict(held.doc))
-            try:
-                generation = self._write(shard_id, doc, held.generation)
-            except GenerationMismatchError:
-                del self._held[shard_id]
-                raise LeaseLostError(
-                    shard_id, self.worker_id, "the shard was written by someone else"
-                ) from None
-            if keep:
-                held.generation, held.doc = generation, doc
-            else:
-                del self._held[shard_id]
-
-    def _adopt(self, shard_id: int) -> _Held:
-        """A shard the store says this worker id holds (the seed's CLI claims and completes in two runs)."""
+        lease = self._holdings.find(shard_id, self.worker_id)
+        if lease is not None:
+            return lease
         obj, doc = self._read(shard_id)
         if doc["status"] != "in_use" or doc.get("assigned_to") != self.worker_id:
             holder = doc.get("assigned_to")
@@ -364,32 +309,91 @@ class ShardManager:
                 self.worker_id,
                 f"the shard is {doc['status']}" + (f", held by {holder!r}" if holder else ""),
             )
-        return self._held.setdefault(shard_id, _Held(obj.generation, doc))
+        return self._holdings.adopt(shard_id, self._new_lease(shard_id, obj.generation, doc))
+
+    def _settle(
+        self, shard_id: int, change: Callable[[dict[str, Any]], dict[str, Any]], *, final: bool, kind: str
+    ) -> dict[str, Any]:
+        lease = self._lease_for(shard_id)
+        try:
+            doc = lease.write(change, final=final, kind=kind)
+        except LeaseLostError:
+            if lease.lost.is_set() or lease.ended:
+                self._holdings.forget(shard_id, lease, lost=lease.lost.is_set())
+            raise
+        if final:
+            self._holdings.forget(shard_id, lease, lost=False)
+        return doc
+
+    def heartbeat(self, shard_id: int) -> None:
+        """Renew the lease on a held shard (a conditional write). LeaseLostError if it was lost."""
+        self._settle(shard_id, transitions.renewed, final=False, kind="renew")
+
+    def checkpoint(self, shard_id: int, chunks_done: int) -> None:
+        """Record that the first ``chunks_done`` chunks of a held shard are done (a fenced write, which
+        also renews the lease); a later holder of the shard resumes after them (``resume_chunk``)."""
+        self._settle(
+            shard_id, lambda d: transitions.checkpointed(d, chunks_done), final=False, kind="checkpoint"
+        )
+
+    def mark_completed(self, shard_id: int) -> None:
+        """Mark a held shard completed. Raises LeaseLostError if this worker no longer holds it."""
+        when = self._store.now()
+        self._settle(shard_id, lambda d: transitions.completed(d, when), final=True, kind="complete")
+
+    def mark_failed(self, shard_id: int, error: str | None = None) -> str:
+        """Give a held shard back after a failure, spending one attempt: ``available`` or ``failed``."""
+        doc = self._settle(
+            shard_id, lambda d: transitions.failed(d, error, self.max_attempts), final=True, kind="fail"
+        )
+        return str(doc["status"])
+
+    def release_shard(self, shard_id: int) -> None:
+        """Give a held shard back without spending an attempt (preemption, shutdown)."""
+        self._settle(shard_id, transitions.released, final=True, kind="release")
 
     # -- operator actions and status --------------------------------------------------------------
 
-    def reset_shard(self, shard_id: int) -> None:
-        """Operator action: make a shard available with a fresh retry budget; fences off any holder."""
-        for _ in range(10):
-            obj, doc = self._read(shard_id)
-            doc = {**doc, "status": "available", "assigned_to": None, "completed_at": None,
-                   "lease": None, "failures": 0, "resume_chunk": 0}  # fmt: skip
-            try:
-                self._write(shard_id, doc, obj.generation)
-            except GenerationMismatchError:
-                continue
-            with self._lock:
-                self._held.pop(shard_id, None)
-            return
-        msg = f"shard {shard_id} kept changing under reset; try again"
-        raise ShardclaimError(msg)
+    def reset_shard(self, shard_id: int, *, only: operator.Only = None) -> bool:
+        """Operator action: make a shard available with a fresh retry budget; fences off any holder.
+
+        ``only="stale"`` resets it only if it is in use with an expired lease, ``only="failed"`` only if
+        it is failed — judged on the very generation the reset writes on, so a shard that moved on since
+        (its slow holder completed it) is left alone. Returns whether the shard was reset.
+        """
+        key = self._key(shard_id)
+        done = operator.reset_shard(
+            self._store, key, lambda: self._read(shard_id), only=only, default_lease=self.lease_seconds
+        )
+        lease = self._holdings.current(shard_id)
+        if done and lease is not None:
+            lease.end("an operator reset it")
+            self._holdings.forget(shard_id, lease, lost=True)
+        return done
+
+    def reset_stale(self) -> list[int]:
+        """Reset every shard whose lease expired (each judged again at its reset). The ids reset."""
+        now = self._store.now()
+        targets = [v.shard_id for v in self.shard_views() if v.expired(now)]
+        return [i for i in targets if self.reset_shard(i, only="stale")]
+
+    def reset_failed(self) -> list[int]:
+        """Reset every failed shard (each judged again at its reset). The ids reset."""
+        targets = [v.shard_id for v in self.shard_views() if v.status == "failed"]
+        return [i for i in targets if self.reset_shard(i, only="failed")]
 
     def get_shard_status(self) -> list[dict[str, Any]]:
         """Every shard's state from one listing (holder, attempt, failures, heartbeat age, expiry)."""
-        listing = listing_by_shard(self._store, self._dirs)
-        return shard_statuses(self.master, listing, self._store.now(), self.lease_seconds)
+        views = self.shard_views()
+        return shard_statuses(self.master, views, self._store.now())
 
+    # -- the fan-in marker ------------------------------------------------------------------------
 
-def _ascii(text: str) -> str:
-    cleaned = "".join(c if 0x21 <= ord(c) <= 0x7E else "_" for c in text)
-    return cleaned[:200] or "_"
+    def finalizer_status(self) -> dict[str, Any] | None:
+        """The fan-in marker as stored (None when no finalizer ever ran)."""
+        return operator.read_marker(self._store)
+
+    def reset_finalizer(self) -> bool:
+        """Operator action: clear the finalizer's marker (a failed or running finalizer runs again; a
+        running one is fenced). Returns whether there was a marker to clear."""
+        return operator.reset_marker(self._store)

@@ -20,11 +20,11 @@ it finishes (see :mod:`shardclaim.fanin`). It sees ``SHARDCLAIM_DATASET`` and ``
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -49,6 +49,8 @@ from shardclaim.worker import Preempted
 __all__ = ["run_workers", "shard_environment"]
 
 _TAIL_LINES = 40
+_TAIL_BYTES = 64 * 1024
+_DRAIN_SECONDS = 1.0
 _GRACE_SECONDS = 30.0
 _CHECKPOINT_POLL = 0.2
 _PROGRESS_SECONDS = 2.0
@@ -70,12 +72,53 @@ def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> di
     }
 
 
-def _pump(stream: IO[bytes], tail: collections.deque[str]) -> None:
-    """Pass CMD's stderr through, keeping its last lines."""
-    for raw in stream:
-        sys.stderr.buffer.write(raw)
-        sys.stderr.buffer.flush()
-        tail.append(raw.decode("utf-8", "replace"))
+class _Pump:
+    """Passes CMD's stderr through and keeps its tail, without outliving CMD.
+
+    A background process that CMD started may hold the pipe open long after CMD exited (``sleep 30 &``,
+    a daemon): the attempt ends with CMD, so once CMD has exited the pump only drains what is already
+    there (for at most ``_DRAIN_SECONDS``) and stops.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._tail = bytearray()
+        self.finished = threading.Event()  # set by the caller once CMD has exited
+        self._thread = threading.Thread(target=self._run, name="shardclaim-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        drain_until: float | None = None
+        while True:
+            if drain_until is None and self.finished.is_set():
+                drain_until = time.monotonic() + _DRAIN_SECONDS
+            if drain_until is not None and time.monotonic() >= drain_until:
+                return
+            ready, _, _ = select.select([self._fd], [], [], 0.05)
+            if not ready:
+                if drain_until is not None:
+                    return  # CMD is gone and nothing more is waiting
+                continue
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(OSError):
+                sys.stderr.buffer.write(data)
+                sys.stderr.buffer.flush()
+            self._tail += data
+            del self._tail[:-_TAIL_BYTES]
+
+    def tail(self) -> str:
+        """The last lines CMD wrote to stderr (after :meth:`join`)."""
+        lines = self._tail.decode("utf-8", "replace").splitlines(keepends=True)
+        return "".join(lines[-_TAIL_LINES:])
+
+    def join(self) -> None:
+        self.finished.set()
+        self._thread.join()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +137,15 @@ def _worker(opts: _Options, index: int) -> int:
     ) as m:
         running: list[subprocess.Popen[bytes]] = []
         try:
-            for claim in m.claims():
-                _run_one(m, opts, claim, worker_id, running)
-            if opts.on_complete is not None:
-                return _finalize(m, opts.on_complete)
+            while True:
+                for claim in m.claims():
+                    _run_one(m, opts, claim, worker_id, running)
+                if opts.on_complete is None:
+                    return 0
+                code = _finalize(m, opts.on_complete, running)
+                if code is not None:
+                    return code
+                # An operator reset shards while we waited to finalize: there is work again.
         except (Preempted, KeyboardInterrupt):
             # Wherever the signal landed — running CMD, claiming, between the two — stop CMD and give
             # back every shard this worker holds, without spending an attempt.
@@ -107,7 +155,6 @@ def _worker(opts: _Options, index: int) -> int:
                 with contextlib.suppress(LeaseLostError):
                     m.release_shard(shard_id)
             return 143
-    return 0
 
 
 def _run_one(
@@ -124,39 +171,75 @@ def _run_one(
             m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
             return
         running.append(proc)
-        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         assert proc.stderr is not None
-        pump = threading.Thread(target=_pump, args=(proc.stderr, tail), daemon=True)
-        pump.start()
-        code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
+        pump = _Pump(proc.stderr)
+        try:
+            code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
+        finally:
+            pump.join()
+            proc.stderr.close()
         running.remove(proc)
-        pump.join()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
         if code == 0:
             m.mark_completed(claim.shard_id)
         else:
-            m.mark_failed(claim.shard_id, f"{opts.command[0]} exited with {code}\n" + "".join(tail))
+            m.mark_failed(claim.shard_id, f"{opts.command[0]} exited with {code}\n" + pump.tail())
     except LeaseLostError as e:
         print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
 
 
-def _finalize(m: ShardManager, on_complete: str) -> int:
-    """Run ``on_complete`` exactly once across all workers, taking it over if its runner dies."""
+def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[bytes]]) -> int | None:
+    """Run ``on_complete`` once per settled state across all workers, taking it over if its runner
+    dies. The exit status, or None when the shards became unsettled again (an operator reset them)."""
+    lost = threading.Event()
+
+    def stop_command() -> None:  # called by the heartbeat thread when a successor took the marker
+        lost.set()
+        for proc in list(running):
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            threading.Timer(_GRACE_SECONDS, lambda p=proc: p.poll() is None and p.kill()).start()
 
     def finalizer(agg: dict[str, Any]) -> None:
         env = {**os.environ, "SHARDCLAIM_DATASET": m.dataset_dir, "SHARDCLAIM_STATE": agg["state"]}
-        subprocess.run(["/bin/sh", "-c", on_complete], env=env, check=True)
+        proc = subprocess.Popen(["/bin/sh", "-c", on_complete], env=env)
+        running.append(proc)
+        try:
+            code = proc.wait()
+        finally:
+            running.remove(proc)
+        if lost.is_set():
+            raise LeaseLostError(
+                None, m.worker_id, "another worker took the finalizer over; its command was stopped"
+            )
+        if code != 0:
+            raise subprocess.CalledProcessError(code, on_complete)
 
     while True:
         try:
-            outcome = finalize_once(m, finalizer)
+            outcome = finalize_once(m, finalizer, on_lost=stop_command)
+        except LeaseLostError as e:
+            print(f"shardclaim run: --on-complete: {e}", file=sys.stderr)
+            return 1
         except subprocess.CalledProcessError as e:
             print(f"shardclaim run: --on-complete failed: {e}", file=sys.stderr)
             return 1
         if outcome in ("ran", "done"):
             return 0
+        if outcome == "failed":
+            final = m.finalizer_status() or {}
+            lines = str(final.get("error") or "").strip().splitlines()
+            print(
+                f"shardclaim run: --on-complete failed on {final.get('worker')} for this state of the shards"
+                + (f" ({lines[-1]})" if lines else "")
+                + f"; shardclaim reset {m.dataset_dir} --finalizer runs it again",
+                file=sys.stderr,
+            )
+            return 1
+        if outcome == "unsettled":
+            return None
         time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
 
 

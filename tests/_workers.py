@@ -49,3 +49,48 @@ def work_until_terminated(url: str, log_dir: str) -> None:
             with claim:
                 (log / "working").write_text(str(claim.shard_id))
                 time.sleep(300)
+
+
+def slow_holders(url: str, worker_id: str, log_dir: str, work_seconds: float, lease_seconds: float) -> None:
+    """Claim shards without heartbeats and work past the lease; log each completion that succeeded."""
+    from shardclaim import ShardclaimError
+
+    log = Path(log_dir)
+    while True:
+        m = ShardManager(url, worker_id, lease_seconds=lease_seconds, heartbeat_seconds=lease_seconds / 2)
+        shard = m.claim_shard()
+        m.close()  # no heartbeat: the lease runs out while the holder is still working
+        if shard is None:
+            if all(s["status"] == "completed" for s in m.get_shard_status()):
+                return
+            time.sleep(0.05)
+            continue
+        # Slow past the lease on a shard's first attempt, quick after: the job converges even while an
+        # operator resets stale shards in a loop.
+        time.sleep(work_seconds if shard["attempt"] == 1 else work_seconds / 10)
+        try:
+            m.mark_completed(shard["shard_id"])
+        except (LeaseLostError, ShardclaimError):
+            continue
+        with (log / f"{worker_id}.completed").open("a") as f:
+            f.write(f"{shard['shard_id']}\n")
+
+
+def hold_until_lost_then_complete(url: str, worker_id: str, lease_seconds: float, log_dir: str) -> None:
+    """Claim shard 0, say so; once the background heartbeat finds the lease lost, try to complete."""
+    log = Path(log_dir)
+    m = ShardManager(url, worker_id, lease_seconds=lease_seconds, heartbeat_seconds=lease_seconds / 4)
+    shard = m.claim_shard(preferred_shard_id=0)
+    assert shard is not None
+    assert shard["shard_id"] == 0
+    (log / "claimed").write_text("yes")
+    deadline = time.monotonic() + 120
+    while 0 not in m.lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        m.mark_completed(0)
+        outcome = "completed"
+    except LeaseLostError:
+        outcome = "LeaseLostError"
+    (log / "outcome").write_text(outcome)
+    m.close()

@@ -215,14 +215,22 @@ def test_hostile_shard_metadata_is_refused_and_left_alone(local_ds: str) -> None
     doc["chunks"][0]["file"] = "../../etc/passwd"
     path.write_bytes(orjson.dumps(doc))
     before = path.read_bytes()
+    m = ShardManager(local_ds, "w")
     with pytest.raises(MetadataError, match=r"shard_002/metadata\.json.*chunk_NNNN"):
-        ShardManager(local_ds, "w").claim_shard(preferred_shard_id=2)
+        m.read_shard(2)
+    shard = m.claim_shard(preferred_shard_id=2)  # refused, and the claim goes on to a sound shard
+    assert shard is not None
+    assert shard["shard_id"] != 2
+    status = {s["shard_id"]: s for s in m.get_shard_status()}
+    assert status[2]["status"] == "invalid"
+    assert "shard_002/metadata.json" in status[2]["error"]
     assert path.read_bytes() == before
+    m.close()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"lease_seconds": 0}, "lease_seconds must be positive"), ({"max_attempts": 0}, "max_attempts")],
+    [({"lease_seconds": 0}, "lease_seconds must be a number in"), ({"max_attempts": 0}, "max_attempts")],
 )
 def test_bad_options_are_clear_errors(local_ds: str, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

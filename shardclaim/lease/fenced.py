@@ -1,0 +1,155 @@
+"""One holder's lease on one object, and the only way that holder writes the object.
+
+A :class:`FencedLease` remembers the generation of its holder's last write — the *fencing token* —
+and conditions every write on it. When the store refuses (someone else wrote since: a peer reclaimed an
+expired lease, an operator reset the shard, a successor took over the finalizer), the lease is over for
+good: :class:`~shardclaim.errors.LeaseLostError` now and on every later call, and the ``on_lost``
+callbacks run once. A lease is identified by its own token, never by a worker id: two holders that
+share a worker id are still two leases.
+
+A write that failed without an answer (a store error after the retry budget) may have landed. The
+lease then remembers that write's ``write_token`` (stored in the document itself) and, before its next
+write, reads the object: if the token is there, the write did land and the lease carries on from it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from shardclaim.errors import GenerationMismatchError, LeaseLostError
+from shardclaim.store import Store
+
+__all__ = ["Encoder", "FencedLease"]
+
+#: How a document becomes bytes and cached object metadata.
+Encoder = Callable[[Mapping[str, Any]], tuple[bytes, dict[str, str]]]
+
+
+class FencedLease:
+    """The lease that ``holder`` holds on ``key``, last written at ``generation`` with ``doc``.
+
+    Thread-safe: a heartbeat thread and the holder's own thread may write through it at once; their
+    writes are serialised and each is conditioned on the one before.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        generation: int,
+        doc: Mapping[str, Any],
+        *,
+        holder: str,
+        encode: Encoder,
+        shard_id: int | None = None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.holder = holder
+        self.shard_id = shard_id
+        self._encode = encode
+        self._generation = generation
+        self._doc: dict[str, Any] = dict(doc)
+        self._lock = threading.Lock()
+        # A write whose outcome is unknown: its token, whether it was final, and what it did.
+        self._pending: tuple[str, bool, str] | None = None
+        self._ended: str | None = None  # why the lease is over, once it is
+        self._on_lost: list[Callable[[], None]] = []
+        self.lost = threading.Event()  #: set once a write was refused
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The document as this holder last wrote (or read) it."""
+        with self._lock:
+            return dict(self._doc)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` once when a write finds the lease lost (in the writing thread)."""
+        with self._lock:
+            self._on_lost.append(callback)
+            fire = self.lost.is_set()
+        if fire:
+            callback()
+
+    def write(
+        self, change: Callable[[dict[str, Any]], dict[str, Any]], *, final: bool = False, kind: str = "write"
+    ) -> dict[str, Any]:
+        """Write ``change(doc)`` on the generation this holder last wrote; return the new document.
+
+        ``final`` ends the lease after a successful write (the holder settled the object). ``kind``
+        names the operation: retried after an unanswered final write that did land, the same kind
+        returns that write's document instead of applying the change twice. Raises LeaseLostError
+        if the object moved on, or if the lease already ended.
+        """
+        callbacks: list[Callable[[], None]] = []
+        try:
+            with self._lock:
+                landed = self._resolve_pending()
+                if landed is not None and landed[0] and landed[1] == kind:
+                    return dict(self._doc)  # the earlier, unanswered attempt of this very write landed
+                if self._ended is not None:
+                    raise self._error(self._ended)
+                doc = change(dict(self._doc))
+                token = uuid.uuid4().hex
+                doc["write_token"] = token  # also makes every write's bytes unique (no ABA on ETags)
+                data, metadata = self._encode(doc)
+                try:
+                    info = self.store.write(
+                        self.key, data, if_generation_match=self._generation, metadata=metadata
+                    )
+                except GenerationMismatchError:
+                    self._ended = "the object was written by someone else"
+                    self.lost.set()
+                    callbacks = self._on_lost
+                    raise self._error(self._ended) from None
+                except BaseException:
+                    self._pending = (token, final, kind)
+                    raise
+                self._pending = None
+                self._generation, self._doc = info.generation, doc
+                if final:
+                    self._ended = "it settled the object"
+                return dict(doc)
+        finally:
+            for callback in callbacks:
+                callback()
+
+    def end(self, why: str) -> None:
+        """Forget the lease without writing (an operator reset it; the holder is shutting down)."""
+        with self._lock:
+            if self._ended is None:
+                self._ended = why
+
+    def _resolve_pending(self) -> tuple[bool, str] | None:
+        """After an unanswered write: did it land? Returns (final, kind) of that write if it did."""
+        if self._pending is None:
+            return None
+        token, final, kind = self._pending
+        obj = self.store.read(self.key)
+        self._pending = None
+        try:
+            current = orjson.loads(obj.data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(current, dict) or current.get("write_token") != token:
+            return None
+        self._generation, self._doc = obj.generation, current  # it landed: carry on from it
+        if final:
+            self._ended = "it settled the object"
+        return final, kind
+
+    def _error(self, detail: str) -> LeaseLostError:
+        return LeaseLostError(self.shard_id, self.holder, detail)

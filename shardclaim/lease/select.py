@@ -1,0 +1,48 @@
+"""Which shards a claim tries, in which order.
+
+One listing gives the candidates: the available shards in random order (so that N workers do not all
+stampede shard 0) and the held ones, whose leases a claim may take over once they expired on the
+store's clock. The listing is reused while it serves: a worker refreshes it only after three candidates
+in a row turned out taken. Straggler stealing (taking over the untouched tail of a running shard) will
+choose its victims here too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import datetime
+
+from shardclaim.lease.views import ShardView
+
+__all__ = ["Candidates"]
+
+
+class Candidates:
+    """The candidates of the last listing, handed out one at a time."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._random = rng if rng is not None else random.Random()
+        self._available: list[int] = []
+        self._busy: list[ShardView] = []
+
+    def refresh(self, views: Sequence[ShardView]) -> None:
+        available = [v.shard_id for v in views if v.status == "available"]
+        self._random.shuffle(available)
+        self._available = available
+        self._busy = [v for v in views if v.status == "in_use"]
+        self._random.shuffle(self._busy)
+
+    def __bool__(self) -> bool:
+        return bool(self._available)
+
+    def pop(self) -> int:
+        return self._available.pop()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._busy)
+
+    def expired(self, now: datetime) -> list[int]:
+        """Held shards of the listing whose lease had expired by ``now`` (store clock)."""
+        return [v.shard_id for v in self._busy if v.expired(now)]

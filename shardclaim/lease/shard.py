@@ -1,0 +1,154 @@
+"""A shard's document and its transitions: pure functions from one document to the next.
+
+The states (``available``, ``in_use``, ``completed``, ``failed``) and who may move a shard between them::
+
+    available --claim--> in_use --complete--> completed
+        ^                  |  |--fail (attempts left)--> available
+        |                  |  |--fail (budget spent)---> failed
+        |                  |  '--release (SIGTERM)-----> available
+        |                  '--lease expired: a peer's claim takes it over (in_use again, new token)
+        '--reset (operator) from any state
+
+Every function returns a new document; none writes. Writing, and fencing, is
+:class:`~shardclaim.lease.fenced.FencedLease`'s job. Expiry is judged on the store's clock only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from shardclaim.layout import MAX_LEASE_SECONDS
+
+__all__ = [
+    "Status",
+    "check_lease_options",
+    "checkpointed",
+    "claimed",
+    "completed",
+    "encode",
+    "failed",
+    "lease_expired",
+    "released",
+    "renewed",
+    "reset",
+]
+
+Status = Literal["available", "in_use", "completed", "failed"]
+Doc = dict[str, Any]
+
+
+def check_lease_options(lease_seconds: object, heartbeat_seconds: object) -> tuple[float, float]:
+    """A lease length and heartbeat interval as given by a user, checked; the heartbeat defaults to a
+    quarter of the lease (at least 10 s for leases of 40 s and more)."""
+    if not isinstance(lease_seconds, int | float) or isinstance(lease_seconds, bool):
+        msg = f"lease_seconds must be a number, got {lease_seconds!r}"
+        raise ValueError(msg)
+    if not 0 < lease_seconds <= MAX_LEASE_SECONDS:  # also refuses NaN
+        msg = f"lease_seconds must be a number in (0, {MAX_LEASE_SECONDS:.0f}], got {lease_seconds!r}"
+        raise ValueError(msg)
+    if heartbeat_seconds is None:
+        heartbeat_seconds = max(lease_seconds / 4, 10.0) if lease_seconds >= 40 else lease_seconds / 4
+    if not isinstance(heartbeat_seconds, int | float) or not 0 < heartbeat_seconds < lease_seconds:
+        msg = f"heartbeat_seconds must be in (0, lease_seconds), got {heartbeat_seconds!r}"
+        raise ValueError(msg)
+    return float(lease_seconds), float(heartbeat_seconds)
+
+
+def lease_expired(updated: datetime, now: datetime, lease_seconds: float) -> bool:
+    """Expired on the store's clock: the last write is more than ``lease_seconds`` before ``now``.
+
+    Compared as float seconds, so that no lease length, however absurd, can overflow a timedelta.
+    """
+    return bool((now - updated).total_seconds() > lease_seconds) or math.isnan(lease_seconds)
+
+
+def claimed(
+    doc: Mapping[str, Any], *, worker: str, token: str, lease_seconds: float, started_at: datetime,
+    reclaimed_from: str | None,
+) -> Doc:  # fmt: skip
+    new = {
+        **doc,
+        "status": "in_use",
+        "assigned_to": worker,
+        "started_at": started_at.isoformat(),
+        "completed_at": None,
+        "attempt": int(doc.get("attempt") or 0) + 1,
+        "lease": {"token": token, "worker": worker, "lease_seconds": lease_seconds},
+    }
+    if reclaimed_from is not None:
+        new["expired_leases"] = int(doc.get("expired_leases") or 0) + 1
+        new["reclaimed_from"] = reclaimed_from
+    return new
+
+
+def renewed(doc: Doc) -> Doc:
+    return {**doc, "heartbeats": int(doc.get("heartbeats") or 0) + 1}
+
+
+def checkpointed(doc: Doc, chunks_done: int) -> Doc:
+    return {**doc, "resume_chunk": int(chunks_done)}
+
+
+def completed(doc: Doc, when: datetime) -> Doc:
+    return {**doc, "status": "completed", "completed_at": when.isoformat(), "lease": None}
+
+
+def failed(doc: Doc, error: str | None, max_attempts: int) -> Doc:
+    """Spend one attempt: back to ``available``, or ``failed`` once ``max_attempts`` are spent."""
+    failures = int(doc.get("failures") or 0) + 1
+    return {
+        **doc,
+        "status": "failed" if failures >= max_attempts else "available",
+        "failures": failures,
+        "last_error": None if error is None else str(error)[-4000:],
+        "assigned_to": None,
+        "lease": None,
+    }
+
+
+def released(doc: Doc) -> Doc:
+    """Give the shard back without spending an attempt (preemption, shutdown)."""
+    return {**doc, "status": "available", "assigned_to": None, "lease": None}
+
+
+def reset(doc: Mapping[str, Any]) -> Doc:
+    """Operator action: available, with a fresh retry budget and no checkpoint."""
+    return {
+        **doc,
+        "status": "available",
+        "assigned_to": None,
+        "completed_at": None,
+        "lease": None,
+        "failures": 0,
+        "resume_chunk": 0,
+    }
+
+
+def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The document's bytes, and the object metadata that caches what a listing needs to know.
+
+    The cache holds ``status``, ``holder``, ``attempt``, ``failures``, the lease's ``token`` and
+    ``lease-seconds``; it is only a cache: where it is missing or garbled, the document is read.
+    """
+    lease = doc.get("lease") or {}
+    meta = {
+        "status": str(doc["status"]),
+        "attempt": str(doc.get("attempt") or 0),
+        "failures": str(doc.get("failures") or 0),
+    }
+    if doc.get("assigned_to"):
+        meta["holder"] = _ascii(str(doc["assigned_to"]))
+    if lease.get("token"):
+        meta["token"] = _ascii(str(lease["token"]))
+        meta["lease-seconds"] = repr(float(lease["lease_seconds"]))
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2), meta
+
+
+def _ascii(text: str) -> str:
+    cleaned = "".join(c if 0x21 <= ord(c) <= 0x7E else "_" for c in text)
+    return cleaned[:200] or "_"

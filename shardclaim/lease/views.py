@@ -1,0 +1,124 @@
+"""What one listing says about every shard, and which shards a claim should try.
+
+Each state write caches the document's ``status``, ``holder``, ``attempt``, ``failures`` and lease length
+in the object's metadata, so a listing shows every shard without reading any. The document is the
+truth, the metadata only a cache of it: where the cache is missing (a copy made with ``cp -r`` drops
+extended attributes) or garbled (hand edits, hostile values), the document is read; a document that
+fails its checks makes the shard ``invalid`` — shown with the reason, never claimed, never in the way of
+the other shards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from shardclaim.errors import ObjectNotFoundError
+from shardclaim.layout import (
+    MAX_LEASE_SECONDS,
+    SHARD_METADATA,
+    STATUSES,
+    MetadataError,
+    check_shard,
+    parse_json,
+)
+from shardclaim.store import ObjectInfo, Store
+
+__all__ = ["ShardView", "ViewStatus", "read_views"]
+
+ViewStatus = Literal["available", "in_use", "completed", "failed", "invalid", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardView:
+    """One shard as a listing (or, where needed, its document) shows it."""
+
+    shard_id: int
+    status: ViewStatus
+    holder: str | None = None
+    attempt: int = 0
+    failures: int = 0
+    lease_seconds: float | None = None  #: the holder's own lease length, for in_use shards
+    updated: datetime | None = None  #: the last write, on the store's clock
+    generation: int = 0
+    error: str | None = None  #: why the shard is invalid
+
+    def expired(self, now: datetime) -> bool:
+        from shardclaim.lease.shard import lease_expired
+
+        if self.status != "in_use" or self.updated is None or self.lease_seconds is None:
+            return False
+        return lease_expired(self.updated, now, self.lease_seconds)
+
+
+def read_views(store: Store, directories: list[str], default_lease: float) -> list[ShardView]:
+    """Every shard's view from one listing (plus one read per shard whose cache cannot be used)."""
+    by_dir = {d: i for i, d in enumerate(directories)}
+    listed: dict[int, ObjectInfo] = {}
+    for info in store.list(suffix=f"/{SHARD_METADATA}"):
+        directory, _, name = info.key.partition("/")
+        if name == SHARD_METADATA and directory in by_dir:
+            listed[by_dir[directory]] = info
+    views = []
+    for shard_id, directory in enumerate(directories):
+        found = listed.get(shard_id)
+        if found is None:
+            views.append(ShardView(shard_id, "missing"))
+            continue
+        view = _from_cache(shard_id, found, default_lease)
+        views.append(view if view is not None else read_view(store, shard_id, directory, default_lease))
+    return views
+
+
+def read_view(store: Store, shard_id: int, directory: str, default_lease: float) -> ShardView:
+    """One shard's view from its document (one read)."""
+    key = f"{directory}/{SHARD_METADATA}"
+    try:
+        obj = store.read(key)
+    except ObjectNotFoundError:
+        return ShardView(shard_id, "missing")
+    try:
+        doc = check_shard(key, parse_json(key, obj.data), expect_id=shard_id)
+    except MetadataError as e:
+        return ShardView(shard_id, "invalid", updated=obj.updated, generation=obj.generation, error=str(e))
+    lease = doc.get("lease") or {}
+    return ShardView(
+        shard_id,
+        doc["status"],
+        holder=doc.get("assigned_to"),
+        attempt=int(doc.get("attempt") or 0),
+        failures=int(doc.get("failures") or 0),
+        lease_seconds=float(lease.get("lease_seconds", default_lease)) if doc["status"] == "in_use" else None,
+        updated=obj.updated,
+        generation=obj.generation,
+    )
+
+
+def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardView | None:
+    """The view the cached metadata gives, or None when the document must be read instead."""
+    meta = info.metadata
+    status = meta.get("status")
+    if status not in STATUSES:
+        return None
+    try:
+        attempt = int(meta.get("attempt", "0"))
+        failures = int(meta.get("failures", "0"))
+        lease = float(meta["lease-seconds"]) if "lease-seconds" in meta else default_lease
+    except ValueError:
+        return None
+    if attempt < 0 or failures < 0 or not (0 < lease <= MAX_LEASE_SECONDS) or math.isnan(lease):
+        return None
+    if status == "in_use" and "holder" not in meta:
+        return None
+    return ShardView(
+        shard_id,
+        status,  # type: ignore[arg-type]
+        holder=meta.get("holder"),
+        attempt=attempt,
+        failures=failures,
+        lease_seconds=lease if status == "in_use" else None,
+        updated=info.updated,
+        generation=info.generation,
+    )
