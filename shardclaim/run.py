@@ -197,14 +197,16 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
 
     def stop_command() -> None:  # called by the heartbeat thread when a successor took the marker
         lost.set()
-        for proc in list(running):
+        for proc in list(running):  # the shell and everything it started: its own process group
             with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            threading.Timer(_GRACE_SECONDS, lambda p=proc: p.poll() is None and p.kill()).start()
+                os.killpg(proc.pid, signal.SIGTERM)
+            timer = threading.Timer(_GRACE_SECONDS, _kill_group, args=(proc,))
+            timer.daemon = True
+            timer.start()
 
     def finalizer(agg: dict[str, Any]) -> None:
         env = {**os.environ, "SHARDCLAIM_DATASET": m.dataset_dir, "SHARDCLAIM_STATE": agg["state"]}
-        proc = subprocess.Popen(["/bin/sh", "-c", on_complete], env=env)
+        proc = subprocess.Popen(["/bin/sh", "-c", on_complete], env=env, process_group=0)
         running.append(proc)
         try:
             code = proc.wait()
@@ -288,6 +290,12 @@ class _Progress:
             + ("\n" if final else "")
         )
         sys.stderr.flush()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

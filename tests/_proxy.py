@@ -35,6 +35,7 @@ class FaultProxy:
         self.upstream_port = target.port or 80
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
+        self.down = False  #: while True, every request is answered 503 (a store outage)
         self._lock = threading.Lock()
         proxy = self
 
@@ -122,6 +123,8 @@ class FaultProxy:
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             self.requests.append((method, path))
+            if self.down:
+                return Fault("status", None, None, 503)
             for fault in self.faults:
                 if fault.remaining <= 0:
                     continue
