@@ -15,14 +15,17 @@ from shardclaim.errors import (
     ShardclaimError,
     StoreError,
     TransientStoreError,
+    UnknownShardError,
 )
 
 if TYPE_CHECKING:
     from shardclaim.dataset import DatasetExistsError, InputError, create_sharded_dataset
+    from shardclaim.fanin import finalize_once
     from shardclaim.layout import MetadataError
     from shardclaim.manager import ShardManager
     from shardclaim.reader import ChunkCorruptError, iter_shard_records
     from shardclaim.store import open_store
+    from shardclaim.worker import Claim, Preempted
 
 # Imported on first use, so that ``shardclaim create`` does not load the manager and a worker does not
 # load the builder: the command line starts in a fraction of the time.
@@ -32,25 +35,31 @@ _LAZY = {
     "create_sharded_dataset": "shardclaim.dataset",
     "MetadataError": "shardclaim.layout",
     "ShardManager": "shardclaim.manager",
+    "finalize_once": "shardclaim.fanin",
+    "Claim": "shardclaim.worker",
+    "Preempted": "shardclaim.worker",
     "ChunkCorruptError": "shardclaim.reader",
     "iter_shard_records": "shardclaim.reader",
     "open_store": "shardclaim.store",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'shardclaim' has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:  # type checkers see the imports above, so a misspelled name is an error
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'shardclaim' has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 __all__ = [
     "ChunkCorruptError",
+    "Claim",
     "DatasetExistsError",
     "GenerationMismatchError",
     "InputError",
@@ -59,11 +68,14 @@ __all__ = [
     "LeaseLostError",
     "MetadataError",
     "ObjectNotFoundError",
+    "Preempted",
     "ShardManager",
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",
+    "UnknownShardError",
     "create_sharded_dataset",
+    "finalize_once",
     "iter_shard_records",
     "open_store",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",
+    "UnknownShardError",
 ]
 
 
@@ -110,3 +111,15 @@ class LeaseLostError(ShardclaimError):
 
     def __reduce__(self) -> tuple[type[LeaseLostError], tuple[int | None, str, str]]:
         return type(self), (self.shard_id, self.worker_id, self.detail)
+
+
+class UnknownShardError(ShardclaimError, ValueError):
+    """A shard id that the dataset does not have."""
+
+    def __init__(self, shard_id: object, num_shards: int) -> None:
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        super().__init__(f"unknown shard id {shard_id!r}: this dataset has shards 0..{num_shards - 1}")
+
+    def __reduce__(self) -> tuple[type[UnknownShardError], tuple[object, int]]:
+        return type(self), (self.shard_id, self.num_shards)

@@ -28,6 +28,7 @@ from shardclaim.errors import (
     LeaseLostError,
     ObjectNotFoundError,
     ShardclaimError,
+    UnknownShardError,
 )
 from shardclaim.layout import (
     MASTER_KEY,
@@ -112,8 +113,7 @@ class ShardManager:
 
     def _key(self, shard_id: int) -> str:
         if not isinstance(shard_id, int) or isinstance(shard_id, bool) or not 0 <= shard_id < self.num_shards:
-            msg = f"unknown shard id {shard_id!r}: this dataset has shards 0..{self.num_shards - 1}"
-            raise ValueError(msg)
+            raise UnknownShardError(shard_id, self.num_shards)
         return f"{self._dirs[shard_id]}/{SHARD_METADATA}"
 
     def _read(self, shard_id: int) -> tuple[StoredObject, dict[str, Any]]:

@@ -1,0 +1,44 @@
+"""The typed public surface: exports, a misspelled name caught by the type checker, typed errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import shardclaim
+from shardclaim import ShardclaimError, UnknownShardError
+from shardclaim.testing import FakeClock, memory_dataset
+
+
+def test_the_worker_loop_and_fan_in_names_are_exported() -> None:
+    for name in ("Claim", "Preempted", "finalize_once", "ShardManager", "LeaseLostError"):
+        assert name in shardclaim.__all__
+        assert getattr(shardclaim, name) is not None
+
+
+def test_a_misspelled_name_fails_mypy_strict(tmp_path: Path) -> None:
+    good = tmp_path / "good.py"
+    good.write_text("import shardclaim\nshardclaim.ShardManager('x')\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("import shardclaim\nshardclaim.ShardManger('x')\n")
+    ok = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(good)], capture_output=True, text=True, check=False
+    )
+    assert ok.returncode == 0, ok.stdout
+    typo = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert typo.returncode == 1
+    assert 'has no attribute "ShardManger"' in typo.stdout
+
+
+def test_an_unknown_shard_id_is_a_shardclaim_error_and_a_value_error() -> None:
+    m = shardclaim.ShardManager("memory://api", "w", store=memory_dataset(3, clock=FakeClock()))
+    with pytest.raises(UnknownShardError) as info:
+        m.mark_completed(7)
+    assert isinstance(info.value, ShardclaimError)
+    assert isinstance(info.value, ValueError)
+    assert (info.value.shard_id, info.value.num_shards) == (7, 3)
