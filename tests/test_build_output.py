@@ -68,9 +68,9 @@ def publish_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """How a local build switches to the new dataset: one atomic exchange of directories (where the
     filesystem has it), or renames inside the output (NFS, mount points)."""
     if request.param == "move":
-        from shardclaim import _build_output
+        from shardclaim import _build_local
 
-        monkeypatch.setattr(_build_output, "_exchange_works", lambda *a: False, raising=False)
+        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
     return str(request.param)
 
 
@@ -150,10 +150,10 @@ def test_a_switch_that_fails_half_way_puts_the_old_dataset_back(
 ) -> None:
     """What fails is the exchange itself (swap), or a rename of the switch (move): the first (the old
     master's), one of the old shards', one of the new shards'."""
-    from shardclaim import _build_output
+    from shardclaim import _build_local
 
     if publish_mode == "move":
-        monkeypatch.setattr(_build_output, "_exchange_works", lambda *a: False)
+        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
 
     out, lines = existing_dataset(tmp_path)
     before = snapshot(out)
@@ -173,8 +173,8 @@ def test_a_switch_that_fails_half_way_puts_the_old_dataset_back(
 
     monkeypatch.setattr(os, "rename", failing_rename)
     if publish_mode == "swap":  # the exchange works when tried, and fails when it counts
-        monkeypatch.setattr(_build_output, "_exchange_works", lambda *a: True)
-        monkeypatch.setattr(_build_output, "_exchange", failing_exchange)
+        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: True)
+        monkeypatch.setattr(_build_local, "_exchange", failing_exchange)
     (tmp_path / "new.jsonl").write_bytes(b"".join(tagged(500, "new")))
     with pytest.raises(OSError, match="Input/output error"):
         create_sharded_dataset(str(tmp_path / "new.jsonl"), str(out), num_shards=3, overwrite=True)
@@ -283,7 +283,7 @@ def race(
         "if sys.argv[-1].startswith('gs://'):\n"
         "    import gcsfs, shardclaim.store.gcs\n"
         f"if {mode == 'move'}:  # as on NFS: no exchange of directories\n"
-        "    import shardclaim._build_output as o; o._exchange_works = lambda *a: False\n"
+        "    import shardclaim._build_local as o; o._exchange_works = lambda *a: False\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
         "sys.exit(shardclaim.cli.main(sys.argv[1:]))\n"
@@ -294,18 +294,24 @@ def race(
                 "--chunk_size_mb", "0.05", *flags, "--output_dir", out]  # fmt: skip
         pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
         procs.append(subprocess.Popen(argv, text=True, **pipes))
-    for p in procs:
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "ready"
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = []
-    for p, (_, lines) in zip(procs, inputs, strict=True):
-        _, err = p.communicate(timeout=300)
-        results.append((p.returncode, err, lines))
-    return results
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p, (_, lines) in zip(procs, inputs, strict=True):
+            _, err = p.communicate(timeout=300)
+            results.append((p.returncode, err, lines))
+        return results
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                p.communicate()
 
 
 def check_race(results: list[Outcome], out: str, *, overwrite: bool) -> None:
@@ -395,9 +401,9 @@ def test_a_symbolic_link_to_the_output_directory_itself_is_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     if mode == "move":
-        from shardclaim import _build_output
+        from shardclaim import _build_local
 
-        monkeypatch.setattr(_build_output, "_exchange_works", lambda *a: False, raising=False)
+        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
     real = tmp_path / "disk" / "datasets" / "ds"
     real.parent.mkdir(parents=True)
     link = tmp_path / "ds-link"
