@@ -20,7 +20,7 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     """The builder's flags: the seed's spellings (``--input_file``) and dashed ones both work."""
     parser.add_argument(
         "--input_file", "--input-file", dest="input_file", nargs="+", required=True, metavar="INPUT",
-        help="JSONL path(s) or URL(s); globs allowed; .gz/.zst/.bz2 decompressed by suffix",
+        help="JSONL path(s) or URL(s); globs allowed; .gz/.zst/.bz2/.xz decompressed by suffix",
     )  # fmt: skip
     parser.add_argument(
         "--output_dir", "--output-dir", dest="output_dir", required=True, metavar="DIR",
@@ -38,7 +38,10 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     valid = parser.add_mutually_exclusive_group()
     valid.add_argument("--skip-invalid", action="store_true", help="skip and count malformed lines")
     valid.add_argument("--no-validate", action="store_true", help="do not parse lines (fastest)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset already at DIR")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a dataset already at DIR (it stays whole until the new one is complete)",
+    )  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="progress bar and log messages")
     parser.add_argument("--json", action="store_true", help="print the master metadata as JSON")
 
