@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -202,10 +202,12 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+@functools.cache
 def _renameat2() -> Any:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True) if name else None
-    return getattr(libc, "renameat2", None)
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2  # the C library the interpreter uses
+    except (AttributeError, OSError):  # not Linux, or a C library without it
+        return None
 
 
 def _exchange(a: str, b: str) -> None:

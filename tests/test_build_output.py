@@ -102,6 +102,32 @@ def failing_input(tmp_path: Path, failure: str) -> tuple[str, dict[str, Any]]:
     return str(tmp_path / "new.jsonl.gz"), {"validate": False}
 
 
+def test_where_the_filesystem_can_swap_directories_the_new_dataset_is_swapped_in_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardclaim import _build_local
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if not _build_local._exchange_works(str(tmp_path / "a"), str(tmp_path / "b")):
+        pytest.skip(f"{tmp_path} cannot exchange directories")
+    out, _ = existing_dataset(tmp_path)
+    swaps: list[tuple[str, str]] = []
+    real = _build_local._exchange
+
+    def spy(a: str, b: str) -> None:
+        swaps.append((a, b))
+        real(a, b)
+
+    monkeypatch.setattr(_build_local, "_exchange", spy)
+    (tmp_path / "new.jsonl").write_bytes(b"".join(tagged(50, "new")))
+    create_sharded_dataset(str(tmp_path / "new.jsonl"), str(out), num_shards=2, overwrite=True)
+    staged = [a for a, b in swaps if b == str(out)]
+    assert len(staged) == 1
+    assert Path(staged[0]).name.startswith(".ds.shardclaim-build-")  # a sibling of the output
+    assert Path(staged[0]).parent == tmp_path
+
+
 @pytest.mark.parametrize("failure", ["missing input", "malformed line", "truncated input", "too many shards"])
 def test_a_failed_overwrite_leaves_the_old_dataset_as_it_was(
     tmp_path: Path, publish_mode: str, failure: str
