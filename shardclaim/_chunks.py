@@ -50,6 +50,8 @@ _IN_FLIGHT = 16 * _MiB  # buffers handed over and not yet written
 _WRITERS = 4  # writes in flight at once: one at a time leaves the device idle between them
 _DIRECT = getattr(os, "O_DIRECT", 0)  # Linux, FreeBSD; 0 elsewhere: buffered writes
 _RESERVED_DESCRIPTORS = 128  # at least, for whatever else the process has open or opens
+_REMOTE_BUFFERS = 256 * _MiB  # the upload buffers of all open remote chunk files together
+_UPLOAD_UNIT = 256 << 10  # GCS resumable uploads go in multiples of 256 KiB
 
 # (chunk file, buffer, bytes of it to write, file offset of its first byte, the chunk's last write?)
 _Job = tuple["_File", memoryview, int, int, bool]
@@ -88,6 +90,8 @@ class ChunkWriter:
         # process may open (2,048 shards under `ulimit -n 1024`): then each write opens the file
         # again and closes it at once, and no more than one per writer thread is open.
         self._reopen = self._local and num_shards > descriptors_to_spare()
+        share = _REMOTE_BUFFERS // num_shards // _UPLOAD_UNIT * _UPLOAD_UNIT
+        self._remote_block = max(_UPLOAD_UNIT, min(8 * _MiB, share))
         size = max(_PAGE, min(_MAX_BUFFER, _STAGING // num_shards // _PAGE * _PAGE))
         count = num_shards + max(4, _IN_FLIGHT // size)
         self._size = size
@@ -261,8 +265,9 @@ class ChunkWriter:
 
     def _open(self, path: str) -> _File:
         if not self._local:
-            # gcsfs buffers a whole block per open file: keep it small, one file per shard is open.
-            return _File(path, self._fs.open(path, "wb", block_size=8 << 20), direct=False)
+            # gcsfs buffers up to a block per open file, and every shard has one open: the blocks
+            # share _REMOTE_BUFFERS (2,048 shards get 256 KiB each, not 8 MiB: 512 MiB, not 16 GiB).
+            return _File(path, self._fs.open(path, "wb", block_size=self._remote_block), direct=False)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         file = None
         if self._direct:

@@ -278,3 +278,23 @@ def test_beyond_the_descriptor_budget_each_write_opens_its_file_again(
     assert sum(s["num_chunks"] for s in master["shards"]) > 24
     assert 1 <= most[0] <= _chunks._WRITERS + 1  # the writers' and the main thread's, not 12 shards'
     check_dataset(tmp_path / "ds", lines, 12)
+
+
+@pytest.mark.parametrize(("shards", "block"), [(8, 8 * MiB), (200, 1280 << 10), (2048, 256 << 10)])
+def test_remote_chunk_files_share_one_upload_budget(shards: int, block: int) -> None:
+    """gcsfs keeps up to a block per open file, and every shard has one open: 2,048 shards of 8 MiB
+    would be 16 GiB. The blocks share 256 MiB, in GCS's 256 KiB upload units."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    opened: list[int] = []
+
+    class Recording(MemoryFileSystem):  # type: ignore[misc]
+        def open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+            opened.append(kwargs["block_size"])
+            return super().open(path, mode)
+
+    writer = _chunks.ChunkWriter(Recording(), f"/block-{shards}", shards, 100 * MiB)
+    for i in range(shards):
+        writer.add(i, memoryview(b'{"i": %d}\n' % i))
+    writer.finish()
+    assert opened == [block] * shards
