@@ -19,7 +19,12 @@ from shardclaim.errors import (
 )
 
 if TYPE_CHECKING:
-    from shardclaim.dataset import DatasetExistsError, InputError, create_sharded_dataset
+    from shardclaim.dataset import (
+        BuildInProgressError,
+        DatasetExistsError,
+        InputError,
+        create_sharded_dataset,
+    )
     from shardclaim.fanin import finalize_once
     from shardclaim.layout import MetadataError
     from shardclaim.manager import ShardManager
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 # Imported on first use, so that ``shardclaim create`` does not load the manager and a worker does not
 # load the builder: the command line starts in a fraction of the time.
 _LAZY = {
+    "BuildInProgressError": "shardclaim.dataset",
     "DatasetExistsError": "shardclaim.dataset",
     "InputError": "shardclaim.dataset",
     "create_sharded_dataset": "shardclaim.dataset",
@@ -58,6 +64,7 @@ if not TYPE_CHECKING:  # type checkers see the imports above, so a misspelled na
 
 
 __all__ = [
+    "BuildInProgressError",
     "ChunkCorruptError",
     "Claim",
     "DatasetExistsError",

@@ -220,6 +220,11 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ShardclaimError, ValueError) as e:
         print(f"shardclaim: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a full disk, a directory that cannot be made: the reason, not a traceback
+        print(f"shardclaim: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -139,3 +139,15 @@ def test_status_piped_into_head_prints_one_line_and_no_traceback(tmp_path: Path)
     )  # fmt: skip
     assert result.stdout == "Shard 0: available\n"
     assert result.stderr == ""
+
+
+def test_an_operating_system_error_is_a_message_and_exit_1_not_a_traceback(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    result = shardclaim(
+        "create", "--input_file", str(src), "--output_dir", "/proc/shardclaim-x", "--num_shards", "1"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("shardclaim: ")
+    assert "/proc/shardclaim-x" in result.stderr
