@@ -78,7 +78,7 @@ def run_shard_command(args: argparse.Namespace) -> int:
         m = ShardManager(
             args.dataset_dir, args.worker_id, lease_seconds=args.lease_seconds, max_outage_seconds=None
         )
-        shard = m.claim_shard(preferred_shard_id=args.shard_id)
+        shard = m.claim_shard(preferred_shard_id=args.shard_id, adoptable=True)
         if shard is None:
             print("no shard is claimable now", file=sys.stderr)
             return 1

@@ -20,11 +20,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
-
 from shardclaim.errors import LeaseLostError, ObjectNotFoundError
+from shardclaim.layout import MetadataError, check_lease_seconds
 from shardclaim.lease import finalizer as marker
 from shardclaim.lease.fenced import FencedLease
+from shardclaim.lease.operator import loads_marker
 from shardclaim.lease.shard import lease_expired
 from shardclaim.status import SETTLED_STATES, shard_statuses, summarize
 
@@ -79,8 +79,7 @@ def finalize_once(
     try:
         obj = store.read(FINALIZE_KEY)
         generation = obj.generation
-        current = orjson.loads(obj.data)
-        current = current if isinstance(current, dict) else {}
+        current = loads_marker(obj.data)
     except ObjectNotFoundError:
         obj, generation, current = None, 0, {}
     views = manager.shard_views()
@@ -93,11 +92,16 @@ def finalize_once(
     if current.get("settled") == digest and status in ("done", "failed"):
         return "done" if status == "done" else "failed"
     if status == "running" and obj is not None:
-        try:
-            held_for = float((current.get("lease") or {}).get("lease_seconds", manager.lease_seconds))
-        except (TypeError, ValueError):
-            held_for = manager.lease_seconds
-        if current.get("settled") == digest and not lease_expired(obj.updated, now, held_for):
+        lease = current.get("lease")
+        try:  # a hostile lease length (endless, NaN, a string) counts as lapsed, never as for ever
+            held_for = check_lease_seconds(
+                FINALIZE_KEY, lease.get("lease_seconds") if isinstance(lease, dict) else None
+            )
+        except MetadataError:
+            held_for = 0.0
+        # A live finalizer is left alone even when it ran for an older state: it will finish (or its
+        # lease lapse), and the next look sees the new state and runs the finalizer again.
+        if not lease_expired(obj.updated, now, held_for):
             return "running"
     doc = marker.running(
         worker=manager.worker_id, token=uuid.uuid4().hex, lease_seconds=manager.lease_seconds,

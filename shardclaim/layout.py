@@ -82,10 +82,15 @@ def parse_json(key: str, data: bytes) -> dict[str, Any]:
     return value
 
 
+#: The largest integer a metadata file may hold: exact as a JSON double, and far from the 64-bit limit
+#: past which the writer's JSON encoder fails (a counter of 2**64 - 1 would crash the next increment).
+MAX_INT = 2**53
+
+
 def _int(key: str, doc: dict[str, Any], field: str, *, minimum: int = 0) -> int:
     value = doc.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise MetadataError(key, f"{field!r} must be an integer >= {minimum}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_INT:
+        raise MetadataError(key, f"{field!r} must be an integer in [{minimum}, 2**53], got {value!r}")
     return value
 
 
@@ -146,6 +151,9 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
     for field in ("attempt", "failures", "heartbeats", "resume_chunk", "expired_leases"):
         if doc.get(field) is not None:
             _int(key, doc, field)
+    resume = doc.get("resume_chunk") or 0
+    if resume > doc["num_chunks"]:  # a checkpoint past the end would complete a shard nobody processed
+        raise MetadataError(key, f"resume_chunk is {resume} but the shard has {doc['num_chunks']} chunks")
     lease = doc.get("lease")
     if lease is not None:
         if not isinstance(lease, dict):

@@ -43,7 +43,7 @@ from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
-from shardclaim.lease.views import ShardView, read_views
+from shardclaim.lease.views import ShardView, describe, read_views
 from shardclaim.status import shard_statuses
 from shardclaim.store import RetryPolicy, Store, StoredObject, open_store
 
@@ -61,9 +61,8 @@ DEFAULT_MAX_OUTAGE_SECONDS = 600.0
 class ShardManager:
     """Claims and settles the shards of the dataset at ``dataset_dir`` (path or URL) for one worker.
 
-    ``max_outage_seconds``: how long each store request is retried through an outage (transient errors:
-    timeouts, 429, 5xx) before it fails; None keeps the store's short default (about 25 s). Thread-safe:
-    the background heartbeat and the caller may act at once.
+    ``max_outage_seconds``: how long a store request is retried through an outage (timeouts, 429, 5xx);
+    None: the store's short default (~25 s). Thread-safe (the heartbeat thread and the caller).
     """
 
     def __init__(
@@ -105,6 +104,7 @@ class ShardManager:
         self._invalid: dict[int, tuple[int, str]] = {}  # shard -> (generation, why) found unusable
         self._candidates = Candidates()
         self._tried_launcher_index = False
+        self._adoptable = False
 
     @property
     def store(self) -> Store:
@@ -133,7 +133,9 @@ class ShardManager:
 
     # -- claiming ---------------------------------------------------------------------------------
 
-    def claim_shard(self, preferred_shard_id: int | None = None) -> dict[str, Any] | None:
+    def claim_shard(
+        self, preferred_shard_id: int | None = None, *, adoptable: bool = False
+    ) -> dict[str, Any] | None:
         """Claim one shard: ``preferred_shard_id`` (else the launcher's index) first, then the others
         in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
         ``assigned_to``, ...) or None when no shard is claimable now.
@@ -141,7 +143,10 @@ class ShardManager:
         Uncontended: at most three store requests (listing, read, conditional write); the listing is
         reused until three candidates in a row turn out taken, so a worker mostly pays two. A shard
         whose metadata is corrupt or hostile is skipped (and reported by status), never raised.
+        ``adoptable``: another process may complete or fail the shard for this worker id (the seed's
+        CLI); without it only this manager can.
         """
+        self._adoptable = adoptable
         if preferred_shard_id is not None:
             self._key(preferred_shard_id)
         elif not self._tried_launcher_index:  # the launcher's index is worth one try per worker
@@ -219,7 +224,7 @@ class ShardManager:
             return None
         doc = transitions.claimed(
             doc, worker=self.worker_id, token=uuid.uuid4().hex, lease_seconds=self.lease_seconds,
-            started_at=now or obj.updated, reclaimed_from=reclaimed_from,
+            started_at=now or obj.updated, reclaimed_from=reclaimed_from, adoptable=self._adoptable,
         )  # fmt: skip
         lease = self._new_lease(shard_id, obj.generation, doc)
         try:
@@ -227,7 +232,7 @@ class ShardManager:
         except LeaseLostError:
             return None  # a peer got there first: try another shard
         self._holdings.add(shard_id, lease)
-        return self._describe(shard_id, doc)
+        return describe(doc, f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}", self.dataset_dir)
 
     def _note_invalid(self, shard_id: int, error: MetadataError) -> None:
         try:
@@ -239,14 +244,6 @@ class ShardManager:
             self._invalid[shard_id] = (generation, str(error))
         if first:
             log.warning("skipping shard %d: %s", shard_id, error)
-
-    def _describe(self, shard_id: int, doc: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in doc.items() if k != "chunks"}
-        base = f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}"
-        out["chunks"] = [f"{base}/{c['file']}" for c in doc["chunks"]]
-        out["chunk_info"] = list(doc["chunks"])
-        out["dataset_dir"] = self.dataset_dir
-        return out
 
     # -- the heartbeat ----------------------------------------------------------------------------
 
@@ -302,6 +299,9 @@ class ShardManager:
         if lease is not None:
             return lease
         obj, doc = self._read(shard_id)
+        lease = doc.get("lease")
+        if lease is not None and not lease.get("adoptable"):  # a live worker's lease is its own
+            raise LeaseLostError(shard_id, self.worker_id, "it is held by a worker's lease, not a CLI claim")
         if doc["status"] != "in_use" or doc.get("assigned_to") != self.worker_id:
             holder = doc.get("assigned_to")
             raise LeaseLostError(

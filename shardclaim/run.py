@@ -166,7 +166,8 @@ def _run_one(
     env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
     try:
         try:
-            proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE)
+            # Its own process group: stopping the attempt stops everything the command started.
+            proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE, process_group=0)
         except OSError as e:
             m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
             return
@@ -299,13 +300,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the command's process group, SIGKILL after the grace period."""
     with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _kill_group(proc)
         proc.wait()
+    with contextlib.suppress(ProcessLookupError):  # what the command left behind in its group
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _child(*args: Any) -> None:

@@ -159,7 +159,7 @@ def test_a_manager_that_never_held_a_shard_may_complete_it_for_the_holder_it_nam
     # The seed's CLI: claim in one process, complete in another.
     store = memory_dataset(1, clock=clock)
     claimer = manager(store, "machine0", lease_seconds=3600)
-    claimer.claim_shard()
+    claimer.claim_shard(adoptable=True)
     claimer.close()
     manager(store, "machine0").mark_completed(0)
     assert manager(store, "x").read_shard(0)["status"] == "completed"
@@ -477,3 +477,183 @@ def test_a_patient_policy_waits_out_an_outage_longer_than_the_normal_budget() ->
     with pytest.raises(TransientStoreError):
         short.call(flaky)
     assert clock.now - 1_800_000_000.0 <= 60 + 30
+
+
+# -- breaks found by the hostile pass on the lease core ------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["complete", "fail"])
+def test_a_settling_write_whose_answer_was_lost_is_recognised_after_a_heartbeat(
+    clock: FakeClock, op: str
+) -> None:
+    from shardclaim.errors import TransientStoreError
+    from shardclaim.testing import LOSE_RESPONSE
+
+    store = HookStore(memory_dataset(2, clock=clock))
+    m = manager(store, "w", max_attempts=3)
+    m.claim_shard(preferred_shard_id=0)
+    store.before("write", LOSE_RESPONSE, key="shard_000")
+    settle = (lambda: m.mark_completed(0)) if op == "complete" else (lambda: m.mark_failed(0, "x"))
+    with pytest.raises(TransientStoreError):
+        settle()
+    m.renew_leases()  # the heartbeat finds out first that the write landed
+    settle()  # the holder's retry: its own write, not a lost lease
+    doc = m.read_shard(0)
+    assert doc["status"] == ("completed" if op == "complete" else "available")
+    assert doc.get("failures", 0) == (0 if op == "complete" else 1)  # never spent twice
+    m.close()
+
+
+def test_a_heartbeat_outlives_even_a_base_exception(clock: FakeClock) -> None:
+    import asyncio
+
+    store = HookStore(memory_dataset(2, clock=clock))
+    m = manager(store, "w")
+    m.claim_shard(preferred_shard_id=0)
+    store.before("write", asyncio.CancelledError(), key="shard_000")
+    m.renew_leases()  # must not raise
+    m.renew_leases()
+    m.mark_completed(0)
+    ticks: queue.Queue[bool] = queue.Queue()
+    done: queue.Queue[int] = queue.Queue()
+
+    def beat() -> None:
+        done.put(1)
+        raise asyncio.CancelledError
+
+    hb = Heartbeat(beat, 10.0, name="t", wait=lambda seconds: ticks.get())
+    hb.start()
+    for _ in range(2):
+        ticks.put(False)
+        assert done.get(timeout=60) == 1
+    assert hb.alive
+    ticks.put(True)
+    hb.join()
+    m.close()
+
+
+def test_reset_of_one_shard_leaves_alone_a_completion_that_landed_after_it_judged(clock: FakeClock) -> None:
+    store = HookStore(memory_dataset(2, clock=clock))
+    holder = manager(store, "holder")
+    holder.claim_shard(preferred_shard_id=0)
+    operator = manager(store, "operator")
+    store.before("write", lambda: holder.mark_completed(0), key="shard_000")
+    assert operator.reset_shard(0) is False
+    assert operator.read_shard(0)["status"] == "completed"
+    holder.close()
+
+
+def test_a_live_worker_s_shard_cannot_be_adopted_by_another_manager_with_its_id(clock: FakeClock) -> None:
+    store = memory_dataset(1, clock=clock)
+    worker = manager(store, "same-id")
+    worker.claim_shard()
+    with pytest.raises(LeaseLostError, match="worker's lease"):
+        manager(store, "same-id").mark_completed(0)
+    worker.mark_completed(0)
+    worker.close()
+
+
+def test_the_cli_cannot_complete_a_shard_a_running_worker_holds(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=4)
+    worker = ShardManager(ds, "worker")
+    worker.claim_shard()
+    out = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "complete", ds, "--shard_id", "0"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "refused" in out.stderr
+    worker.mark_completed(0)
+    worker.close()
+
+
+def test_a_shard_edited_in_place_shows_the_document_s_state(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=4)
+    path = Path(ds) / "shard_000" / "metadata.json"
+    doc = orjson.loads(path.read_bytes())
+    with path.open("wb") as f:  # in place: the inode and its metadata attribute survive
+        f.write(orjson.dumps({**doc, "status": "completed"}))
+    m = ShardManager(ds, "w")
+    assert [s["status"] for s in m.get_shard_status()] == ["completed", "available"]
+    done = []
+    for claim in m.claims():
+        with claim:
+            done.append(claim.shard_id)
+    assert done == [1]
+    m.close()
+
+
+@pytest.mark.parametrize(
+    "change", [{"attempt": 2**64 - 1}, {"failures": 2**64 - 1}, {"resume_chunk": 99}, {"heartbeats": 2**63}]
+)
+def test_a_counter_out_of_range_makes_only_its_shard_invalid(
+    clock: FakeClock, change: dict[str, int]
+) -> None:
+    store = memory_dataset(3, clock=clock)
+    forge(store, 1, change, {"status": "available"})
+    for i in range(10):
+        m = manager(store, f"w{i}")
+        shard = m.claim_shard(preferred_shard_id=1)
+        assert shard is not None
+        assert shard["shard_id"] != 1
+        m.release_shard(shard["shard_id"])
+        assert {s["shard_id"]: s["status"] for s in m.get_shard_status()}[1] == "invalid"
+        m.close()
+
+
+def test_a_live_finalizer_is_not_overlapped_when_the_shards_change(clock: FakeClock) -> None:
+    store = memory_dataset(2, clock=clock)
+    settle_all(store)
+    a, b, op = manager(store, "a"), manager(store, "b"), manager(store, "op")
+    seen: list[str] = []
+
+    def slow(agg: dict[str, Any]) -> None:
+        op.reset_shard(1)  # the shards change while a's finalizer runs
+        w = manager(store, "w")
+        w.claim_shard(preferred_shard_id=1)
+        w.mark_completed(1)
+        w.close()
+        assert finalize_once(b, lambda agg: seen.append("b")) == "running"  # a's lease is live
+        seen.append("a")
+
+    assert finalize_once(a, slow) == "ran"
+    assert finalize_once(b, lambda agg: seen.append("b")) == "ran"  # the new state: run again
+    assert seen == ["a", "b"]
+
+
+def test_a_corrupt_marker_is_shown_and_replaced(clock: FakeClock) -> None:
+    store = memory_dataset(1, clock=clock)
+    settle_all(store)
+    store.write(FINALIZE_KEY, b'{"status": "runn')
+    m = manager(store, "w")
+    assert m.finalizer_status()["status"] == "invalid"  # type: ignore[index]
+    assert finalize_once(m, lambda agg: None) == "ran"
+    assert marker(store)["status"] == "done"
+
+
+def test_sigterm_to_run_stops_what_the_command_started(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=2)
+    pidfile = tmp_path / "child.pid"
+    cmd = f'sleep 300 & echo $! > "{pidfile}"; wait'
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardclaim", "run", ds, "--", "sh", "-c", cmd],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(pidfile.exists, "the command to start its child")
+        child = int(pidfile.read_text())
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 143
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, "the command's child to be stopped")
+    assert ShardManager(ds, "o").read_shard(0)["status"] == "available"

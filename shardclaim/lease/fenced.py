@@ -59,6 +59,7 @@ class FencedLease:
         # A write whose outcome is unknown: its token, whether it was final, and what it did.
         self._pending: tuple[str, bool, str] | None = None
         self._ended: str | None = None  # why the lease is over, once it is
+        self._settled: tuple[str, dict[str, Any]] | None = None  # the final write: its kind and document
         self._on_lost: list[Callable[[], None]] = []
         self.lost = threading.Event()  #: set once a write was refused
 
@@ -97,9 +98,10 @@ class FencedLease:
         callbacks: list[Callable[[], None]] = []
         try:
             with self._lock:
-                landed = self._resolve_pending()
-                if landed is not None and landed[0] and landed[1] == kind:
-                    return dict(self._doc)  # the earlier, unanswered attempt of this very write landed
+                self._resolve_pending()
+                if self._settled is not None and self._settled[0] == kind:
+                    # This very write landed already (its answer was lost; whichever thread found out).
+                    return dict(self._settled[1])
                 if self._ended is not None:
                     raise self._error(self._ended)
                 doc = change(dict(self._doc))
@@ -122,6 +124,7 @@ class FencedLease:
                 self._generation, self._doc = info.generation, doc
                 if final:
                     self._ended = "it settled the object"
+                    self._settled = (kind, doc)
                 return dict(doc)
         finally:
             for callback in callbacks:
@@ -149,6 +152,7 @@ class FencedLease:
         self._generation, self._doc = obj.generation, current  # it landed: carry on from it
         if final:
             self._ended = "it settled the object"
+            self._settled = (kind, current)
         return final, kind
 
     def _error(self, detail: str) -> LeaseLostError:

@@ -2,8 +2,9 @@
 
 The step is the unit of work (:meth:`shardclaim.manager.ShardManager.renew_leases`); tests and the
 deterministic simulation call it directly, and this thread is only its driver. The thread survives
-*any* exception a step raises — a lapsed lease is a duplicate run somewhere else — and says so in the
-log; only :meth:`Heartbeat.stop` ends it.
+*any* exception a step raises, BaseException included (a stray CancelledError is not a shutdown): a
+lapsed lease is a duplicate run somewhere else. It says so in the log; only :meth:`Heartbeat.stop` ends
+it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Heartbeat:
     def started(self) -> bool:
         return self._thread.ident is not None
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         self.join()
@@ -60,6 +65,6 @@ class Heartbeat:
         while not self._wait(self.interval) and not self._stop.is_set():
             try:
                 self._step()
-            except Exception:
+            except BaseException:  # whatever it is: this thread is the leases' only life
                 # Keep beating: the next step may well succeed, and a dead heartbeat loses every lease.
                 log.exception("a heartbeat step failed; the next one is in %.1f s", self.interval)

@@ -36,6 +36,8 @@ class Holdings:
         self._ended: set[int] = set()  # held once; the lease ended
         self._others: list[FencedLease] = []  # other leases to renew (the finalizer's marker)
         self._heartbeat: Heartbeat | None = None
+        #: False: no heartbeat thread; whoever drives the holdings calls :meth:`renew` (the simulator).
+        self.background = True
         self.lost: set[int] = set()  #: shards whose lease a write found lost
 
     def held(self) -> list[int]:
@@ -106,14 +108,16 @@ class Holdings:
             if lease.lost.is_set():  # not merely settled by its holder meanwhile
                 log.warning("%s", e)
                 return True
-        except Exception as e:
+        except BaseException as e:  # one beat's failure must not end the others
             log.warning(
                 "heartbeat of %s failed (%s: %s); retrying at the next beat", lease.key, type(e).__name__, e
             )
         return False
 
     def _start(self) -> None:
-        if self._heartbeat is None:
+        if not self.background:
+            return
+        if self._heartbeat is None or (self._heartbeat.started and not self._heartbeat.alive):
             self._heartbeat = Heartbeat(self.renew, self.heartbeat_seconds)
             self._heartbeat.start()
 

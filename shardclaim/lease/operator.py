@@ -20,7 +20,7 @@ from shardclaim.lease import finalizer as marker
 from shardclaim.lease import shard as transitions
 from shardclaim.store import Store, StoredObject
 
-__all__ = ["Only", "read_marker", "reset_marker", "reset_shard"]
+__all__ = ["Only", "loads_marker", "read_marker", "reset_marker", "reset_shard"]
 
 Only = Literal["stale", "failed"] | None
 _ROUNDS = 20
@@ -34,9 +34,20 @@ def reset_shard(
     only: Only,
     default_lease: float,
 ) -> bool:
-    """Reset the shard at ``key`` (read and checked by ``read``) if it qualifies; whether it was reset."""
+    """Reset the shard at ``key`` (read and checked by ``read``) if it qualifies; whether it was reset.
+
+    The state judged is the first read's status and lease. A refused write (the shard moved on) is
+    retried only while that state still holds — a renewed heartbeat, say; if the shard changed state
+    meanwhile (its holder completed it), the reset was judged on a state that is gone: not reset.
+    """
+    judged: tuple[object, object] | None = None
     for _ in range(_ROUNDS):
         obj, doc = read()
+        state = (doc["status"], (doc.get("lease") or {}).get("token"))
+        if judged is None:
+            judged = state
+        elif state != judged:
+            return False
         if only == "failed" and doc["status"] != "failed":
             return False
         if only == "stale":
@@ -59,17 +70,33 @@ def read_marker(store: Store) -> dict[str, Any] | None:
         obj = store.read(marker.FINALIZE_KEY)
     except ObjectNotFoundError:
         return None
-    doc = orjson.loads(obj.data)
-    return doc if isinstance(doc, dict) else None
+    return loads_marker(obj.data)
+
+
+def loads_marker(data: bytes) -> dict[str, Any]:
+    """A marker's document; a corrupt one reads as ``invalid`` (shown, and replaced by the next run)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        return {"status": "invalid", "error": f"{marker.FINALIZE_KEY}: not valid JSON ({e})"}
+    if not isinstance(doc, dict):
+        return {"status": "invalid", "error": f"{marker.FINALIZE_KEY}: not a JSON object"}
+    return doc
 
 
 def reset_marker(store: Store) -> bool:
     """Clear the fan-in marker: a failed finalizer runs again, a running one is fenced."""
-    for _ in range(_ROUNDS):
+    judged: object = None
+    for round_ in range(_ROUNDS):
         try:
             obj = store.read(marker.FINALIZE_KEY)
         except ObjectNotFoundError:
             return False
+        status = loads_marker(obj.data).get("status")
+        if round_ == 0:
+            judged = status
+        elif status != judged:
+            return False  # it finished (or was taken) after we judged it: judge again from the start
         data, meta = marker.encode({"status": "reset", "write_token": uuid.uuid4().hex})
         try:
             store.write(marker.FINALIZE_KEY, data, if_generation_match=obj.generation, metadata=meta)

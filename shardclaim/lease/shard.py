@@ -69,8 +69,13 @@ def lease_expired(updated: datetime, now: datetime, lease_seconds: float) -> boo
 
 def claimed(
     doc: Mapping[str, Any], *, worker: str, token: str, lease_seconds: float, started_at: datetime,
-    reclaimed_from: str | None,
+    reclaimed_from: str | None, adoptable: bool = False,
 ) -> Doc:  # fmt: skip
+    """``adoptable``: a claim that another process may settle for its holder (the seed's CLI claims
+    in one process and completes in another); a worker's claim, renewed by its heartbeat, is not."""
+    lease: dict[str, Any] = {"token": token, "worker": worker, "lease_seconds": lease_seconds}
+    if adoptable:
+        lease["adoptable"] = True
     new = {
         **doc,
         "status": "in_use",
@@ -78,7 +83,7 @@ def claimed(
         "started_at": started_at.isoformat(),
         "completed_at": None,
         "attempt": int(doc.get("attempt") or 0) + 1,
-        "lease": {"token": token, "worker": worker, "lease_seconds": lease_seconds},
+        "lease": lease,
     }
     if reclaimed_from is not None:
         new["expired_leases"] = int(doc.get("expired_leases") or 0) + 1

@@ -11,9 +11,10 @@ the other shards.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from shardclaim.errors import ObjectNotFoundError
 from shardclaim.layout import (
@@ -26,7 +27,7 @@ from shardclaim.layout import (
 )
 from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["ShardView", "ViewStatus", "read_views"]
+__all__ = ["ShardView", "ViewStatus", "describe", "read_views"]
 
 ViewStatus = Literal["available", "in_use", "completed", "failed", "invalid", "missing"]
 
@@ -122,3 +123,13 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         updated=info.updated,
         generation=info.generation,
     )
+
+
+def describe(doc: Mapping[str, Any], base_url: str, dataset_dir: str) -> dict[str, Any]:
+    """A claimed shard as the seed's API returns it: its document, with ``chunks`` as readable URLs
+    under ``base_url`` (the shard's directory) and the chunk entries as ``chunk_info``."""
+    out = {k: v for k, v in doc.items() if k != "chunks"}
+    out["chunks"] = [f"{base_url}/{c['file']}" for c in doc["chunks"]]
+    out["chunk_info"] = list(doc["chunks"])
+    out["dataset_dir"] = dataset_dir
+    return out

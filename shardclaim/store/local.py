@@ -50,6 +50,7 @@ from shardclaim.store.base import (
 __all__ = ["LocalStore"]
 
 _XATTR = "user.shardclaim"
+_STAMP = "_generation"  # not a valid metadata key, so it cannot clash with one
 _LOCK_NAME = f"{RESERVED_PREFIX}.lock"
 _CLOCK_NAME = f"{RESERVED_PREFIX}.clock"
 _TMP_PREFIX = f"{RESERVED_PREFIX}-tmp."
@@ -98,7 +99,7 @@ class LocalStore:
             if not _is_regular(st.st_mode):
                 raise ObjectNotFoundError(key)
             data = f.read()
-            meta = _read_metadata(fd, key)
+            meta = _read_metadata(fd, st.st_mtime_ns)
         return StoredObject(key, data, st.st_mtime_ns, _from_ns(st.st_ctime_ns), meta)
 
     def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
@@ -119,7 +120,7 @@ class LocalStore:
                 continue  # replaced or removed while we walked
             try:
                 st = os.fstat(fd)
-                meta = _read_metadata(fd, key)
+                meta = _read_metadata(fd, st.st_mtime_ns)
             finally:
                 os.close(fd)
             found.append(ObjectInfo(key, st.st_mtime_ns, _from_ns(st.st_ctime_ns), st.st_size, meta))
@@ -184,8 +185,6 @@ class LocalStore:
         try:
             try:
                 _write_all(fd, data)
-                if meta:
-                    _set_metadata(fd, meta, self._root)
                 if self._fsync:
                     os.fsync(fd)
                 with self._locked(directory):
@@ -193,6 +192,8 @@ class LocalStore:
                     if if_generation_match is not None and current != if_generation_match:
                         raise GenerationMismatchError(key, if_generation_match)
                     generation = max(current + 1, time.time_ns())
+                    if meta:  # stamped with its generation: a file changed behind our back has none
+                        _set_metadata(fd, {**meta, _STAMP: str(generation)}, self._root)
                     os.utime(fd, ns=(generation, generation))
                     st = os.fstat(fd)
                     if st.st_mtime_ns != generation:
@@ -293,7 +294,9 @@ def _set_metadata(fd: int, meta: Mapping[str, str], root: Path) -> None:
         raise
 
 
-def _read_metadata(fd: int, key: str) -> dict[str, str]:
+def _read_metadata(fd: int, generation: int) -> dict[str, str]:
+    """The object's metadata, or none when it cannot be trusted: absent, corrupt, or stamped with
+    another generation than the file's (the file was edited in place, or copied, behind the store)."""
     try:
         raw = os.getxattr(fd, _XATTR)
     except OSError as e:
@@ -302,14 +305,15 @@ def _read_metadata(fd: int, key: str) -> dict[str, str]:
         raise
     try:
         meta = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        msg = f"{key!r}: corrupt metadata attribute {_XATTR}"
-        raise StoreError(msg) from e
+    except orjson.JSONDecodeError:
+        return {}
     if not isinstance(meta, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
     ):
-        msg = f"{key!r}: metadata attribute {_XATTR} is not a str -> str mapping"
-        raise StoreError(msg)
+        return {}
+    stamp = meta.pop(_STAMP, None)
+    if stamp is not None and stamp != str(generation):
+        return {}
     return meta
 
 

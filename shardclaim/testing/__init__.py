@@ -22,11 +22,12 @@ from typing import Any
 
 import orjson
 
+from shardclaim.errors import TransientStoreError
 from shardclaim.layout import FORMAT_VERSION, MASTER_KEY, SHARD_METADATA, chunk_name, shard_dir
 from shardclaim.store.base import ObjectInfo, Store, StoredObject
 from shardclaim.store.memory import MemoryStore
 
-__all__ = ["FakeClock", "HookStore", "build_dataset", "memory_dataset"]
+__all__ = ["LOSE_RESPONSE", "FakeClock", "HookStore", "build_dataset", "memory_dataset"]
 
 
 class FakeClock:
@@ -106,6 +107,14 @@ def build_dataset(url: str, tmp_path: Path, *, shards: int = 8, records: int = 8
     return url
 
 
+def _lose_response() -> None:
+    """Marker action: forward the request, then fail as if its answer was lost."""
+
+
+#: ``store.before("write", LOSE_RESPONSE, key=...)``: the write lands, the caller gets a transient error.
+LOSE_RESPONSE = _lose_response
+
+
 @dataclass
 class _Hook:
     operation: str
@@ -134,6 +143,13 @@ class HookStore:
         with self._lock:
             self._hooks.append(_Hook(operation, key, action, times))
 
+    def _lose_next(self, operation: str, key: str) -> bool:
+        with self._lock:
+            return any(
+                h.action is LOSE_RESPONSE and h.operation == operation and h.key_contains in key
+                for h in self._hooks
+            )
+
     def _fire(self, operation: str, key: str) -> None:
         with self._lock:
             self.count[operation] += 1
@@ -146,6 +162,8 @@ class HookStore:
             return
         if isinstance(hook.action, BaseException):
             raise hook.action
+        if hook.action is LOSE_RESPONSE:
+            return
         hook.action()
 
     @property
@@ -164,8 +182,12 @@ class HookStore:
         if_generation_match: int | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
+        lose = self._lose_next("write", key)
         self._fire("write", key)
-        return self.inner.write(key, data, if_generation_match=if_generation_match, metadata=metadata)
+        info = self.inner.write(key, data, if_generation_match=if_generation_match, metadata=metadata)
+        if lose:
+            raise TransientStoreError("write", f"{key!r}: response lost (injected)")
+        return info
 
     def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
         self._fire("list", prefix + "*" + suffix)

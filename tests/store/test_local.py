@@ -77,9 +77,24 @@ def test_threads_of_one_process_are_excluded_too(tmp_path: Path) -> None:
     assert int(store.read("counter").data) == sum(landed) == 200
 
 
-def test_corrupt_metadata_attribute_is_refused_with_the_key(tmp_path: Path) -> None:
+def test_a_corrupt_metadata_attribute_reads_as_no_metadata(tmp_path: Path) -> None:
+    # Metadata is a cache of the document: one garbled attribute must not make the object, or a
+    # listing of every object, unreadable.
     store = LocalStore(tmp_path)
     store.write("k", b"x", metadata={"a": "b"})
+    store.write("other", b"y", metadata={"a": "c"})
     os.setxattr(tmp_path / "k", "user.shardclaim", b"{not json")
-    with pytest.raises(StoreError, match="'k'"):
-        store.read("k")
+    assert store.read("k").metadata == {}
+    assert {o.key: dict(o.metadata) for o in store.list()} == {"k": {}, "other": {"a": "c"}}
+
+
+def test_a_file_edited_in_place_behind_the_store_loses_its_metadata(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.write("k", b'{"status": "available"}', metadata={"status": "available"})
+    assert store.read("k").metadata == {"status": "available"}
+    with (tmp_path / "k").open("w") as f:  # the inode and its attribute survive; the bytes change
+        f.write('{"status": "completed"}')
+    assert store.read("k").metadata == {}  # stale: whoever reads must read the document
+    assert [dict(o.metadata) for o in store.list()] == [{}]
+    store.write("k", b"z", metadata={"status": "completed"})
+    assert store.read("k").metadata == {"status": "completed"}
