@@ -11,7 +11,9 @@ from shardclaim.errors import (
     InvalidKeyError,
     InvalidURLError,
     LeaseLostError,
+    MetadataError,
     ObjectNotFoundError,
+    Preempted,
     ShardclaimError,
     StoreError,
     TransientStoreError,
@@ -26,11 +28,12 @@ if TYPE_CHECKING:
         create_sharded_dataset,
     )
     from shardclaim.fanin import finalize_once
-    from shardclaim.layout import MetadataError
+    from shardclaim.lease.views import ClaimedShard
     from shardclaim.manager import ShardManager
     from shardclaim.reader import ChunkCorruptError, iter_shard_records
+    from shardclaim.status import ShardStatusEntry
     from shardclaim.store import open_store
-    from shardclaim.worker import Claim, Preempted
+    from shardclaim.worker import Claim
 
 # Imported on first use, so that ``shardclaim create`` does not load the manager and a worker does not
 # load the builder: the command line starts in a fraction of the time.
@@ -39,11 +42,11 @@ _LAZY = {
     "DatasetExistsError": "shardclaim.dataset",
     "InputError": "shardclaim.dataset",
     "create_sharded_dataset": "shardclaim.dataset",
-    "MetadataError": "shardclaim.layout",
+    "ClaimedShard": "shardclaim.lease.views",
+    "ShardStatusEntry": "shardclaim.status",
     "ShardManager": "shardclaim.manager",
     "finalize_once": "shardclaim.fanin",
     "Claim": "shardclaim.worker",
-    "Preempted": "shardclaim.worker",
     "ChunkCorruptError": "shardclaim.reader",
     "iter_shard_records": "shardclaim.reader",
     "open_store": "shardclaim.store",
@@ -67,6 +70,7 @@ __all__ = [
     "BuildInProgressError",
     "ChunkCorruptError",
     "Claim",
+    "ClaimedShard",
     "DatasetExistsError",
     "GenerationMismatchError",
     "InputError",
@@ -77,6 +81,7 @@ __all__ = [
     "ObjectNotFoundError",
     "Preempted",
     "ShardManager",
+    "ShardStatusEntry",
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",

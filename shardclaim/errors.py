@@ -12,7 +12,9 @@ __all__ = [
     "InvalidKeyError",
     "InvalidURLError",
     "LeaseLostError",
+    "MetadataError",
     "ObjectNotFoundError",
+    "Preempted",
     "ShardclaimError",
     "StoreError",
     "TransientStoreError",
@@ -123,3 +125,28 @@ class UnknownShardError(ShardclaimError, ValueError):
 
     def __reduce__(self) -> tuple[type[UnknownShardError], tuple[object, int]]:
         return type(self), (self.shard_id, self.num_shards)
+
+
+class MetadataError(ShardclaimError, ValueError):
+    """A metadata object is corrupt or hostile; it names the object and what is wrong."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+    def __reduce__(self) -> tuple[type[MetadataError], tuple[str, str]]:
+        return type(self), (self.key, self.problem)
+
+
+class Preempted(BaseException):
+    """Raised in a worker loop's main thread on SIGTERM (a spot preemption notice), so that held shards
+    are released on the way out. A BaseException, like KeyboardInterrupt: ``except Exception`` in user
+    code must not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"received signal {signum}")
+
+    def __reduce__(self) -> tuple[type[Preempted], tuple[int]]:
+        return type(self), (self.signum,)

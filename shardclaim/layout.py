@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
-from shardclaim.errors import ShardclaimError
+from shardclaim.errors import MetadataError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,18 +47,6 @@ MAX_LEASE_SECONDS = 7 * 24 * 3600.0
 
 _CHUNK_FILE = re.compile(r"chunk_[0-9]{4,}\.jsonl")
 _SHARD_DIR = re.compile(r"shard_[0-9]{3,}")
-
-
-class MetadataError(ShardclaimError, ValueError):
-    """A metadata object is corrupt or hostile; it names the object and what is wrong."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}")
-
-    def __reduce__(self) -> tuple[type[MetadataError], tuple[str, str]]:
-        return type(self), (self.key, self.problem)
 
 
 def shard_dir(shard_id: int, num_shards: int) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -43,8 +44,8 @@ from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
-from shardclaim.lease.views import ShardView, describe, read_views
-from shardclaim.status import shard_statuses
+from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_views
+from shardclaim.status import ShardStatusEntry, shard_statuses
 from shardclaim.store import RetryPolicy, Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class ShardManager:
         self._dirs: list[str] = [s["directory"] for s in self.master["shards"]]
         self._lock = threading.RLock()
         self._holdings = Holdings(self.heartbeat_seconds)
-        self._invalid: dict[int, tuple[int, str]] = {}  # shard -> (generation, why) found unusable
+        self._invalid = InvalidShards()
         self._candidates = Candidates()
         self._tried_launcher_index = False
         self._adoptable = False
@@ -135,7 +136,7 @@ class ShardManager:
 
     def claim_shard(
         self, preferred_shard_id: int | None = None, *, adoptable: bool = False
-    ) -> dict[str, Any] | None:
+    ) -> ClaimedShard | None:
         """Claim one shard: ``preferred_shard_id`` (else the launcher's index) first, then the others
         in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
         ``assigned_to``, ...) or None when no shard is claimable now.
@@ -174,27 +175,9 @@ class ShardManager:
 
     def shard_views(self) -> list[ShardView]:
         """Every shard as one listing shows it, with the shards this manager found invalid marked so."""
-        views = read_views(self._store, self._dirs, self.lease_seconds)
-        with self._lock:
-            invalid = dict(self._invalid)
-        out = []
-        for view in views:
-            bad = invalid.get(view.shard_id)
-            if bad is not None and bad[0] == view.generation and view.status != "invalid":
-                out.append(
-                    ShardView(
-                        view.shard_id,
-                        "invalid",
-                        updated=view.updated,
-                        generation=view.generation,
-                        error=bad[1],
-                    )
-                )
-            else:
-                out.append(view)
-        return out
+        return self._invalid.overlay(read_views(self._store, self._dirs, self.lease_seconds))
 
-    def _claim_expired(self) -> dict[str, Any] | None:
+    def _claim_expired(self) -> ClaimedShard | None:
         """After a fresh listing found nothing available: take over a lease that expired, if any."""
         if not self._candidates.busy:
             return None
@@ -205,13 +188,15 @@ class ShardManager:
                 return claimed
         return None
 
-    def _try_claim(self, shard_id: int, now: datetime | None) -> dict[str, Any] | None:
+    def _try_claim(self, shard_id: int, now: datetime | None) -> ClaimedShard | None:
         try:
-            obj, doc = self._read(shard_id)
+            obj = self._store.read(self._key(shard_id))
+            doc = check_shard(obj.key, parse_json(obj.key, obj.data), expect_id=shard_id)
         except ObjectNotFoundError:
             return None
         except MetadataError as e:
-            self._note_invalid(shard_id, e)
+            if self._invalid.note(shard_id, obj.generation, str(e)):
+                log.warning("skipping shard %d: %s", shard_id, e)
             return None
         reclaimed_from = None
         if doc["status"] == "in_use":
@@ -233,17 +218,6 @@ class ShardManager:
             return None  # a peer got there first: try another shard
         self._holdings.add(shard_id, lease)
         return describe(doc, f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}", self.dataset_dir)
-
-    def _note_invalid(self, shard_id: int, error: MetadataError) -> None:
-        try:
-            generation = self._store.read(self._key(shard_id)).generation
-        except ObjectNotFoundError:
-            return
-        with self._lock:
-            first = shard_id not in self._invalid
-            self._invalid[shard_id] = (generation, str(error))
-        if first:
-            log.warning("skipping shard %d: %s", shard_id, error)
 
     # -- the heartbeat ----------------------------------------------------------------------------
 
@@ -268,17 +242,27 @@ class ShardManager:
         """Stop the heartbeat. Held shards stay held until their leases expire."""
         self._holdings.close()
 
-    def claims(self, **options: Any) -> Iterator[Claim]:
-        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are settled."""
+    def claims(
+        self, *, sleep: Callable[[float], None] = time.sleep, handle_sigterm: bool = True
+    ) -> Iterator[Claim]:
+        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are settled.
+        ``sleep`` is how it waits for live leases; ``handle_sigterm``: SIGTERM releases and ends it."""
         from shardclaim.worker import claims
 
-        return claims(self, **options)
+        return claims(self, sleep=sleep, handle_sigterm=handle_sigterm)
 
-    def wait(self, timeout: float | None = None, **options: Any) -> dict[str, Any]:
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        poll_seconds: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> dict[str, Any]:
         """Block until every shard is settled; the aggregate (:mod:`shardclaim.fanin`)."""
         from shardclaim.fanin import wait_for_shards
 
-        return wait_for_shards(self, timeout=timeout, **options)
+        return wait_for_shards(self, timeout=timeout, poll_seconds=poll_seconds, sleep=sleep, clock=clock)
 
     def __enter__(self) -> ShardManager:
         return self
@@ -382,7 +366,7 @@ class ShardManager:
         targets = [v.shard_id for v in self.shard_views() if v.status == "failed"]
         return [i for i in targets if self.reset_shard(i, only="failed")]
 
-    def get_shard_status(self) -> list[dict[str, Any]]:
+    def get_shard_status(self) -> list[ShardStatusEntry]:
         """Every shard's state from one listing (holder, attempt, failures, heartbeat age, expiry)."""
         views = self.shard_views()
         return shard_statuses(self.master, views, self._store.now())

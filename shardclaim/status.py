@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
-from shardclaim.lease.views import ShardView
+from shardclaim.lease.views import ShardView, ViewStatus
 
-__all__ = ["SETTLED_STATES", "shard_statuses", "summarize"]
+__all__ = ["SETTLED_STATES", "ShardStatusEntry", "shard_statuses", "summarize"]
 
 #: Aggregate states in which no shard can change without an operator: the job is over.
 SETTLED_STATES = frozenset({"succeeded", "failed"})
 
 
-def shard_statuses(master: dict[str, Any], views: Sequence[ShardView], now: datetime) -> list[dict[str, Any]]:
+class ShardStatusEntry(TypedDict):
+    """One entry of :meth:`~shardclaim.manager.ShardManager.get_shard_status`. ``status`` is a shard
+    status, or ``invalid`` (its metadata was refused: ``error`` says why) or ``missing``."""
+
+    shard_id: int
+    total_tasks: int | None
+    status: ViewStatus
+    assigned_to: NotRequired[str | None]
+    attempt: NotRequired[int]
+    failures: NotRequired[int]
+    heartbeat_age_s: NotRequired[float | None]
+    lease_seconds: NotRequired[float | None]
+    expired: NotRequired[bool]
+    error: NotRequired[str]
+
+
+def shard_statuses(
+    master: dict[str, Any], views: Sequence[ShardView], now: datetime
+) -> list[ShardStatusEntry]:
     """One entry per shard from its view (no per-shard reads)."""
     out = []
     for view, entry in zip(views, master["shards"], strict=True):
-        status: dict[str, Any] = {
+        status: ShardStatusEntry = {
             "shard_id": view.shard_id,
             "total_tasks": entry.get("total_tasks"),
             "status": view.status,
@@ -29,21 +47,17 @@ def shard_statuses(master: dict[str, Any], views: Sequence[ShardView], now: date
             out.append(status)
             continue
         age = max(0.0, (now - view.updated).total_seconds()) if view.updated is not None else 0.0
-        status.update(
-            {
-                "assigned_to": view.holder,
-                "attempt": view.attempt,
-                "failures": view.failures,
-                "heartbeat_age_s": round(age, 1) if view.status == "in_use" else None,
-                "lease_seconds": view.lease_seconds,
-                "expired": view.expired(now),
-            }
-        )
+        status["assigned_to"] = view.holder
+        status["attempt"] = view.attempt
+        status["failures"] = view.failures
+        status["heartbeat_age_s"] = round(age, 1) if view.status == "in_use" else None
+        status["lease_seconds"] = view.lease_seconds
+        status["expired"] = view.expired(now)
         out.append(status)
     return out
 
 
-def summarize(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(statuses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Aggregate: ``succeeded`` (all completed), ``failed`` (all settled, some failed or invalid),
     ``running`` (someone holds a lease) or ``partial`` (work left and nobody on it); counts; records done."""
     counts: dict[str, int] = {}

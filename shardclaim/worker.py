@@ -23,15 +23,16 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from shardclaim.errors import LeaseLostError, ShardclaimError
+from shardclaim.errors import LeaseLostError, Preempted, ShardclaimError
 from shardclaim.reader import iter_shard_records
 from shardclaim.status import summarize
 
 if TYPE_CHECKING:
+    from shardclaim.lease.views import ClaimedShard
     from shardclaim.manager import ShardManager
 
 __all__ = ["Claim", "Preempted", "claims"]
@@ -39,18 +40,10 @@ __all__ = ["Claim", "Preempted", "claims"]
 log = logging.getLogger("shardclaim.worker")
 
 
-class Preempted(BaseException):
-    """Raised in the main thread on SIGTERM, so held shards are released on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(f"received signal {signum}")
-
-
 class Claim:
     """One claimed shard; a context manager that settles it on exit."""
 
-    def __init__(self, manager: ShardManager, shard: dict[str, Any]) -> None:
+    def __init__(self, manager: ShardManager, shard: ClaimedShard) -> None:
         self.manager = manager
         self.shard = shard
         self.shard_id: int = shard["shard_id"]
@@ -127,7 +120,7 @@ def claims(
             sleep(_wait(manager, live, idle))
 
 
-def _wait(manager: ShardManager, live: list[dict[str, Any]], idle: int) -> float:
+def _wait(manager: ShardManager, live: Sequence[Mapping[str, Any]], idle: int) -> float:
     """Poll again soon — the holders may finish any moment (0.5 s, doubling, at most one heartbeat
     interval) — but never past the moment the earliest live lease could expire; 20% jitter."""
     poll = min(0.5 * 2.0 ** min(idle, 16), manager.heartbeat_seconds)

@@ -11,10 +11,11 @@ the other shards.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from shardclaim.errors import ObjectNotFoundError
 from shardclaim.layout import (
@@ -27,7 +28,7 @@ from shardclaim.layout import (
 )
 from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["ShardView", "ViewStatus", "describe", "read_views"]
+__all__ = ["ClaimedShard", "InvalidShards", "ShardView", "ViewStatus", "describe", "read_views"]
 
 ViewStatus = Literal["available", "in_use", "completed", "failed", "invalid", "missing"]
 
@@ -125,11 +126,65 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
     )
 
 
-def describe(doc: Mapping[str, Any], base_url: str, dataset_dir: str) -> dict[str, Any]:
+class ClaimedShard(TypedDict):
+    """What :meth:`~shardclaim.manager.ShardManager.claim_shard` returns: the shard's document, with
+    ``chunks`` as readable paths/URLs (the seed's keys), the chunk entries as ``chunk_info``."""
+
+    shard_id: int
+    total_shards: int
+    status: str
+    total_tasks: int
+    num_chunks: int
+    chunks: list[str]
+    chunk_info: list[dict[str, Any]]
+    assigned_to: str | None
+    started_at: str | None
+    completed_at: str | None
+    attempt: int
+    lease: dict[str, Any] | None
+    dataset_dir: str
+    resume_chunk: NotRequired[int]
+    failures: NotRequired[int]
+    heartbeats: NotRequired[int]
+    expired_leases: NotRequired[int]
+    reclaimed_from: NotRequired[str | None]
+    last_error: NotRequired[str | None]
+    write_token: NotRequired[str]
+
+
+def describe(doc: Mapping[str, Any], base_url: str, dataset_dir: str) -> ClaimedShard:
     """A claimed shard as the seed's API returns it: its document, with ``chunks`` as readable URLs
     under ``base_url`` (the shard's directory) and the chunk entries as ``chunk_info``."""
     out = {k: v for k, v in doc.items() if k != "chunks"}
     out["chunks"] = [f"{base_url}/{c['file']}" for c in doc["chunks"]]
     out["chunk_info"] = list(doc["chunks"])
     out["dataset_dir"] = dataset_dir
-    return out
+    return cast(ClaimedShard, out)
+
+
+class InvalidShards:
+    """Shards one worker found unusable (their document failed its checks), each at the generation it
+    was found so: overlaid on listings as ``invalid`` until someone rewrites the shard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: dict[int, tuple[int, str]] = {}
+
+    def note(self, shard_id: int, generation: int, error: str) -> bool:
+        """Remember it; whether it is news (worth a warning)."""
+        with self._lock:
+            news = self._found.get(shard_id, (None, None))[0] != generation
+            self._found[shard_id] = (generation, error)
+        return news
+
+    def overlay(self, views: list[ShardView]) -> list[ShardView]:
+        with self._lock:
+            found = dict(self._found)
+        return [
+            ShardView(
+                v.shard_id, "invalid", updated=v.updated, generation=v.generation, error=found[v.shard_id][1]
+            )
+            if v.shard_id in found and found[v.shard_id][0] == v.generation and v.status != "invalid"
+            else v
+            for v in views
+        ]
