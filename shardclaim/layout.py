@@ -136,7 +136,10 @@ def check_shard(key: str, doc: dict[str, Any], *, expect_id: int | None = None) 
 
 def _check_state(key: str, doc: dict[str, Any]) -> None:
     """The fields the lease protocol writes: counters, the lease, the holder."""
-    for field in ("attempt", "failures", "heartbeats", "resume_chunk", "expired_leases"):
+    for field in (
+        "attempt", "failures", "heartbeats", "resume_chunk", "expired_leases", "expiries_without_progress",
+        "progress_at_expiry",
+    ):  # fmt: skip
         if doc.get(field) is not None:
             _int(key, doc, field)
     resume = doc.get("resume_chunk") or 0

@@ -1,13 +1,10 @@
 """The seed's API: one worker's view of a dataset — claim, heartbeat, checkpoint, complete, fail, release,
 reset and status of shards — composed from the lease protocol in :mod:`shardclaim.lease`.
 
-Every state change is a conditional write of one shard's ``metadata.json``. A holder writes only through
-its :class:`~shardclaim.lease.fenced.FencedLease`, conditioned on the generation it last wrote; once
-anyone else wrote the shard (a peer reclaiming an expired lease, an operator's reset), the holder's
-next write is refused and surfaces as :class:`~shardclaim.errors.LeaseLostError`. A lease is identified
-by its own token, never by the worker id: a manager that held a shard and lost (or settled) it never
-acts on it again. A manager that never held a shard may act for the holder it names (the seed's CLI
-claims in one process and completes in another), on the generation it reads.
+A holder writes a shard only through its :class:`~shardclaim.lease.fenced.FencedLease`, conditioned on
+the generation it last wrote; once anyone else wrote it, the holder's next write is refused
+(:class:`~shardclaim.errors.LeaseLostError`) and the manager never acts on that shard again. Only a CLI
+claim may be settled by another process naming its worker id (the seed's two-process CLI).
 
 Operator actions are compare-and-swaps on the state they judged: ``reset --stale`` resets a shard only
 if, at the generation it writes on, the shard is still in use with an expired lease.
@@ -15,6 +12,7 @@ if, at the generation it writes on, the shard is still in use with an expired le
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardclaim._identity import default_worker_id, launcher_index
 from shardclaim.errors import (
+    GenerationMismatchError,
     LeaseLostError,
     ObjectNotFoundError,
     ShardclaimError,
@@ -74,20 +73,22 @@ class ShardManager:
         lease_seconds: float = 60.0,
         heartbeat_seconds: float | None = None,
         max_attempts: int = 3,
+        max_expiries: int = 3,
         store: Store | None = None,
         max_outage_seconds: float | None = DEFAULT_MAX_OUTAGE_SECONDS,
     ) -> None:
         lease_seconds, heartbeat_seconds = transitions.check_lease_options(lease_seconds, heartbeat_seconds)
-        if type(max_attempts) is not int or not 1 <= max_attempts <= 10_000:
-            msg = f"max_attempts must be an integer in [1, 10000], got {max_attempts!r}"
-            raise ValueError(msg)
+        for name, value in (("max_attempts", max_attempts), ("max_expiries", max_expiries)):
+            if type(value) is not int or not 1 <= value <= 10_000:
+                msg = f"{name} must be an integer in [1, 10000], got {value!r}"
+                raise ValueError(msg)
         if max_outage_seconds is not None and not (0 <= max_outage_seconds < math.inf):
             msg = f"max_outage_seconds must be a non-negative number or None, got {max_outage_seconds!r}"
             raise ValueError(msg)
         self.dataset_dir = dataset_dir
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
-        self.max_attempts = max_attempts
+        self.max_attempts, self.max_expiries = max_attempts, max_expiries
         if store is None:
             policy = None if max_outage_seconds is None else RetryPolicy(max_seconds=max_outage_seconds)
             store = open_store(dataset_dir, policy=policy)
@@ -198,15 +199,13 @@ class ShardManager:
             if self._invalid.note(shard_id, obj.generation, str(e)):
                 log.warning("skipping shard %d: %s", shard_id, e)
             return None
-        reclaimed_from = None
         if doc["status"] == "in_use":
             now = now or self._store.now()
-            held_for = float((doc.get("lease") or {}).get("lease_seconds", self.lease_seconds))
-            if not transitions.lease_expired(obj.updated, now, held_for):
+            if not self._expired_and_not_poison(shard_id, obj, doc, now):
                 return None
-            reclaimed_from = doc.get("assigned_to")
         elif doc["status"] != "available":
             return None
+        reclaimed_from = doc.get("assigned_to") if doc["status"] == "in_use" else None
         doc = transitions.claimed(
             doc, worker=self.worker_id, token=uuid.uuid4().hex, lease_seconds=self.lease_seconds,
             started_at=now or obj.updated, reclaimed_from=reclaimed_from, adoptable=self._adoptable,
@@ -218,6 +217,23 @@ class ShardManager:
             return None  # a peer got there first: try another shard
         self._holdings.add(shard_id, lease)
         return describe(doc, f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}", self.dataset_dir)
+
+    def _expired_and_not_poison(
+        self, shard_id: int, obj: StoredObject, doc: dict[str, Any], now: datetime
+    ) -> bool:
+        """Whether a held shard's lease expired (store clock) and it may be taken over. A shard whose
+        holders died ``max_expiries`` times without progress is failed instead, on the generation judged."""
+        held_for = float((doc.get("lease") or {}).get("lease_seconds", self.lease_seconds))
+        if not transitions.lease_expired(obj.updated, now, held_for):
+            return False
+        poisoned = transitions.poisoned(doc, self.max_expiries)
+        if poisoned is None:
+            return True
+        with contextlib.suppress(GenerationMismatchError):
+            data, meta = transitions.encode({**poisoned, "write_token": uuid.uuid4().hex})
+            self._store.write(obj.key, data, if_generation_match=obj.generation, metadata=meta)
+            log.warning("shard %d failed: %s", shard_id, poisoned["last_error"])
+        return False
 
     # -- the heartbeat ----------------------------------------------------------------------------
 

@@ -657,3 +657,44 @@ def test_sigterm_to_run_stops_what_the_command_started(tmp_path: Path) -> None:
 
     wait_for(gone, "the command's child to be stopped")
     assert ShardManager(ds, "o").read_shard(0)["status"] == "available"
+
+
+# -- poison shards: holders that keep dying without progress (issue 11) ------------------------------
+
+
+def test_a_shard_whose_holders_keep_dying_without_progress_ends_failed(clock: FakeClock) -> None:
+    store = memory_dataset(2, clock=clock)
+    for i in range(3):
+        holder = manager(store, f"doomed{i}", max_expiries=3)
+        assert holder.claim_shard(preferred_shard_id=0)["shard_id"] == 0  # type: ignore[index]
+        holder.close()  # it dies without releasing
+        clock.advance(61)
+    # The third death without progress spends the budget: the next claim fails the shard, moves on.
+    assert manager(store, "next", max_expiries=3).claim_shard(preferred_shard_id=0)["shard_id"] == 1  # type: ignore[index]
+    doc = manager(store, "observer").read_shard(0)
+    assert doc["status"] == "failed"
+    assert "died 3 times without progress" in doc["last_error"]
+    assert doc.get("failures", 0) == 0  # expiries have their own budget
+
+
+def test_progress_between_expiries_starts_the_count_again(clock: FakeClock) -> None:
+    store = memory_dataset(1, chunks_per_shard=5, clock=clock)
+    for i in range(5):
+        holder = manager(store, f"preempted{i}", max_expiries=2)
+        shard = holder.claim_shard()
+        assert shard is not None, f"round {i}: the shard was failed though every holder made progress"
+        holder.checkpoint(0, i + 1)
+        holder.close()  # preempted without notice, after making progress
+        clock.advance(61)
+    assert manager(store, "o").read_shard(0)["status"] == "in_use"
+
+
+def test_a_release_never_counts_as_an_expiry(clock: FakeClock) -> None:
+    store = memory_dataset(1, clock=clock)
+    for i in range(5):
+        holder = manager(store, f"w{i}", max_expiries=1)
+        assert holder.claim_shard() is not None
+        holder.release_shard(0)
+        holder.close()
+    doc = manager(store, "o").read_shard(0)
+    assert (doc["status"], doc.get("expiries_without_progress", 0)) == ("available", 0)

@@ -31,8 +31,10 @@ __all__ = [
     "claimed",
     "completed",
     "encode",
+    "expired",
     "failed",
     "lease_expired",
+    "poisoned",
     "released",
     "renewed",
     "reset",
@@ -86,9 +88,39 @@ def claimed(
         "lease": lease,
     }
     if reclaimed_from is not None:
-        new["expired_leases"] = int(doc.get("expired_leases") or 0) + 1
+        new.update(expired(doc))
         new["reclaimed_from"] = reclaimed_from
     return new
+
+
+def expired(doc: Mapping[str, Any]) -> Doc:
+    """The counts an expired lease adds: ``expired_leases`` in all, and ``expiries_without_progress``
+    — started again when the shard's checkpoint advanced since the last expiry (a holder being
+    preempted keeps making progress; a shard that kills its holder does not)."""
+    progress = int(doc.get("resume_chunk") or 0)
+    advanced = progress > int(doc.get("progress_at_expiry") or 0)
+    return {
+        "expired_leases": int(doc.get("expired_leases") or 0) + 1,
+        "expiries_without_progress": 1 if advanced else int(doc.get("expiries_without_progress") or 0) + 1,
+        "progress_at_expiry": progress,
+    }
+
+
+def poisoned(doc: Mapping[str, Any], max_expiries: int) -> Doc | None:
+    """A shard whose holder vanished without releasing it ``max_expiries`` times in a row with no
+    progress is ``failed`` with that reason (it is likely what kills its workers); None otherwise."""
+    counts = expired(doc)
+    if counts["expiries_without_progress"] < max_expiries:
+        return None
+    return {
+        **doc,
+        **counts,
+        "status": "failed",
+        "assigned_to": None,
+        "lease": None,
+        "last_error": f"its holder died {counts['expiries_without_progress']} times without progress "
+        "(the lease expired each time; a release by SIGTERM does not count)",
+    }
 
 
 def renewed(doc: Doc) -> Doc:
@@ -131,6 +163,8 @@ def reset(doc: Mapping[str, Any]) -> Doc:
         "lease": None,
         "failures": 0,
         "resume_chunk": 0,
+        "expiries_without_progress": 0,
+        "progress_at_expiry": 0,
     }
 
 

@@ -59,6 +59,7 @@ __all__ = ["MUTATIONS", "Violation", "run_schedule", "run_schedules"]
 LEASE = 60.0
 HEARTBEAT = 15.0
 MAX_ATTEMPTS = 3
+MAX_EXPIRIES = 3
 
 
 class Violation(AssertionError):
@@ -140,23 +141,40 @@ class _Oracle:
             if new["status"] == "available" and op.startswith("reset"):
                 self.epoch[shard_id] += 1
             return
-        lease = prev.get("lease") or {}
         if op == "claim":
-            age = (self.now() - before.updated).total_seconds()
-            if prev["status"] == "in_use" and age <= float(lease.get("lease_seconds", LEASE)):
-                self.fail(f"claim: {actor.name} took shard {shard_id} over a lease live for {age:.1f} s")
-            elif prev["status"] not in ("available", "in_use"):
-                self.fail(f"claim: {actor.name} claimed shard {shard_id}, which was {prev['status']}")
-            actor.tokens.add(new["lease"]["token"])
+            self._check_claim(actor, shard_id, before, prev, new)
         else:
-            token = lease.get("token")
-            if prev["status"] != "in_use" or token not in actor.tokens:
-                self.fail(
-                    f"fencing: {actor.name} ({op}) wrote shard {shard_id}, which was {prev['status']} "
-                    f"under lease {str(token)[:6]} not its own"
-                )
-            if token in actor.told_lost:
-                self.fail(f"fencing: {actor.name} ({op}) wrote shard {shard_id} after being told it lost it")
+            self._check_holder_write(actor, op, shard_id, prev)
+        self._check_counts(actor, op, shard_id, prev, new)
+
+    def _check_claim(
+        self, actor: _Worker, shard_id: int, before: StoredObject, prev: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        lease = prev.get("lease") or {}
+        age = (self.now() - before.updated).total_seconds()
+        if prev["status"] == "in_use" and age <= float(lease.get("lease_seconds", LEASE)):
+            self.fail(f"claim: {actor.name} took shard {shard_id} over a lease live for {age:.1f} s")
+        elif prev["status"] not in ("available", "in_use"):
+            self.fail(f"claim: {actor.name} claimed shard {shard_id}, which was {prev['status']}")
+        if new["status"] == "failed":  # a poison shard: its holders kept dying without progress
+            if int(new.get("expiries_without_progress") or 0) < MAX_EXPIRIES:
+                self.fail(f"poison: {actor.name} failed shard {shard_id} before the expiry budget")
+        else:
+            actor.tokens.add(new["lease"]["token"])
+
+    def _check_holder_write(self, actor: _Worker, op: str, shard_id: int, prev: dict[str, Any]) -> None:
+        token = (prev.get("lease") or {}).get("token")
+        if prev["status"] != "in_use" or token not in actor.tokens:
+            self.fail(
+                f"fencing: {actor.name} ({op}) wrote shard {shard_id}, which was {prev['status']} "
+                f"under lease {str(token)[:6]} not its own"
+            )
+        if token in actor.told_lost:
+            self.fail(f"fencing: {actor.name} ({op}) wrote shard {shard_id} after being told it lost it")
+
+    def _check_counts(
+        self, actor: _Worker, op: str, shard_id: int, prev: dict[str, Any], new: dict[str, Any]
+    ) -> None:
         grew = int(new.get("failures") or 0) - int(prev.get("failures") or 0)
         if grew != (1 if op == "fail" else 0):
             self.fail(f"attempts: {actor.name} ({op}) changed shard {shard_id}'s failures by {grew}")
@@ -246,7 +264,7 @@ class _Sim:
         m = ShardManager(
             f"memory://sim-{self.seed}", worker_id, store=RetryingStore(link, policy=policy),
             lease_seconds=LEASE, heartbeat_seconds=HEARTBEAT, max_attempts=MAX_ATTEMPTS,
-            max_outage_seconds=None,
+            max_expiries=MAX_EXPIRIES, max_outage_seconds=None,
         )  # fmt: skip
         self.faults = faults
         m._holdings.background = False  # the simulator is the heartbeat's driver
