@@ -23,26 +23,11 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+from shardclaim.errors import CompressedStreamError
+
 __all__ = ["CompressedStreamError", "open_decompressed"]
 
 _READ = 1 << 20  # compressed bytes asked of the file at a time
-
-
-class CompressedStreamError(ValueError):
-    """The compressed data ends early (``truncated``) or is not valid; the caller names the file."""
-
-    def __init__(self, kind: str, problem: str, *, truncated: bool) -> None:
-        self.kind = kind
-        self.problem = problem
-        self.truncated = truncated
-        super().__init__(problem)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild, (self.kind, self.problem, self.truncated)
-
-
-def _rebuild(kind: str, problem: str, truncated: bool) -> CompressedStreamError:
-    return CompressedStreamError(kind, problem, truncated=truncated)
 
 
 def _truncated(kind: str) -> CompressedStreamError:

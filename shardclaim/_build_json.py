@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from shardclaim.errors import InvalidRecordError
+
 __all__ = [
     "BOM",
     "FAST_ERRORS",
@@ -48,17 +50,6 @@ _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE]
 # Big integers travel through orjson as strings carrying this per-process mark.
 _MARK = f"\ue000{uuid.uuid4().hex}:"
 _MARK_BYTES = _MARK.encode()
-
-
-class InvalidRecordError(ValueError):
-    """The line is not a record; ``reason`` says why (in orjson's words where it has them)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-    def __reduce__(self) -> tuple[type[InvalidRecordError], tuple[str]]:
-        return type(self), (self.reason,)
 
 
 def loads_exact(line: bytes | memoryview) -> Any:

@@ -45,7 +45,7 @@ class LocalOutput(Output):
         self._target = os.path.realpath(root)  # a link to the output is the user's choice: follow it
         self._created = not os.path.lexists(self._target)
         if not self._created and not os.path.isdir(self._target):
-            raise DatasetExistsError(f"{output_dir} exists and is not a directory")
+            raise DatasetExistsError(f"{output_dir} exists and is not a directory", output_dir)
         os.makedirs(self._target, exist_ok=True)
         self._locks: list[FileLock] = [FileLock(self._target, output_dir)]
         self._staging = ""
@@ -68,7 +68,7 @@ class LocalOutput(Output):
         for entry in listed:
             path = entry.path
             if entry.is_symlink():
-                raise _link(path)
+                raise _link(self._shown, path)
             if entry.name.startswith(RESERVED_PREFIX):
                 continue  # the store's and the builder's own files, stale staging areas
             if entry.name == MASTER_KEY and entry.is_file(follow_symlinks=False):
@@ -87,7 +87,7 @@ class LocalOutput(Output):
             listed = list(entries)
         for entry in listed:
             if entry.is_symlink():
-                raise _link(entry.path)
+                raise _link(self._shown, entry.path)
             if entry.name.startswith(RESERVED_PREFIX) and entry.is_file(follow_symlinks=False):
                 continue
             if not (SHARD_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)):
@@ -190,10 +190,12 @@ def _real_dir(entry: os.DirEntry[str]) -> bool:
     return entry.is_dir(follow_symlinks=False)
 
 
-def _link(path: str) -> DatasetExistsError:
+def _link(output_dir: str, path: str) -> DatasetExistsError:
     return DatasetExistsError(
         f"{path} is a symbolic link: a build never writes through a link in its output, nor removes "
-        "one; remove it or choose another directory"
+        "one; remove it or choose another directory",
+        output_dir,
+        path,
     )
 
 

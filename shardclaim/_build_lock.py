@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, ShardclaimError
+from shardclaim.errors import BuildInProgressError, GenerationMismatchError, ObjectNotFoundError
 from shardclaim.store import RetryingStore
 
 __all__ = [
@@ -56,21 +56,6 @@ STALE_AFTER = timedelta(seconds=120)
 
 _held: set[str] = set()  # locks this process holds (flock does not exclude threads on NFS)
 _held_mutex = threading.Lock()
-
-
-class BuildInProgressError(ShardclaimError, BlockingIOError):
-    """Another build is writing to this output; ``holder`` says which, as far as it is known."""
-
-    def __init__(self, output: str, holder: str) -> None:
-        self.output = output
-        self.holder = holder
-        super().__init__(
-            f"another build is writing to {output} ({holder}); this one stops and changes nothing: "
-            "wait for it to finish, then build again (with --overwrite to replace what it built)"
-        )
-
-    def __reduce__(self) -> tuple[type[BuildInProgressError], tuple[str, str]]:
-        return type(self), (self.output, self.holder)
 
 
 def _holder_info() -> dict[str, Any]:

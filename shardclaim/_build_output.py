@@ -38,7 +38,7 @@ import orjson
 
 from shardclaim._build_lock import MARKER_KEY, MarkerLock, ProcessLock
 from shardclaim._localfs import filesystem
-from shardclaim.errors import ShardclaimError
+from shardclaim.errors import DatasetExistsError, ShardclaimError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard
 from shardclaim.store import RetryingStore, open_store
 from shardclaim.store.base import RESERVED_PREFIX
@@ -67,10 +67,6 @@ SHARD_DIR = re.compile(r"shard_[0-9]{3,}")
 SHARD_FILE = re.compile(rf"{SHARD_METADATA}|chunk_[0-9]{{4,}}\.jsonl")
 OLD_TOP = ("_finalize.json",)  # the fan-in marker of runs over the old dataset
 LISTED = {"status": "available", "attempt": "0", "failures": "0"}  # a shard's state, read by listings
-
-
-class DatasetExistsError(ShardclaimError, FileExistsError):
-    """The output already holds a dataset (or foreign files) and overwriting was not asked for."""
 
 
 class Output:
@@ -106,14 +102,17 @@ def prepare_output(output_dir: str, *, overwrite: bool) -> Output:
 def refuse_existing(output_dir: str, has_master: bool, overwrite: bool) -> None:
     if has_master and not overwrite:
         raise DatasetExistsError(
-            f"{output_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it"
+            f"{output_dir} already holds a dataset; pass overwrite=True (--overwrite) to replace it",
+            output_dir,
         )
 
 
 def foreign(output_dir: str, example: str) -> DatasetExistsError:
     return DatasetExistsError(
         f"{output_dir} holds files that are not part of a shardclaim dataset "
-        f"(e.g. {example!r}); choose an empty or new directory"
+        f"(e.g. {example!r}); choose an empty or new directory",
+        output_dir,
+        example,
     )
 
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote
 from shardclaim._build_decompress import CompressedStreamError, open_decompressed
 from shardclaim._build_json import BOM
 from shardclaim._localfs import COMPRESSIONS, LocalInput
-from shardclaim.errors import ShardclaimError
+from shardclaim.errors import InputError
 
 __all__ = [
     "InputError",
@@ -38,10 +38,6 @@ __all__ = [
 ]
 
 _BLOCK = 8 << 20
-
-
-class InputError(ShardclaimError, ValueError):
-    """The input cannot be built into a dataset: a malformed line (with file and line), no records..."""
 
 
 def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
@@ -63,7 +59,7 @@ def open_inputs(input_file: str | Sequence[str]) -> list[Any]:
         else:
             matched = _open_urls(path, pattern=pattern)
         if pattern and not matched:
-            raise InputError(f"no input file matches {shown(path)!r}")
+            raise InputError(f"no input file matches {shown(path)!r}", shown(path))
         files.extend(matched)
     return files
 
@@ -75,7 +71,7 @@ def _open_urls(url: str, *, pattern: bool) -> list[Any]:
         opened = fsspec.open_files(url, mode="rb", expand=pattern)
     except Exception as e:  # whatever the filesystem raises: its text may quote the secret
         why = scrub(f"{type(e).__name__}: {e}", url)
-        raise InputError(f"{shown(url)}: cannot be opened ({why})") from None
+        raise InputError(f"{shown(url)}: cannot be opened ({why})", shown(url)) from None
     return [RemoteInput(f.fs, f.path, f.full_name, url) for f in opened]
 
 
@@ -157,7 +153,7 @@ def _opened(f: Any, name: str) -> Iterator[Any]:
     try:
         handle = f.open()
     except FileNotFoundError:
-        raise InputError(f"input file not found: {name}") from None
+        raise InputError(f"input file not found: {name}", name) from None
     except Exception as e:  # an HTTP or cloud client raises its own types
         raise _unreadable(f, name, e) from None
     with handle:
@@ -166,8 +162,8 @@ def _opened(f: Any, name: str) -> Iterator[Any]:
 
 def _unreadable(f: Any, name: str, e: BaseException) -> InputError:
     if isinstance(e, CompressedStreamError):
-        return InputError(f"{name}: {e.problem}")
-    return InputError(f"{name}: cannot be read ({_scrub_all(f'{type(e).__name__}: {e}', f)})")
+        return InputError(f"{name}: {e.problem}", name)
+    return InputError(f"{name}: cannot be read ({_scrub_all(f'{type(e).__name__}: {e}', f)})", name)
 
 
 def _scrub_all(text: str, f: Any) -> str:

@@ -257,7 +257,7 @@ def _distribute(
 
 def _invalid(bad: Invalid) -> NoReturn:
     name, lineno, reason = bad
-    raise InputError(f"{name}, line {lineno}: not valid JSON ({reason})")
+    raise InputError(f"{name}, line {lineno}: not valid JSON ({reason})", name, lineno)
 
 
 def _progress_bar(files: list[Any], progress: bool | None) -> Any:

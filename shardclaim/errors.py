@@ -8,8 +8,14 @@ boundaries intact.
 from __future__ import annotations
 
 __all__ = [
+    "BuildInProgressError",
+    "ChunkCorruptError",
+    "CompressedStreamError",
+    "DatasetExistsError",
     "GenerationMismatchError",
+    "InputError",
     "InvalidKeyError",
+    "InvalidRecordError",
     "InvalidURLError",
     "LeaseLostError",
     "MetadataError",
@@ -150,3 +156,95 @@ class Preempted(BaseException):
 
     def __reduce__(self) -> tuple[type[Preempted], tuple[int]]:
         return type(self), (self.signum,)
+
+
+# -- building and reading a dataset (shardclaim.dataset) ----------------------------------------------
+
+
+class InputError(ShardclaimError, ValueError):
+    """The input cannot be built into a dataset: a malformed line, a missing or unreadable file, no records...
+
+    ``input_file`` names the input to blame (without credentials) when there is one, ``line`` the line
+    number when a line is to blame; both are None otherwise.
+    """
+
+    def __init__(self, message: str, input_file: str | None = None, line: int | None = None) -> None:
+        self.input_file = input_file
+        self.line = line
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str | None, int | None]]:
+        return type(self), (str(self), self.input_file, self.line)
+
+
+class DatasetExistsError(ShardclaimError, FileExistsError):
+    """The output already holds a dataset (or foreign files, or a link) and overwriting was not asked for
+    or cannot help.
+
+    ``output`` is the output as the caller gave it; ``path`` the entry to blame (a file that is not part
+    of a dataset, a symbolic link) when there is one.
+    """
+
+    def __init__(self, message: str, output: str, path: str | None = None) -> None:
+        self.output = output
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[DatasetExistsError], tuple[str, str, str | None]]:
+        return type(self), (str(self), self.output, self.path)
+
+
+class BuildInProgressError(ShardclaimError, BlockingIOError):
+    """Another build is writing to this output; ``holder`` says which, as far as it is known."""
+
+    def __init__(self, output: str, holder: str) -> None:
+        self.output = output
+        self.holder = holder
+        super().__init__(
+            f"another build is writing to {output} ({holder}); this one stops and changes nothing: "
+            "wait for it to finish, then build again (with --overwrite to replace what it built)"
+        )
+
+    def __reduce__(self) -> tuple[type[BuildInProgressError], tuple[str, str]]:
+        return type(self), (self.output, self.holder)
+
+
+class ChunkCorruptError(ShardclaimError):
+    """A chunk's size or CRC32C differs from what its shard's metadata records."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"{url}: {problem}")
+
+    def __reduce__(self) -> tuple[type[ChunkCorruptError], tuple[str, str]]:
+        return type(self), (self.url, self.problem)
+
+
+class InvalidRecordError(ValueError):
+    """The line is not a record; ``reason`` says why (in orjson's words where it has them).
+
+    The builder turns it into an :class:`InputError` naming the file and line; the reader raises it as it
+    is, for a line of a dataset built without validation.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[type[InvalidRecordError], tuple[str]]:
+        return type(self), (self.reason,)
+
+
+class CompressedStreamError(ValueError):
+    """The compressed data ends early (``truncated``) or is not valid. It never leaves the builder, which
+    turns it into an :class:`InputError` naming the file."""
+
+    def __init__(self, kind: str, problem: str, truncated: bool) -> None:
+        self.kind = kind
+        self.problem = problem
+        self.truncated = truncated
+        super().__init__(problem)
+
+    def __reduce__(self) -> tuple[type[CompressedStreamError], tuple[str, str, bool]]:
+        return type(self), (self.kind, self.problem, self.truncated)

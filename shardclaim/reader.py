@@ -9,25 +9,13 @@ import crc32c
 
 from shardclaim._build_json import record_reader
 from shardclaim._localfs import filesystem
-from shardclaim.errors import ShardclaimError
+from shardclaim.errors import ChunkCorruptError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
 from shardclaim.store import open_store
 
 __all__ = ["ChunkCorruptError", "iter_shard_records"]
 
 _BLOCK = 8 << 20
-
-
-class ChunkCorruptError(ShardclaimError):
-    """A chunk's size or CRC32C differs from what its shard's metadata records."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        self.url = url
-        self.problem = problem
-        super().__init__(f"{url}: {problem}")
-
-    def __reduce__(self) -> tuple[type[ChunkCorruptError], tuple[str, str]]:
-        return type(self), (self.url, self.problem)
 
 
 def iter_shard_records(
