@@ -7,7 +7,11 @@ Google Cloud Storage); there is no coordinator process and no database.
 from typing import TYPE_CHECKING, Any
 
 from shardclaim.errors import (
+    BuildInProgressError,
+    ChunkCorruptError,
+    DatasetExistsError,
     GenerationMismatchError,
+    InputError,
     InvalidKeyError,
     InvalidURLError,
     LeaseLostError,
@@ -21,16 +25,11 @@ from shardclaim.errors import (
 )
 
 if TYPE_CHECKING:
-    from shardclaim.dataset import (
-        BuildInProgressError,
-        DatasetExistsError,
-        InputError,
-        create_sharded_dataset,
-    )
+    from shardclaim.dataset.build import create_sharded_dataset
+    from shardclaim.dataset.read import iter_shard_records
     from shardclaim.fanin import finalize_once
     from shardclaim.lease.views import ClaimedShard
     from shardclaim.manager import ShardManager
-    from shardclaim.reader import ChunkCorruptError, iter_shard_records
     from shardclaim.status import ShardStatusEntry
     from shardclaim.store import open_store
     from shardclaim.worker import Claim
@@ -38,17 +37,13 @@ if TYPE_CHECKING:
 # Imported on first use, so that ``shardclaim create`` does not load the manager and a worker does not
 # load the builder: the command line starts in a fraction of the time.
 _LAZY = {
-    "BuildInProgressError": "shardclaim.dataset",
-    "DatasetExistsError": "shardclaim.dataset",
-    "InputError": "shardclaim.dataset",
-    "create_sharded_dataset": "shardclaim.dataset",
+    "create_sharded_dataset": "shardclaim.dataset.build",
     "ClaimedShard": "shardclaim.lease.views",
     "ShardStatusEntry": "shardclaim.status",
     "ShardManager": "shardclaim.manager",
     "finalize_once": "shardclaim.fanin",
     "Claim": "shardclaim.worker",
-    "ChunkCorruptError": "shardclaim.reader",
-    "iter_shard_records": "shardclaim.reader",
+    "iter_shard_records": "shardclaim.dataset.read",
     "open_store": "shardclaim.store",
 }
 

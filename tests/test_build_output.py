@@ -68,9 +68,9 @@ def publish_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """How a local build switches to the new dataset: one atomic exchange of directories (where the
     filesystem has it), or renames inside the output (NFS, mount points)."""
     if request.param == "move":
-        from shardclaim import _build_local
+        from shardclaim.dataset import output_local
 
-        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
+        monkeypatch.setattr(output_local, "_exchange_works", lambda *a: False)
     return str(request.param)
 
 
@@ -105,21 +105,21 @@ def failing_input(tmp_path: Path, failure: str) -> tuple[str, dict[str, Any]]:
 def test_where_the_filesystem_can_swap_directories_the_new_dataset_is_swapped_in_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shardclaim import _build_local
+    from shardclaim.dataset import output_local
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    if not _build_local._exchange_works(str(tmp_path / "a"), str(tmp_path / "b")):
+    if not output_local._exchange_works(str(tmp_path / "a"), str(tmp_path / "b")):
         pytest.skip(f"{tmp_path} cannot exchange directories")
     out, _ = existing_dataset(tmp_path)
     swaps: list[tuple[str, str]] = []
-    real = _build_local._exchange
+    real = output_local._exchange
 
     def spy(a: str, b: str) -> None:
         swaps.append((a, b))
         real(a, b)
 
-    monkeypatch.setattr(_build_local, "_exchange", spy)
+    monkeypatch.setattr(output_local, "_exchange", spy)
     (tmp_path / "new.jsonl").write_bytes(b"".join(tagged(50, "new")))
     create_sharded_dataset(str(tmp_path / "new.jsonl"), str(out), num_shards=2, overwrite=True)
     staged = [a for a, b in swaps if b == str(out)]
@@ -176,10 +176,10 @@ def test_a_switch_that_fails_half_way_puts_the_old_dataset_back(
 ) -> None:
     """What fails is the exchange itself (swap), or a rename of the switch (move): the first (the old
     master's), one of the old shards', one of the new shards'."""
-    from shardclaim import _build_local
+    from shardclaim.dataset import output_local
 
     if publish_mode == "move":
-        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
+        monkeypatch.setattr(output_local, "_exchange_works", lambda *a: False)
 
     out, lines = existing_dataset(tmp_path)
     before = snapshot(out)
@@ -199,8 +199,8 @@ def test_a_switch_that_fails_half_way_puts_the_old_dataset_back(
 
     monkeypatch.setattr(os, "rename", failing_rename)
     if publish_mode == "swap":  # the exchange works when tried, and fails when it counts
-        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: True)
-        monkeypatch.setattr(_build_local, "_exchange", failing_exchange)
+        monkeypatch.setattr(output_local, "_exchange_works", lambda *a: True)
+        monkeypatch.setattr(output_local, "_exchange", failing_exchange)
     (tmp_path / "new.jsonl").write_bytes(b"".join(tagged(500, "new")))
     with pytest.raises(OSError, match="Input/output error"):
         create_sharded_dataset(str(tmp_path / "new.jsonl"), str(out), num_shards=3, overwrite=True)
@@ -305,11 +305,11 @@ def race(
         inputs.append((path, lines))
     code = (
         "import sys\n"
-        "import shardclaim.cli, shardclaim.dataset, shardclaim._validate\n"
+        "import shardclaim.cli, shardclaim.dataset.build, shardclaim.dataset.validate\n"
         "if sys.argv[-1].startswith('gs://'):\n"
         "    import gcsfs, shardclaim.store.gcs\n"
         f"if {mode == 'move'}:  # as on NFS: no exchange of directories\n"
-        "    import shardclaim._build_local as o; o._exchange_works = lambda *a: False\n"
+        "    import shardclaim.dataset.output_local as o; o._exchange_works = lambda *a: False\n"
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
         "sys.exit(shardclaim.cli.main(sys.argv[1:]))\n"
@@ -427,9 +427,9 @@ def test_a_symbolic_link_to_the_output_directory_itself_is_followed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     if mode == "move":
-        from shardclaim import _build_local
+        from shardclaim.dataset import output_local
 
-        monkeypatch.setattr(_build_local, "_exchange_works", lambda *a: False)
+        monkeypatch.setattr(output_local, "_exchange_works", lambda *a: False)
     real = tmp_path / "disk" / "datasets" / "ds"
     real.parent.mkdir(parents=True)
     link = tmp_path / "ds-link"
@@ -450,7 +450,7 @@ def test_a_symbolic_link_to_the_output_directory_itself_is_followed(
 
 
 def gcs_snapshot(url: str) -> dict[str, bytes]:
-    from shardclaim._localfs import filesystem
+    from shardclaim.dataset.localfs import filesystem
 
     fs, base = filesystem(url)
     fs.invalidate_cache()
@@ -516,8 +516,8 @@ def test_on_gcs_a_live_marker_refuses_a_build_and_a_stale_one_is_taken_over(
 ) -> None:
     from datetime import timedelta
 
-    from shardclaim import _build_lock, open_store
-    from shardclaim.dataset import BuildInProgressError
+    from shardclaim import open_store
+    from shardclaim.dataset import BuildInProgressError, lock
 
     url = f"gs://{gcs_bucket}/ds"
     old = gcs_dataset(tmp_path, url)
@@ -530,7 +530,7 @@ def test_on_gcs_a_live_marker_refuses_a_build_and_a_stale_one_is_taken_over(
     assert gcs_snapshot(url) == before
     assert Counter(read_back(url)) == Counter(old)
     # Not renewed for longer than STALE_AFTER on the store's clock: its build died; take it over.
-    monkeypatch.setattr(_build_lock, "STALE_AFTER", timedelta(seconds=-1))
+    monkeypatch.setattr(lock, "STALE_AFTER", timedelta(seconds=-1))
     create_sharded_dataset(str(tmp_path / "new.jsonl"), url, num_shards=2, overwrite=True)
     assert Counter(read_back(url)) == Counter(new)
     assert seed_layout(list(gcs_snapshot(url)), 2)
@@ -542,12 +542,12 @@ def test_on_gcs_a_build_whose_marker_was_taken_over_publishes_nothing(
 ) -> None:
     """A build paused past STALE_AFTER loses its marker to another build: when it comes back it
     must not publish over that build's output."""
-    from shardclaim import dataset, open_store
-    from shardclaim.dataset import BuildInProgressError
+    from shardclaim import open_store
+    from shardclaim.dataset import BuildInProgressError, build
 
     url = f"gs://{gcs_bucket}/ds"
     old = gcs_dataset(tmp_path, url)
-    real = dataset._distribute
+    real = build._distribute
 
     def then_taken_over(*args: Any, **kwargs: Any) -> Any:
         stats = real(*args, **kwargs)
@@ -557,7 +557,7 @@ def test_on_gcs_a_build_whose_marker_was_taken_over_publishes_nothing(
         store.write("_build.json", orjson.dumps(taker), if_generation_match=current.generation)
         return stats
 
-    monkeypatch.setattr(dataset, "_distribute", then_taken_over)
+    monkeypatch.setattr(build, "_distribute", then_taken_over)
     (tmp_path / "new.jsonl").write_bytes(b"".join(tagged(120, "new")))
     with pytest.raises(BuildInProgressError, match="taken over"):
         create_sharded_dataset(str(tmp_path / "new.jsonl"), url, num_shards=2, overwrite=True)

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from shardclaim import _chunks, create_sharded_dataset, iter_shard_records
-from shardclaim._localfs import DIRECT_IO_FILESYSTEMS, filesystem_type
+from shardclaim import create_sharded_dataset, iter_shard_records
+from shardclaim.dataset import chunks
+from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type
 
 MiB = 1 << 20
 PAGE = 4096
@@ -75,9 +76,9 @@ def build_recording_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines
 @pytest.fixture
 def tiny_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two pages per shard buffer, a few in flight: every path of add() and the carry run often."""
-    monkeypatch.setattr(_chunks, "_STAGING", 2 * PAGE * 3)
-    monkeypatch.setattr(_chunks, "_MAX_BUFFER", 2 * PAGE)
-    monkeypatch.setattr(_chunks, "_IN_FLIGHT", 2 * PAGE * 4)
+    monkeypatch.setattr(chunks, "_STAGING", 2 * PAGE * 3)
+    monkeypatch.setattr(chunks, "_MAX_BUFFER", 2 * PAGE)
+    monkeypatch.setattr(chunks, "_IN_FLIGHT", 2 * PAGE * 4)
 
 
 @pytest.mark.parametrize("mode", ["direct", "buffered"])
@@ -91,7 +92,7 @@ def test_tiny_buffers_write_every_byte_once_in_either_mode(
     if mode == "direct" and not takes_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} does not take O_DIRECT")
     if mode == "buffered":
-        monkeypatch.setattr(_chunks, "_DIRECT", 0)
+        monkeypatch.setattr(chunks, "_DIRECT", 0)
     lines = mixed_records(600, seed=3)
     (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
     with caplog.at_level(logging.INFO, logger="shardclaim.dataset"):
@@ -133,7 +134,7 @@ def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
     create_sharded_dataset(str(tmp_path / "in.jsonl"), str(tmp_path / "ds"), num_shards=2, chunk_size_mb=0.1)
     monkeypatch.undo()
     # Asked once per writer thread at most; every later chunk goes straight to buffered.
-    assert 1 <= len(refused) <= _chunks._WRITERS
+    assert 1 <= len(refused) <= chunks._WRITERS
     check_dataset(tmp_path / "ds", lines, 2)
 
 
@@ -141,7 +142,7 @@ def test_network_and_memory_filesystems_are_written_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On NFS a direct write is a synchronous round trip; the builder does not ask for it there."""
-    monkeypatch.setattr(_chunks, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(chunks, "filesystem_type", lambda path: "nfs4")
     flags = build_recording_opens(tmp_path, monkeypatch, mixed_records(200, seed=13))
     assert flags
     assert not any(f & getattr(os, "O_DIRECT", 0) for f in flags)
@@ -185,7 +186,7 @@ def test_direct_writes_refused_after_open_fall_back_mid_chunk(
     monkeypatch.undo()
     # Each file already open direct (one per shard) is refused once by each writer caught writing to it
     # then; later files are opened buffered.
-    assert 1 <= calls["refused"] <= 2 * _chunks._WRITERS
+    assert 1 <= calls["refused"] <= 2 * chunks._WRITERS
     check_dataset(tmp_path / "ds", lines, 2)
 
 
@@ -194,7 +195,7 @@ def test_staging_memory_is_fixed_and_shared_out_among_the_shards(tmp_path: Path)
 
     sizes = {}
     for shards in (1, 8, 1000):
-        writer = _chunks.ChunkWriter(LocalFileSystem(), str(tmp_path), shards, 100 * MiB)
+        writer = chunks.ChunkWriter(LocalFileSystem(), str(tmp_path), shards, 100 * MiB)
         sizes[shards] = len(writer._arena)
         writer.abort()
     # The same arena for 1 and 8 shards; 1000 shards get page-sized buffers, not 1000 x 2 MiB.
@@ -213,8 +214,8 @@ def test_a_full_disk_fails_the_build_cleanly(tmp_path: Path, monkeypatch: pytest
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwrite(fd, data, offset)
 
-    monkeypatch.setattr(_chunks, "_STAGING", 2 * PAGE * 3)
-    monkeypatch.setattr(_chunks, "_MAX_BUFFER", 2 * PAGE)
+    monkeypatch.setattr(chunks, "_STAGING", 2 * PAGE * 3)
+    monkeypatch.setattr(chunks, "_MAX_BUFFER", 2 * PAGE)
     monkeypatch.setattr(os, "pwrite", filling_up)
     (tmp_path / "in.jsonl").write_bytes(b"".join(mixed_records(500, seed=17)))
     with pytest.raises(OSError, match="No space left"):
@@ -250,8 +251,8 @@ def test_beyond_the_descriptor_budget_each_write_opens_its_file_again(
     if mode == "direct" and not takes_direct_io(tmp_path):
         pytest.skip(f"{tmp_path} does not take O_DIRECT")
     if mode == "buffered":
-        monkeypatch.setattr(_chunks, "_DIRECT", 0)
-    monkeypatch.setattr(_chunks, "descriptors_to_spare", lambda: 2)
+        monkeypatch.setattr(chunks, "_DIRECT", 0)
+    monkeypatch.setattr(chunks, "descriptors_to_spare", lambda: 2)
     open_now: set[int] = set()
     most = [0]
     real_open, real_close = os.open, os.close
@@ -276,7 +277,7 @@ def test_beyond_the_descriptor_budget_each_write_opens_its_file_again(
     )
     monkeypatch.undo()
     assert sum(s["num_chunks"] for s in master["shards"]) > 24
-    assert 1 <= most[0] <= _chunks._WRITERS + 1  # the writers' and the main thread's, not 12 shards'
+    assert 1 <= most[0] <= chunks._WRITERS + 1  # the writers' and the main thread's, not 12 shards'
     check_dataset(tmp_path / "ds", lines, 12)
 
 
@@ -293,7 +294,7 @@ def test_remote_chunk_files_share_one_upload_budget(shards: int, block: int) -> 
             opened.append(kwargs["block_size"])
             return super().open(path, mode)
 
-    writer = _chunks.ChunkWriter(Recording(), f"/block-{shards}", shards, 100 * MiB)
+    writer = chunks.ChunkWriter(Recording(), f"/block-{shards}", shards, 100 * MiB)
     for i in range(shards):
         writer.add(i, memoryview(b'{"i": %d}\n' % i))
     writer.finish()

@@ -159,18 +159,18 @@ def test_several_inputs_by_glob_or_list_are_one_stream_in_order(tmp_path: Path) 
 def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Validation in the main thread (small inputs) or in two background processes (large local
     inputs): the same answers either way. The background case checks that it really ran."""
-    from shardclaim import _validate
+    from shardclaim.dataset import validate
 
     background = request.param == "background"
-    monkeypatch.setattr(_validate, "BACKGROUND_FROM", 0 if background else 1 << 62)
+    monkeypatch.setattr(validate, "BACKGROUND_FROM", 0 if background else 1 << 62)
     started = []
-    real_init = _validate.BackgroundValidator.__init__
+    real_init = validate.BackgroundValidator.__init__
 
     def spy(self: Any, files: list[Any]) -> None:
         started.append(files)
         real_init(self, files)
 
-    monkeypatch.setattr(_validate.BackgroundValidator, "__init__", spy)
+    monkeypatch.setattr(validate.BackgroundValidator, "__init__", spy)
     yield request.param
     assert bool(started) == background
 

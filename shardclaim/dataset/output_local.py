@@ -1,5 +1,5 @@
 """A local directory as a build's output: a staging directory swapped with it in one step, or moved
-into it by renames where the swap is impossible (see :mod:`shardclaim._build_output`)."""
+into it by renames where the swap is impossible (see :mod:`shardclaim.dataset.output`)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,22 @@ import shutil
 import uuid
 from typing import Any
 
-from shardclaim._build_lock import FileLock
-from shardclaim._build_output import (
+from shardclaim.dataset.localfs import filesystem
+from shardclaim.dataset.lock import FileLock
+from shardclaim.dataset.output import (
     ASIDE,
     LISTED,
     OLD_TOP,
     SHARD_DIR,
     SHARD_FILE,
     STAGING,
-    DatasetExistsError,
     Output,
     foreign,
     metadata_bytes,
     refuse_existing,
     write_metadata,
 )
-from shardclaim._localfs import filesystem
+from shardclaim.errors import DatasetExistsError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA
 from shardclaim.store import open_store
 from shardclaim.store.base import RESERVED_PREFIX

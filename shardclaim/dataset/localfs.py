@@ -59,7 +59,7 @@ class LocalInput:
         raw = open(self.path, "rb", buffering=0)  # noqa: SIM115 - readinto straight into the caller's buffer
         if self.compression is None:
             return raw
-        from shardclaim._build_decompress import open_decompressed
+        from shardclaim.dataset.decompress import open_decompressed
 
         return open_decompressed(raw, self.compression)
 

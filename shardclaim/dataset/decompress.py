@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from shardclaim.errors import CompressedStreamError
 
-__all__ = ["CompressedStreamError", "open_decompressed"]
+__all__ = ["open_decompressed"]
 
 _READ = 1 << 20  # compressed bytes asked of the file at a time
 

@@ -1,6 +1,6 @@
 """Where a build writes, and how it replaces an old dataset without ever losing it.
 
-A build never writes into the dataset it may replace. It holds the output's lock (:mod:`._build_lock`)
+A build never writes into the dataset it may replace. It holds the output's lock (:mod:`.lock`)
 throughout, checks what the output holds (refusing anything that is not a shardclaim dataset, and any
 symbolic link in it), writes the new dataset whole into a staging area, and only then switches:
 
@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
-from shardclaim._build_lock import MARKER_KEY, MarkerLock, ProcessLock
-from shardclaim._localfs import filesystem
+from shardclaim.dataset.localfs import filesystem
+from shardclaim.dataset.lock import MARKER_KEY, MarkerLock, ProcessLock
 from shardclaim.errors import DatasetExistsError, ShardclaimError
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard
 from shardclaim.store import RetryingStore, open_store
@@ -50,7 +50,6 @@ __all__ = [
     "SHARD_DIR",
     "SHARD_FILE",
     "STAGING",
-    "DatasetExistsError",
     "Output",
     "foreign",
     "metadata_bytes",
@@ -93,7 +92,7 @@ def prepare_output(output_dir: str, *, overwrite: bool) -> Output:
     from shardclaim.store.local import LocalStore
 
     if isinstance(store.inner, LocalStore):
-        from shardclaim._build_local import LocalOutput
+        from shardclaim.dataset.output_local import LocalOutput
 
         return LocalOutput(str(store.inner.root), output_dir, overwrite=overwrite)
     return _RemoteOutput(store, output_dir, overwrite=overwrite)

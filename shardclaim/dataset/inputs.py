@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from typing import IO, Any
 from urllib.parse import unquote
 
-from shardclaim._build_decompress import CompressedStreamError, open_decompressed
-from shardclaim._build_json import BOM
-from shardclaim._localfs import COMPRESSIONS, LocalInput
-from shardclaim.errors import InputError
+from shardclaim.dataset.decompress import open_decompressed
+from shardclaim.dataset.localfs import COMPRESSIONS, LocalInput
+from shardclaim.dataset.records import BOM
+from shardclaim.errors import CompressedStreamError, InputError
 
 __all__ = [
-    "InputError",
     "blocks_of",
     "input_name",
     "input_names",

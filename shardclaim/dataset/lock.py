@@ -41,7 +41,6 @@ __all__ = [
     "LOCK_FILE",
     "MARKER_KEY",
     "STALE_AFTER",
-    "BuildInProgressError",
     "FileLock",
     "MarkerLock",
     "ProcessLock",

@@ -1,4 +1,4 @@
-"""Checking that every input line is a record (see :mod:`shardclaim._build_json`), inline or in
+"""Checking that every input line is a record (see :mod:`shardclaim.dataset.records`), inline or in
 background processes.
 
 simdjson validates about 3x faster than ``orjson.loads`` on these records (850 vs 255 MB/s with 10 KB
@@ -21,9 +21,10 @@ from typing import Any
 
 import simdjson
 
-from shardclaim._build_json import BOM, FAST_ERRORS, InvalidRecordError, big_integers_in
-from shardclaim._input import input_name, is_blank, lines_of, open_inputs, size_of
-from shardclaim._localfs import is_local
+from shardclaim.dataset.inputs import input_name, is_blank, lines_of, open_inputs, size_of
+from shardclaim.dataset.localfs import is_local
+from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
+from shardclaim.errors import InvalidRecordError
 
 __all__ = ["BackgroundValidator", "Invalid", "check_lines"]
 
@@ -41,7 +42,7 @@ def check_lines(lines: Iterator[tuple[str, int, memoryview]]) -> Share:
     for name, lineno, line in lines:
         if line[0] in b" \t\r\n" and is_blank(line):
             continue
-        try:  # simdjson first; what it refuses, and a BOM, the rule decides (see _build_json)
+        try:  # simdjson first; what it refuses, and a BOM, the rule decides (see records)
             if line[0] == 0xEF and line[:3] == BOM:
                 raise ValueError("BOM")
             parse(line)

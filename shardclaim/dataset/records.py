@@ -32,7 +32,6 @@ from shardclaim.errors import InvalidRecordError
 __all__ = [
     "BOM",
     "FAST_ERRORS",
-    "InvalidRecordError",
     "big_integers_in",
     "fast_validator",
     "loads_exact",

@@ -1,4 +1,4 @@
-"""Build a sharded dataset from JSONL, streaming, and read it back verified.
+"""Building a sharded dataset from JSONL, streaming: ``create_sharded_dataset`` and its distribution loop.
 
 The builder reads its inputs once, in large blocks, as one stream; it never holds more than a block
 and one small buffer per shard, whatever the input size. Each record (one line) goes whole to one
@@ -7,7 +7,7 @@ written first, then every shard's ``metadata.json``, then ``master_metadata.json
 object exists the build is not a dataset, so an interrupted build never looks complete.
 
 The build never writes into the dataset it may replace, and one build at a time writes to an output:
-see :mod:`shardclaim._build_output` (staging and the switch) and :mod:`shardclaim._build_lock`.
+see :mod:`shardclaim.dataset.output` (staging and the switch) and :mod:`shardclaim.dataset.lock`.
 
 Assignment strategies (both deterministic):
 
@@ -28,12 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from shardclaim._build_json import BOM, FAST_ERRORS, InvalidRecordError, big_integers_in
-from shardclaim._build_lock import BuildInProgressError
-from shardclaim._build_output import DatasetExistsError, Output, prepare_output
-from shardclaim._chunks import ChunkWriter
-from shardclaim._input import (
-    InputError,
+from shardclaim.dataset.chunks import ChunkWriter
+from shardclaim.dataset.inputs import (
     blocks_of,
     input_names,
     is_blank,
@@ -42,12 +38,15 @@ from shardclaim._input import (
     open_inputs,
     size_of,
 )
+from shardclaim.dataset.output import Output, prepare_output
+from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
+from shardclaim.errors import InputError, InvalidRecordError
 from shardclaim.layout import FORMAT_VERSION, shard_dir
 
-if TYPE_CHECKING:  # _validate (simdjson, multiprocessing) is imported only when validating
-    from shardclaim._validate import BackgroundValidator, Invalid
+if TYPE_CHECKING:  # validate (simdjson, multiprocessing) is imported only when validating
+    from shardclaim.dataset.validate import BackgroundValidator, Invalid
 
-__all__ = ["BuildInProgressError", "DatasetExistsError", "InputError", "create_sharded_dataset"]
+__all__ = ["create_sharded_dataset"]
 
 log = logging.getLogger("shardclaim.dataset")
 Strategy = Literal["round_robin", "contiguous"]
@@ -128,7 +127,7 @@ def _build(
     writer = ChunkWriter(output.fs, output.chunk_base, num_shards, opts.limit)
     background = None
     if opts.validate:
-        from shardclaim._validate import BackgroundValidator
+        from shardclaim.dataset.validate import BackgroundValidator
 
         if BackgroundValidator.suits(files, opts.skip_invalid):
             background = BackgroundValidator(files)
@@ -216,7 +215,7 @@ def _distribute(
         parse = simdjson.Parser().parse
     round_robin = opts.strategy == "round_robin"
     add = writer.add
-    # The same walk as _input.lines_of, written out: a generator step per line costs ~15% of the
+    # The same walk as inputs.lines_of, written out: a generator step per line costs ~15% of the
     # whole --no-validate build on 10 KB records. add() copies the line out of the block at once.
     current, lineno = -1, 0
     for index, name, data, start, end in blocks_of(files, bar):
@@ -233,7 +232,7 @@ def _distribute(
             if first in _WHITESPACE and is_blank(line):
                 blank += 1
                 continue
-            if parse is not None:  # _build_json.fast_validator, written out (a call per line costs ~10%)
+            if parse is not None:  # records.fast_validator, written out (a call per line costs ~10%)
                 try:
                     if first == 0xEF and line[:3] == BOM:
                         raise ValueError("BOM")  # simdjson skips one; the rule does not

@@ -36,7 +36,7 @@ from typing import Any
 
 import crc32c
 
-from shardclaim._localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
+from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
 from shardclaim.layout import chunk_name, shard_dir
 
 __all__ = ["ChunkWriter"]
