@@ -1,4 +1,5 @@
-"""``shardclaim status|claim|complete|fail|reset``: the ShardManager from the command line."""
+"""``shardclaim status|claim|complete|fail|reset``: the ShardManager from the command line. The manager
+is imported when one of these commands runs, not when the parser is built."""
 
 from __future__ import annotations
 
@@ -8,21 +9,25 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shardclaim.cli.render import finalizer_line, shard_line, summary_line
 from shardclaim.errors import LeaseLostError
 from shardclaim.status import summarize
 
 if TYPE_CHECKING:  # the manager is imported by the commands that use it, not by `create`
     from shardclaim.manager import ShardManager
 
-__all__ = ["add_shard_commands", "run_shard_command"]
+__all__ = ["CLI_LEASE_SECONDS", "register", "run_shard_command"]
 
 #: A CLI claim has no heartbeat: its lease is the time the caller has to complete the shard.
 CLI_LEASE_SECONDS = 6 * 3600.0
 
 
-def add_shard_commands(sub: Any) -> None:
-    def dataset(p: argparse.ArgumentParser) -> None:
+def register(sub: Any) -> None:
+    """The five commands, on the subparsers ``sub`` of the ``shardclaim`` parser."""
+
+    def dataset(p: argparse.ArgumentParser) -> None:  # every one of them acts on one dataset
         p.add_argument("dataset_dir", metavar="DATASET", help="dataset directory or URL")
+        p.set_defaults(handler=run_shard_command)
 
     p = sub.add_parser("status", help="every shard's state and an aggregate line")
     dataset(p)
@@ -148,41 +153,10 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     for s in statuses:
-        line = f"Shard {s['shard_id']}: {s['status']}"
-        if s["status"] in ("invalid", "missing"):
-            print(line + (f": {s['error']}" if s.get("error") else ""))
-            continue
-        if s["status"] == "in_use":
-            line += f" (assigned to: {s['assigned_to']})"
-            line += f", heartbeat {s['heartbeat_age_s']:.0f}s ago" + (", EXPIRED" if s["expired"] else "")
-        if s.get("attempt"):
-            line += f", attempt {s['attempt']}"
-        if s.get("failures"):
-            line += f", {s['failures']} failed"
-        if s["status"] == "failed":  # one read per failed shard, for its last error line
-            error = (m.read_shard(s["shard_id"]).get("last_error") or "").strip().splitlines()
-            line += f"; last error: {error[-1]}" if error else ""
-        print(line)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
-    print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
+        # One read per failed shard, for its last error line.
+        last_error = m.read_shard(s["shard_id"]).get("last_error") if s["status"] == "failed" else None
+        print(shard_line(s, last_error))
+    print(summary_line(agg))
     if final is not None:
-        print("finalizer: " + _finalizer_line(final))
+        print("finalizer: " + finalizer_line(final))
     return 0
-
-
-def _finalizer_line(final: dict[str, Any]) -> str:
-    status = str(final.get("status"))
-    if status == "running":
-        return f"running on {final.get('worker')}"
-    if status == "failed":
-        code = final.get("exit_code")
-        lines = str(final.get("error") or "").strip().splitlines()
-        return (
-            f"failed on {final.get('worker')}"
-            + (f" (exit {code})" if code is not None else "")
-            + (f": {lines[-1]}" if lines else "")
-            + "; shardclaim reset DATASET --finalizer runs it again"
-        )
-    if status == "done":
-        return f"done on {final.get('worker')} at {final.get('ended_at')}"
-    return status

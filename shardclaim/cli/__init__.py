@@ -1,0 +1,71 @@
+"""The ``shardclaim`` command line: ``main(argv) -> int``, the parser assembled from one module per
+command group, and what every command shares (an error is one line on stderr and exit 1, a closed pipe
+is quiet).
+
+* :mod:`.create`: ``create`` (the builder);
+* :mod:`.shards`: ``status``, ``claim``, ``complete``, ``fail``, ``reset`` (the ShardManager);
+* :mod:`.run`: ``run``'s arguments (the engine is :mod:`shardclaim.run`);
+* :mod:`.selftest`: ``selftest`` (the races are :mod:`shardclaim._selftest`);
+* :mod:`.render`: the text of the status table and its summary lines.
+
+A command module imports what its command needs when the command runs, so that building the parser
+loads neither the builder nor the manager: ``shardclaim create`` never imports the manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from shardclaim.cli import create, run, selftest, shards
+from shardclaim.cli.create import add_create_arguments
+from shardclaim.errors import ShardclaimError
+
+__all__ = ["add_create_arguments", "main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardclaim",
+        description="Split a dataset into shards that preemptible workers claim exactly once.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (create, shards, run, selftest):  # the order of `shardclaim --help`
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a broken pipe surfaces here, not in the interpreter's exit
+    except BrokenPipeError:
+        # `shardclaim status DS | head -1`: the reader left. Quiet, like a shell tool killed by SIGPIPE;
+        # stdout goes to /dev/null so that the interpreter's final flush cannot complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    ours, cmd = run.split_command(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(ours)
+    args.cmd = cmd
+    try:
+        code: int = args.handler(args)
+    except (ShardclaimError, ValueError) as e:
+        print(f"shardclaim: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        raise
+    except OSError as e:  # a full disk, a directory that cannot be made: the reason, not a traceback
+        print(f"shardclaim: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,51 @@
+"""``shardclaim run DATASET [-N K] -- CMD ARGS...``: the command's arguments. The engine (worker
+processes, leases, the finalizer) is :mod:`shardclaim.run`, imported when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["register", "run_run", "split_command"]
+
+
+def register(sub: Any) -> None:
+    """The ``run`` command, on the subparsers ``sub`` of the ``shardclaim`` parser."""
+    run = sub.add_parser(
+        "run",
+        help="run CMD on every shard with K local workers",
+        description="Claim shards and run CMD on each (see shardclaim.run); exit 1 if a shard failed.",
+    )
+    run.add_argument("dataset_dir", metavar="DATASET")
+    run.add_argument("-N", "--workers", type=int, default=1, help="local worker processes (default 1)")
+    run.add_argument("--lease-seconds", type=float, default=60.0)
+    run.add_argument("--max-attempts", type=int, default=3)
+    run.add_argument(
+        "--progress", action="store_true", default=None, help="progress line (default: on a tty)"
+    )
+    run.add_argument(
+        "--on-complete", metavar="SHELL_CMD", help="run once, fleet-wide, when all shards settle"
+    )
+    run.epilog = "Everything after -- is the command: shardclaim run DATASET -N 4 -- python work.py"
+    run.set_defaults(handler=run_run)
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(shardclaim's arguments, the wrapped command)``: for ``run``, everything after the first ``--``
+    is the command, not ours to parse; for any other command the whole of ``argv`` is ours."""
+    argv = list(argv)
+    if argv[:1] == ["run"] and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from shardclaim.run import run_workers
+
+    return run_workers(
+        args.dataset_dir, args.cmd, workers=args.workers,
+        lease_seconds=args.lease_seconds, max_attempts=args.max_attempts, on_complete=args.on_complete,
+        progress=args.progress,
+    )  # fmt: skip
