@@ -145,14 +145,18 @@ class MetadataError(ShardclaimError, ValueError):
         return type(self), (self.key, self.problem)
 
 
-class Preempted(BaseException):
+class Preempted(SystemExit):
     """Raised in a worker loop's main thread on SIGTERM (a spot preemption notice), so that held shards
-    are released on the way out. A BaseException, like KeyboardInterrupt: ``except Exception`` in user
-    code must not swallow it."""
+    are released on the way out. A SystemExit with status 128 + the signal (143 for SIGTERM): uncaught,
+    the process ends with that status and no traceback, as a process killed by the signal reports;
+    ``except Exception`` in user code does not swallow it."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        super().__init__(f"received signal {signum}")
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return f"received signal {self.signum}"
 
     def __reduce__(self) -> tuple[type[Preempted], tuple[int]]:
         return type(self), (self.signum,)

@@ -30,14 +30,7 @@ from shardclaim.errors import (
     ShardclaimError,
     UnknownShardError,
 )
-from shardclaim.layout import (
-    MASTER_KEY,
-    SHARD_METADATA,
-    MetadataError,
-    check_master,
-    check_shard,
-    parse_json,
-)
+from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
 from shardclaim.lease import operator
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
@@ -283,7 +276,11 @@ class ShardManager:
     def __enter__(self) -> ShardManager:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:  # left through an exception: give back what is held, spending nothing
+            for shard_id in self.held_shards():
+                with contextlib.suppress(ShardclaimError):
+                    self.release_shard(shard_id)
         self.close()
 
     # -- holding and settling ---------------------------------------------------------------------

@@ -313,7 +313,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _child(*args: Any) -> None:
+    _die_with_parent()
     sys.exit(_worker(*args))
+
+
+def _die_with_parent() -> None:
+    """A worker ends with its ``run``: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``), so a
+    SIGKILLed ``run`` leaves no orphan claiming shards and running commands with nowhere to report."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_workers(

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from shardclaim.dataset.read import iter_shard_records
 from shardclaim.errors import LeaseLostError, Preempted, ShardclaimError
-from shardclaim.reader import iter_shard_records
 from shardclaim.status import summarize
 
 if TYPE_CHECKING:
@@ -105,6 +105,7 @@ def claims(
             if shard is not None:
                 idle = 0
                 yield Claim(manager, shard)
+                _check_settled(manager, shard["shard_id"])
                 continue
             statuses = manager.get_shard_status()
             missing = [s["shard_id"] for s in statuses if s["status"] == "missing"]
@@ -118,6 +119,20 @@ def claims(
             live = [s for s in statuses if s["status"] == "in_use"]
             idle += 1
             sleep(_wait(manager, live, idle))
+
+
+def _check_settled(manager: ShardManager, shard_id: int) -> None:
+    """The loop went on while the last claim's shard is still held: its ``with claim:`` is missing.
+    Releasing it silently would spin for ever (claim, release, claim ...), so: release, and say so."""
+    if shard_id not in manager.held_shards():
+        return  # settled by ``with claim`` or by a mark_* call of the caller's own
+    with contextlib.suppress(LeaseLostError):
+        manager.release_shard(shard_id)
+    msg = (
+        f"shard {shard_id} was claimed but never settled: write `with claim:` around the work in "
+        "`for claim in manager.claims():` (or call mark_completed / mark_failed); the shard was released"
+    )
+    raise ShardclaimError(msg)
 
 
 def _wait(manager: ShardManager, live: Sequence[Mapping[str, Any]], idle: int) -> float:

@@ -1,0 +1,121 @@
+"""The Python worker loop and `run` cannot hang or leak (issue 11, point 8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from shardclaim import Preempted, ShardclaimError, ShardManager
+from shardclaim.testing import FakeClock, build_dataset, memory_dataset
+
+
+def wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_claim_left_unsettled_is_released_and_the_mistake_named() -> None:
+    m = ShardManager("memory://loop", "w", store=memory_dataset(3, clock=FakeClock()))
+    with pytest.raises(ShardclaimError, match="with claim:"):
+        for _claim in m.claims(handle_sigterm=False):
+            pass  # forgot `with claim:`
+    assert m.held_shards() == []
+    assert {s["status"] for s in m.get_shard_status()} == {"available"}
+    m.close()
+
+
+def test_a_claim_settled_by_the_seed_calls_is_fine() -> None:
+    m = ShardManager("memory://loop", "w", store=memory_dataset(3, clock=FakeClock()))
+    for claim in m.claims(handle_sigterm=False):
+        m.mark_completed(claim.shard_id)
+    assert {s["status"] for s in m.get_shard_status()} == {"completed"}
+    m.close()
+
+
+def test_leaving_the_manager_through_an_exception_releases_what_it_holds() -> None:
+    store = memory_dataset(3, clock=FakeClock())
+
+    def work() -> None:
+        with ShardManager("memory://loop", "w", store=store) as m:
+            m.claim_shard()
+            m.claim_shard()
+            raise RuntimeError("the model failed to load")
+
+    with pytest.raises(RuntimeError):
+        work()
+    observer = ShardManager("memory://loop", "o", store=store)
+    assert {s["status"] for s in observer.get_shard_status()} == {"available"}
+    assert {s["attempt"] for s in observer.get_shard_status()} == {0, 1}  # released, no attempt spent
+    assert all(s["failures"] == 0 for s in observer.get_shard_status())
+
+
+def test_preempted_is_a_clean_exit_with_143() -> None:
+    assert isinstance(Preempted(15), SystemExit)
+    assert Preempted(15).code == 143
+    assert not isinstance(Preempted(15), Exception)
+
+
+def test_sigterm_in_a_python_worker_loop_exits_143_without_a_traceback(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=4)
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import pathlib, time
+        from shardclaim import ShardManager
+        with ShardManager({ds!r}, "w") as m:
+            for claim in m.claims():
+                with claim:
+                    pathlib.Path({str(tmp_path / "working")!r}).write_text("yes")
+                    time.sleep(300)
+        """)
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    wait_for((tmp_path / "working").exists, "the worker to hold a shard")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert "Traceback" not in err
+    assert {s["status"] for s in ShardManager(ds, "o").get_shard_status()} == {"available"}
+
+
+def test_sigkill_of_run_ends_its_workers_and_their_commands(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=4)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    cmd = f'echo $$ > "{pids}/$SHARDCLAIM_SHARD_ID"; exec sleep 300'
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardclaim", "run", ds, "-N", "2", "--", "sh", "-c", cmd],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(list(pids.iterdir())) == 2, "both workers to run a command")
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    commands = [int(f.read_text()) for f in pids.iterdir()]
+
+    def all_gone() -> bool:
+        for pid in commands:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    wait_for(all_gone, "the orphaned commands to be stopped")
+    observer = ShardManager(ds, "o")
+    wait_for(
+        lambda: {s["status"] for s in observer.get_shard_status()} == {"available"}, "the shards' release"
+    )
