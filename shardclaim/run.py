@@ -24,22 +24,17 @@ import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
-
-import orjson
+from typing import Any
 
 from shardclaim._identity import default_worker_id
+from shardclaim.attempt import GRACE_SECONDS, kill_group, run_attempt, shard_environment, stop
 from shardclaim.errors import LeaseLostError, StoreError
 from shardclaim.fanin import finalize_once
 from shardclaim.manager import ShardManager
@@ -48,77 +43,7 @@ from shardclaim.worker import Preempted
 
 __all__ = ["run_workers", "shard_environment"]
 
-_TAIL_LINES = 40
-_TAIL_BYTES = 64 * 1024
-_DRAIN_SECONDS = 1.0
-_GRACE_SECONDS = 30.0
-_CHECKPOINT_POLL = 0.2
 _PROGRESS_SECONDS = 2.0
-
-
-def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
-    """The variables CMD gets for one claimed shard."""
-    return {
-        "SHARDCLAIM_SHARD_ID": str(shard["shard_id"]),
-        "SHARDCLAIM_TOTAL_SHARDS": str(shard["total_shards"]),
-        "SHARDCLAIM_CHUNKS": "\n".join(shard["chunks"]),
-        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(shard["chunks"]).decode(),
-        "SHARDCLAIM_DATASET": dataset,
-        "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
-        "SHARDCLAIM_WORKER_ID": worker_id,
-        "SHARDCLAIM_RESUME_CHUNK": str(shard.get("resume_chunk") or 0),
-        "VELDA_SHARD_ID": str(shard["shard_id"]),
-        "VELDA_TOTAL_SHARDS": str(shard["total_shards"]),
-    }
-
-
-class _Pump:
-    """Passes CMD's stderr through and keeps its tail, without outliving CMD.
-
-    A background process that CMD started may hold the pipe open long after CMD exited (``sleep 30 &``,
-    a daemon): the attempt ends with CMD, so once CMD has exited the pump only drains what is already
-    there (for at most ``_DRAIN_SECONDS``) and stops.
-    """
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._fd = stream.fileno()
-        self._tail = bytearray()
-        self.finished = threading.Event()  # set by the caller once CMD has exited
-        self._thread = threading.Thread(target=self._run, name="shardclaim-stderr", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        drain_until: float | None = None
-        while True:
-            if drain_until is None and self.finished.is_set():
-                drain_until = time.monotonic() + _DRAIN_SECONDS
-            if drain_until is not None and time.monotonic() >= drain_until:
-                return
-            ready, _, _ = select.select([self._fd], [], [], 0.05)
-            if not ready:
-                if drain_until is not None:
-                    return  # CMD is gone and nothing more is waiting
-                continue
-            try:
-                data = os.read(self._fd, 1 << 16)
-            except OSError:
-                return
-            if not data:
-                return
-            with contextlib.suppress(OSError):
-                sys.stderr.buffer.write(data)
-                sys.stderr.buffer.flush()
-            self._tail += data
-            del self._tail[:-_TAIL_BYTES]
-
-    def tail(self) -> str:
-        """The last lines CMD wrote to stderr (after :meth:`join`)."""
-        lines = self._tail.decode("utf-8", "replace").splitlines(keepends=True)
-        return "".join(lines[-_TAIL_LINES:])
-
-    def join(self) -> None:
-        self.finished.set()
-        self._thread.join()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,18 +53,36 @@ class _Options:
     lease_seconds: float
     max_attempts: int
     on_complete: str | None
+    timeout: float | None = None
+    max_expiries: int = 3
+    max_consecutive_failures: int = 3
 
 
 def _worker(opts: _Options, index: int) -> int:
     worker_id = f"{default_worker_id()}-w{index}"
     with ShardManager(
-        opts.dataset, worker_id, lease_seconds=opts.lease_seconds, max_attempts=opts.max_attempts
-    ) as m:
+        opts.dataset, worker_id, lease_seconds=opts.lease_seconds, max_attempts=opts.max_attempts,
+        max_expiries=opts.max_expiries,
+    ) as m:  # fmt: skip
         running: list[subprocess.Popen[bytes]] = []
         try:
             while True:
+                failed_in_a_row = 0
                 for claim in m.claims():
-                    _run_one(m, opts, claim, worker_id, running)
+                    outcome = run_attempt(
+                        m, claim, dataset=opts.dataset, command=opts.command, worker_id=worker_id,
+                        timeout=opts.timeout, running=running,
+                    )  # fmt: skip
+                    if outcome == "cannot start":
+                        return 3
+                    failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else 0
+                    if failed_in_a_row >= opts.max_consecutive_failures:
+                        print(
+                            f"shardclaim run: worker {worker_id} failed {failed_in_a_row} shards in a row "
+                            "and stops claiming: its environment is the likely culprit (shardclaim status)",
+                            file=sys.stderr,
+                        )
+                        return 4
                 if opts.on_complete is None:
                     return 0
                 code = _finalize(m, opts.on_complete, running)
@@ -150,45 +93,11 @@ def _worker(opts: _Options, index: int) -> int:
             # Wherever the signal landed — running CMD, claiming, between the two — stop CMD and give
             # back every shard this worker holds, without spending an attempt.
             for proc in running:
-                _stop(proc)
+                stop(proc)
             for shard_id in m.held_shards():
                 with contextlib.suppress(LeaseLostError):
                     m.release_shard(shard_id)
             return 143
-
-
-def _run_one(
-    m: ShardManager, opts: _Options, claim: Any, worker_id: str, running: list[subprocess.Popen[bytes]]
-) -> None:
-    env = {**os.environ, **shard_environment(claim.shard, opts.dataset, worker_id)}
-    scratch = Path(tempfile.mkdtemp(prefix="shardclaim-"))
-    progress = scratch / "checkpoint"
-    env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
-    try:
-        try:
-            # Its own process group: stopping the attempt stops everything the command started.
-            proc = subprocess.Popen(opts.command, env=env, stderr=subprocess.PIPE, process_group=0)
-        except OSError as e:
-            m.mark_failed(claim.shard_id, f"cannot start {opts.command[0]!r}: {e}")
-            return
-        running.append(proc)
-        assert proc.stderr is not None
-        pump = _Pump(proc.stderr)
-        try:
-            code = _wait_and_checkpoint(proc, progress, m, claim.shard_id, claim.resume_chunk)
-        finally:
-            pump.join()
-            proc.stderr.close()
-        running.remove(proc)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        if code == 0:
-            m.mark_completed(claim.shard_id)
-        else:
-            m.mark_failed(claim.shard_id, f"{opts.command[0]} exited with {code}\n" + pump.tail())
-    except LeaseLostError as e:
-        print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
 
 
 def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[bytes]]) -> int | None:
@@ -201,7 +110,7 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
         for proc in list(running):  # the shell and everything it started: its own process group
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            timer = threading.Timer(_GRACE_SECONDS, _kill_group, args=(proc,))
+            timer = threading.Timer(GRACE_SECONDS, kill_group, args=(proc,))
             timer.daemon = True
             timer.start()
 
@@ -246,29 +155,6 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
         time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
 
 
-def _wait_and_checkpoint(
-    proc: subprocess.Popen[bytes], progress: Path, m: ShardManager, shard_id: int, done: int
-) -> int:
-    """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file, record it."""
-    while True:
-        try:
-            return proc.wait(timeout=_CHECKPOINT_POLL)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            value = int(progress.read_text().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if value > done:
-            try:
-                m.checkpoint(shard_id, value)
-                done = value
-            except LeaseLostError as e:
-                # Said once: the completion will be refused too; no point re-reading every poll.
-                print(f"shardclaim run: {e}; progress is no longer recorded", file=sys.stderr)
-                done = sys.maxsize
-
-
 class _Progress:
     """One redrawn status line on stderr."""
 
@@ -293,25 +179,6 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the command's process group, SIGKILL after the grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.wait()
-    with contextlib.suppress(ProcessLookupError):  # what the command left behind in its group
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _child(*args: Any) -> None:
     _die_with_parent()
     sys.exit(_worker(*args))
@@ -331,6 +198,23 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _check_options(
+    command: Sequence[str], workers: int, timeout: float | None, max_consecutive_failures: int
+) -> None:
+    if not command:
+        msg = "no command given: shardclaim run DATASET -- CMD ARGS..."
+        raise ValueError(msg)
+    if workers < 1:
+        msg = f"-N must be at least 1, got {workers}"
+        raise ValueError(msg)
+    if timeout is not None and not 0 < timeout < float("inf"):
+        msg = f"--timeout must be a positive number of seconds, got {timeout!r}"
+        raise ValueError(msg)
+    if max_consecutive_failures < 1:
+        msg = f"--max-consecutive-failures must be at least 1, got {max_consecutive_failures}"
+        raise ValueError(msg)
+
+
 def run_workers(
     dataset: str,
     command: Sequence[str],
@@ -340,21 +224,24 @@ def run_workers(
     max_attempts: int = 3,
     on_complete: str | None = None,
     progress: bool | None = None,
+    timeout: float | None = None,
+    max_expiries: int = 3,
+    max_consecutive_failures: int = 3,
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
     every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT. ``progress`` (default:
     when stderr is a terminal) redraws one line every 2 s: shards done / in use / failed, records per
     second and an ETA, from one listing each time."""
-    if not command:
-        msg = "no command given: shardclaim run DATASET -- CMD ARGS..."
-        raise ValueError(msg)
-    if workers < 1:
-        msg = f"-N must be at least 1, got {workers}"
-        raise ValueError(msg)
-    watcher = ShardManager(dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts)
+    _check_options(command, workers, timeout, max_consecutive_failures)
+    watcher = ShardManager(
+        dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts, max_expiries=max_expiries
+    )
     show = _Progress(watcher) if (sys.stderr.isatty() if progress is None else progress) else None
     ctx = mp.get_context("spawn")
-    options = _Options(dataset, list(command), lease_seconds, max_attempts, on_complete)
+    options = _Options(
+        dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
+        max_consecutive_failures,
+    )  # fmt: skip
     procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
     interrupted = False
 

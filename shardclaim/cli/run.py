@@ -20,7 +20,19 @@ def register(sub: Any) -> None:
     run.add_argument("dataset_dir", metavar="DATASET")
     run.add_argument("-N", "--workers", type=int, default=1, help="local worker processes (default 1)")
     run.add_argument("--lease-seconds", type=float, default=60.0)
-    run.add_argument("--max-attempts", type=int, default=3)
+    run.add_argument("--max-attempts", type=int, default=3, help="failures before a shard is failed (3)")
+    run.add_argument(
+        "--max-expiries", type=int, default=3,
+        help="leases lost by a dying holder, without progress, before a shard is failed (3)",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-consecutive-failures", type=int, default=3,
+        help="a worker that fails this many shards in a row stops: its environment is suspect (3)",
+    )  # fmt: skip
+    run.add_argument(
+        "--timeout", type=float, metavar="SECONDS",
+        help="stop an attempt after SECONDS (SIGTERM, then SIGKILL) and fail it as timed out",
+    )  # fmt: skip
     run.add_argument(
         "--progress", action="store_true", default=None, help="progress line (default: on a tty)"
     )
@@ -47,5 +59,6 @@ def run_run(args: argparse.Namespace) -> int:
     return run_workers(
         args.dataset_dir, args.cmd, workers=args.workers,
         lease_seconds=args.lease_seconds, max_attempts=args.max_attempts, on_complete=args.on_complete,
-        progress=args.progress,
+        progress=args.progress, timeout=args.timeout, max_expiries=args.max_expiries,
+        max_consecutive_failures=args.max_consecutive_failures,
     )  # fmt: skip

@@ -1,0 +1,215 @@
+"""One attempt of a command on one claimed shard: its environment, its process group, its stderr (passed
+through, its tail kept), its checkpoints recorded, its timeout, and how the shard is settled after it.
+
+A command that cannot start on this machine (not found, not executable: exit 126/127) is a worker
+fault, not the shard's: the shard is released without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from shardclaim.errors import LeaseLostError
+from shardclaim.manager import ShardManager
+
+__all__ = ["GRACE_SECONDS", "kill_group", "run_attempt", "shard_environment", "stop"]
+
+_TAIL_LINES = 40
+_TAIL_BYTES = 64 * 1024
+_DRAIN_SECONDS = 1.0
+GRACE_SECONDS = 30.0
+_CHECKPOINT_POLL = 0.2
+
+
+def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
+    """The variables CMD gets for one claimed shard."""
+    return {
+        "SHARDCLAIM_SHARD_ID": str(shard["shard_id"]),
+        "SHARDCLAIM_TOTAL_SHARDS": str(shard["total_shards"]),
+        "SHARDCLAIM_CHUNKS": "\n".join(shard["chunks"]),
+        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(shard["chunks"]).decode(),
+        "SHARDCLAIM_DATASET": dataset,
+        "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
+        "SHARDCLAIM_WORKER_ID": worker_id,
+        "SHARDCLAIM_RESUME_CHUNK": str(shard.get("resume_chunk") or 0),
+        "VELDA_SHARD_ID": str(shard["shard_id"]),
+        "VELDA_TOTAL_SHARDS": str(shard["total_shards"]),
+    }
+
+
+class _Pump:
+    """Passes CMD's stderr through and keeps its tail, without outliving CMD.
+
+    A background process that CMD started may hold the pipe open long after CMD exited (``sleep 30 &``,
+    a daemon): the attempt ends with CMD, so once CMD has exited the pump only drains what is already
+    there (for at most ``_DRAIN_SECONDS``) and stops.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._tail = bytearray()
+        self.finished = threading.Event()  # set by the caller once CMD has exited
+        self._thread = threading.Thread(target=self._run, name="shardclaim-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        drain_until: float | None = None
+        while True:
+            if drain_until is None and self.finished.is_set():
+                drain_until = time.monotonic() + _DRAIN_SECONDS
+            if drain_until is not None and time.monotonic() >= drain_until:
+                return
+            ready, _, _ = select.select([self._fd], [], [], 0.05)
+            if not ready:
+                if drain_until is not None:
+                    return  # CMD is gone and nothing more is waiting
+                continue
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(OSError):
+                sys.stderr.buffer.write(data)
+                sys.stderr.buffer.flush()
+            self._tail += data
+            del self._tail[:-_TAIL_BYTES]
+
+    def tail(self) -> str:
+        """The last lines CMD wrote to stderr (after :meth:`join`)."""
+        lines = self._tail.decode("utf-8", "replace").splitlines(keepends=True)
+        return "".join(lines[-_TAIL_LINES:])
+
+    def join(self) -> None:
+        self.finished.set()
+        self._thread.join()
+
+
+#: Exit statuses of a shell for a command it could not run: found but not executable, not found.
+_CANNOT_RUN = (126, 127)
+
+
+def run_attempt(
+    m: ShardManager,
+    claim: Any,
+    *,
+    dataset: str,
+    command: list[str],
+    worker_id: str,
+    timeout: float | None,
+    running: list[subprocess.Popen[bytes]],
+) -> str:
+    """Run CMD on one claimed shard and settle it; the outcome: ``completed``, ``failed``, ``lost`` or
+    ``cannot start`` (a worker fault, not the shard's: the shard is released without spending an attempt)."""
+    env = {**os.environ, **shard_environment(claim.shard, dataset, worker_id)}
+    scratch = Path(tempfile.mkdtemp(prefix="shardclaim-"))
+    progress = scratch / "checkpoint"
+    env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
+    try:
+        try:
+            # Its own process group: stopping the attempt stops everything the command started.
+            proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, process_group=0)
+        except OSError as e:
+            return _cannot_start(m, claim.shard_id, f"cannot start {command[0]!r}: {e.strerror or e}")
+        running.append(proc)
+        assert proc.stderr is not None
+        pump = _Pump(proc.stderr)
+        try:
+            code = _wait_and_checkpoint(
+                proc, progress, m, claim.shard_id, claim.resume_chunk, timeout=timeout
+            )
+        finally:
+            pump.join()
+            proc.stderr.close()
+        running.remove(proc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if code in _CANNOT_RUN:
+        why = "not executable" if code == 126 else "not found"
+        tail = pump.tail().strip().splitlines()
+        detail = f"; it said: {tail[-1]}" if tail else ""
+        return _cannot_start(m, claim.shard_id, f"{command[0]!r} exited {code} ({why}){detail}")
+    try:
+        if code == 0:
+            m.mark_completed(claim.shard_id)
+            return "completed"
+        error = f"timed out after {timeout:g} s" if code == _TIMED_OUT else f"{command[0]} exited with {code}"
+        m.mark_failed(claim.shard_id, error + "\n" + pump.tail())
+    except LeaseLostError as e:
+        print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
+        return "lost"
+    return "failed"
+
+
+def _cannot_start(m: ShardManager, shard_id: int, reason: str) -> str:
+    """The command cannot run on this machine: give the shard back untouched, and say why once."""
+    with contextlib.suppress(LeaseLostError):
+        m.release_shard(shard_id)
+    print(f"shardclaim run: {reason}; no attempt spent, this worker stops", file=sys.stderr)
+    return "cannot start"
+
+
+#: What _wait_and_checkpoint returns for a command it stopped at its timeout.
+_TIMED_OUT = -1000
+
+
+def _wait_and_checkpoint(
+    proc: subprocess.Popen[bytes], progress: Path, m: ShardManager, shard_id: int, done: int, *,
+    timeout: float | None = None,
+) -> int:  # fmt: skip
+    """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file, record it. Past
+    ``timeout`` seconds, stop it (SIGTERM, SIGKILL after the grace period) and return ``_TIMED_OUT``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return proc.wait(timeout=_CHECKPOINT_POLL)
+        except subprocess.TimeoutExpired:
+            pass
+        if deadline is not None and time.monotonic() >= deadline:
+            stop(proc)
+            return _TIMED_OUT
+        try:
+            value = int(progress.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if value > done:
+            try:
+                m.checkpoint(shard_id, value)
+                done = value
+            except LeaseLostError as e:
+                # Said once: the completion will be refused too; no point re-reading every poll.
+                print(f"shardclaim run: {e}; progress is no longer recorded", file=sys.stderr)
+                done = sys.maxsize
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the command's process group, SIGKILL after the grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):  # what the command left behind in its group
+        os.killpg(proc.pid, signal.SIGKILL)
