@@ -251,14 +251,18 @@ class ShardManager:
         """Stop the heartbeat. Held shards stay held until their leases expire."""
         self._holdings.close()
 
-    def claims(
-        self, *, sleep: Callable[[float], None] = time.sleep, handle_sigterm: bool = True
-    ) -> Iterator[Claim]:
-        """The worker loop (:mod:`shardclaim.worker`): yields a Claim per shard until all are settled.
-        ``sleep`` is how it waits for live leases; ``handle_sigterm``: SIGTERM releases and ends it."""
+    def claims(self, *, sleep: Callable[[float], None] = time.sleep, handle_sigterm: bool = True,
+               max_consecutive_failures: int = 3) -> Iterator[Claim]:  # fmt: skip
+        """The worker loop (:mod:`shardclaim.worker`): a Claim per shard until all are settled (its options:
+        :func:`shardclaim.worker.claims`)."""
         from shardclaim.worker import claims
 
-        return claims(self, sleep=sleep, handle_sigterm=handle_sigterm)
+        return claims(
+            self,
+            sleep=sleep,
+            handle_sigterm=handle_sigterm,
+            max_consecutive_failures=max_consecutive_failures,
+        )
 
     def wait(
         self,

@@ -48,6 +48,7 @@ class Claim:
         self.shard = shard
         self.shard_id: int = shard["shard_id"]
         self.outcome: str | None = None  #: completed, available (to retry), failed, released or lost
+        self.error_line = ""  #: the exception that failed the shard, in one line
 
     @property
     def resume_chunk(self) -> int:
@@ -82,6 +83,7 @@ class Claim:
             if not isinstance(exc, Exception):
                 return False
             text = "".join(traceback.format_exception(exc_type, exc, tb))
+            self.error_line = f"{type(exc).__name__}: {exc}"
             self.outcome = self.manager.mark_failed(self.shard_id, text[-4000:])
             log.warning("shard %d failed (%s): %s", self.shard_id, self.outcome, exc)
             return True  # the loop goes on with the next shard
@@ -96,16 +98,28 @@ def claims(
     *,
     sleep: Callable[[float], None] = time.sleep,
     handle_sigterm: bool = True,
+    max_consecutive_failures: int = 3,
 ) -> Iterator[Claim]:
-    """Claim shards until every shard is terminal; see the module docstring."""
+    """Claim shards until every shard is terminal; see the module docstring. After
+    ``max_consecutive_failures`` shards failed in a row with no success in between, the loop stops with
+    :class:`ShardclaimError`: a bug or a broken environment must not fail every shard of the job."""
     with _sigterm_raises(handle_sigterm), _release_on_interrupt(manager):
         idle = 0
+        in_a_row = 0
         while True:
             shard = manager.claim_shard()
             if shard is not None:
                 idle = 0
-                yield Claim(manager, shard)
+                claim = Claim(manager, shard)
+                yield claim
                 _check_settled(manager, shard["shard_id"])
+                in_a_row = in_a_row + 1 if claim.outcome in ("available", "failed") else 0
+                if in_a_row >= max_consecutive_failures:
+                    msg = (
+                        f"this worker failed {in_a_row} shards in a row and stops claiming: the code or its "
+                        f"environment is the likely culprit; last error: {claim.error_line}"
+                    )
+                    raise ShardclaimError(msg)
                 continue
             statuses = manager.get_shard_status()
             missing = [s["shard_id"] for s in statuses if s["status"] == "missing"]

@@ -119,3 +119,21 @@ def test_sigkill_of_run_ends_its_workers_and_their_commands(tmp_path: Path) -> N
     wait_for(
         lambda: {s["status"] for s in observer.get_shard_status()} == {"available"}, "the shards' release"
     )
+
+
+def test_a_python_loop_that_fails_every_shard_stops_after_three_in_a_row() -> None:
+    store = memory_dataset(6, clock=FakeClock())
+    m = ShardManager("memory://loop", "w", store=store, max_attempts=10)
+    seen = []
+
+    def buggy_loop() -> None:
+        for claim in m.claims(handle_sigterm=False):
+            with claim:
+                seen.append(claim.shard_id)
+                undefined_name  # type: ignore[name-defined]  # noqa: B018, F821
+
+    with pytest.raises(ShardclaimError, match=r"failed 3 shards in a row.*NameError"):
+        buggy_loop()
+    assert len(seen) == 3
+    assert sum(s["failures"] for s in m.get_shard_status()) == 3
+    m.close()
