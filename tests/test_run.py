@@ -195,13 +195,14 @@ def test_progress_shows_shards_records_and_rate(ds: str) -> None:
     assert "/s, ETA -" in last
 
 
-def test_a_command_that_cannot_start_fails_its_shards_and_leaves_no_scratch(ds: str, tmp_path: Path) -> None:
+def test_a_command_that_cannot_start_spends_no_attempt_and_leaves_no_scratch(ds: str, tmp_path: Path) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     result = run(
         ds, "--max-attempts", "1", "--", str(tmp_path / "no-such-program"), env={"TMPDIR": str(scratch)}
     )
     assert result.returncode == 1
-    assert "failed: 9 shards (9 failed)" in result.stdout
-    assert "cannot start" in ShardManager(ds, "o").read_shard(0)["last_error"]
+    assert "partial: 9 shards (9 available)" in result.stdout  # a worker fault: the shards are untouched
+    assert "no-such-program" in result.stderr
+    assert all(s["failures"] == 0 for s in ShardManager(ds, "o").get_shard_status())
     assert list(scratch.iterdir()) == []
