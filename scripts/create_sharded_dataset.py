@@ -8,6 +8,9 @@ import argparse
 import sys
 
 from shardclaim.cli import add_create_arguments, main
+from shardclaim.dataset import create_sharded_dataset
+
+__all__ = ["create_sharded_dataset", "main"]  # `from create_sharded_dataset import create_sharded_dataset`
 
 
 def _main(argv: list[str]) -> int:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shardclaim.cli import main
+from shardclaim.cli import both_spellings, main
+from shardclaim.manager import ShardManager
+
+__all__ = ["ShardManager", "main"]  # `from shard_manager import ShardManager`, as the seed documents
 
 
 def _main(argv: list[str]) -> int:
@@ -17,6 +20,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--worker_id")
     parser.add_argument("--shard_id", type=int)
     parser.add_argument("--json", action="store_true")
+    both_spellings(parser)
     args = parser.parse_args(argv)
     forwarded = [args.action, args.dataset_dir]
     if args.worker_id and args.action != "status":

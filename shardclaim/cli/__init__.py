@@ -15,16 +15,19 @@ loads neither the builder nor the manager: ``shardclaim create`` never imports t
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from shardclaim import __version__
 from shardclaim.cli import create, run, selftest, shards
 from shardclaim.cli.create import add_create_arguments
+from shardclaim.cli.options import both_spellings
 from shardclaim.errors import ShardclaimError
 
-__all__ = ["add_create_arguments", "main"]
+__all__ = ["add_create_arguments", "both_spellings", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,10 +35,27 @@ def _parser() -> argparse.ArgumentParser:
         prog="shardclaim",
         description="Split a dataset into shards that preemptible workers claim exactly once.",
     )
+    parser.add_argument("--version", action="version", version=f"shardclaim {__version__}")
+    parser.add_argument(
+        "-v", dest="log_verbose", action="count", default=0,
+        help="more log messages (-vv: debug); or SHARDCLAIM_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR",
+    )  # fmt: skip
+    parser.add_argument("-q", dest="quiet", action="store_true", help="errors only in the log")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (create, shards, run, selftest):  # the order of `shardclaim --help`
         group.register(sub)
+    both_spellings(parser)
     return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = os.environ.get("SHARDCLAIM_LOG_LEVEL", "WARNING").upper()
+    if args.quiet:
+        level = "ERROR"
+    elif args.log_verbose:
+        level = "DEBUG" if args.log_verbose > 1 else "INFO"
+    logging.basicConfig(level=level if level in logging.getLevelNamesMapping() else "WARNING",
+                        format="shardclaim: %(message)s")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ours, cmd = run.split_command(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(ours)
     args.cmd = cmd
+    _configure_logging(args)
     try:
         code: int = args.handler(args)
     except (ShardclaimError, ValueError) as e:

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from shardclaim.cli.options import positive_float, positive_int
+
 __all__ = ["add_create_arguments", "register", "run_create"]
 
 
@@ -34,9 +36,11 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
         "--output_dir", "--output-dir", dest="output_dir", required=True, metavar="DIR",
         help="where the dataset goes: a directory, file:// or gs:// URL",
     )  # fmt: skip
-    parser.add_argument("--num_shards", "--num-shards", dest="num_shards", type=int, default=8)
     parser.add_argument(
-        "--chunk_size_mb", "--chunk-size-mb", dest="chunk_size_mb", type=float, default=100.0,
+        "--num_shards", "--num-shards", dest="num_shards", type=positive_int, default=8, help="shards (8)"
+    )
+    parser.add_argument(
+        "--chunk_size_mb", "--chunk-size-mb", dest="chunk_size_mb", type=positive_float, default=100.0,
         help="largest chunk file in MiB; fractions such as 0.1 allowed (default 100)",
     )  # fmt: skip
     parser.add_argument(

@@ -7,6 +7,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from shardclaim.cli.options import lease_seconds, positive_float, positive_int
+
 __all__ = ["register", "run_run", "split_command"]
 
 
@@ -18,19 +20,23 @@ def register(sub: Any) -> None:
         description="Claim shards and run CMD on each (see shardclaim.run); exit 1 if a shard failed.",
     )
     run.add_argument("dataset_dir", metavar="DATASET")
-    run.add_argument("-N", "--workers", type=int, default=1, help="local worker processes (default 1)")
-    run.add_argument("--lease-seconds", type=float, default=60.0)
-    run.add_argument("--max-attempts", type=int, default=3, help="failures before a shard is failed (3)")
     run.add_argument(
-        "--max-expiries", type=int, default=3,
+        "-N", "--workers", type=positive_int, default=1, help="local worker processes (default 1)"
+    )
+    run.add_argument("--lease-seconds", type=lease_seconds, default=60.0, help="lease length (60)")
+    run.add_argument(
+        "--max-attempts", type=positive_int, default=3, help="failures before a shard is failed (3)"
+    )
+    run.add_argument(
+        "--max-expiries", type=positive_int, default=3,
         help="leases lost by a dying holder, without progress, before a shard is failed (3)",
     )  # fmt: skip
     run.add_argument(
-        "--max-consecutive-failures", type=int, default=3,
+        "--max-consecutive-failures", type=positive_int, default=3,
         help="a worker that fails this many shards in a row stops: its environment is suspect (3)",
     )  # fmt: skip
     run.add_argument(
-        "--timeout", type=float, metavar="SECONDS",
+        "--timeout", type=positive_float, metavar="SECONDS",
         help="stop an attempt after SECONDS (SIGTERM, then SIGKILL) and fail it as timed out",
     )  # fmt: skip
     run.add_argument(

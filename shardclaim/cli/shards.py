@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shardclaim.cli.options import lease_seconds
 from shardclaim.cli.render import finalizer_line, shard_line, summary_line
 from shardclaim.errors import LeaseLostError
 from shardclaim.status import summarize
@@ -38,7 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--worker_id", "--worker-id", dest="worker_id")
     p.add_argument("--shard_id", "--shard-id", dest="shard_id", type=int, help="preferred shard")
     p.add_argument(
-        "--lease-seconds", type=float, default=CLI_LEASE_SECONDS,
+        "--lease-seconds", type=lease_seconds, default=CLI_LEASE_SECONDS,
         help="no heartbeat renews a CLI claim: the lease is the time to complete it (default 6 h)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true")

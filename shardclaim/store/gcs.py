@@ -59,7 +59,15 @@ def default_client() -> storage.Client:
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "shardclaim-test")
         return storage.Client(project=project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    return storage.Client()
+    try:
+        return storage.Client()
+    except auth_exc.DefaultCredentialsError as e:
+        msg = (
+            f"no Google Cloud credentials ({e}); on a workstation run `gcloud auth application-default "
+            "login`, elsewhere set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (on GCE, GKE "
+            "and TPU VMs the metadata server provides them); for an emulator set STORAGE_EMULATOR_HOST"
+        )
+        raise StoreError(msg) from None
 
 
 class GCSStore:

@@ -1,0 +1,56 @@
+"""What every command's options share: value types that refuse nonsense at parse time (a usage error,
+exit 2, like any other argparse error), and both spellings of every long option (``--lease-seconds`` and
+``--lease_seconds``: the seed's scripts use underscores)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["both_spellings", "lease_seconds", "positive_float", "positive_int"]
+
+#: The longest lease anyone may take (the same bound as the manager's: a week).
+_MAX_LEASE = 7 * 24 * 3600.0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < math.inf:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def lease_seconds(text: str) -> float:
+    value = positive_float(text)
+    if value > _MAX_LEASE:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_LEASE:.0f} s (a week), got {text}")
+    return value
+
+
+def both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Give every long option of ``parser`` and of its subcommands its other spelling (``-``/``_``)."""
+    for action in list(parser._actions):  # argparse has no public way to add an alias afterwards
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                both_spellings(sub)
+            continue
+        for option in list(action.option_strings):
+            if not option.startswith("--"):
+                continue
+            for other in ("--" + option[2:].replace("_", "-"), "--" + option[2:].replace("-", "_")):
+                if other not in parser._option_string_actions:
+                    action.option_strings = [*action.option_strings, other]
+                    parser._option_string_actions[other] = action
