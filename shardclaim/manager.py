@@ -47,8 +47,7 @@ __all__ = ["DEFAULT_MAX_OUTAGE_SECONDS", "ShardManager"]
 
 log = logging.getLogger("shardclaim.manager")
 
-#: How long a worker waits out an unreachable store before giving up (10 minutes).
-DEFAULT_MAX_OUTAGE_SECONDS = 600.0
+DEFAULT_MAX_OUTAGE_SECONDS = 600.0  #: how long a worker waits out an unreachable store (10 minutes)
 
 
 class ShardManager:
@@ -201,7 +200,8 @@ class ShardManager:
         reclaimed_from = doc.get("assigned_to") if doc["status"] == "in_use" else None
         doc = transitions.claimed(
             doc, worker=self.worker_id, token=uuid.uuid4().hex, lease_seconds=self.lease_seconds,
-            started_at=now or obj.updated, reclaimed_from=reclaimed_from, adoptable=self._adoptable,
+            started_at=now or obj.read_at or obj.updated, reclaimed_from=reclaimed_from,
+            adoptable=self._adoptable,
         )  # fmt: skip
         lease = self._new_lease(shard_id, obj.generation, doc)
         try:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -698,3 +699,26 @@ def test_a_release_never_counts_as_an_expiry(clock: FakeClock) -> None:
         holder.close()
     doc = manager(store, "o").read_shard(0)
     assert (doc["status"], doc.get("expiries_without_progress", 0)) == ("available", 0)
+
+
+def test_started_at_is_the_claim_s_time_not_the_previous_write_s(clock: FakeClock) -> None:
+    store = memory_dataset(1, clock=clock)
+    manager(store, "op").reset_shard(0)  # the shard's last write
+    clock.advance(3)
+    m = manager(store, "w")
+    m.claim_shard()
+    started = datetime.fromisoformat(m.read_shard(0)["started_at"]).timestamp()
+    assert started == clock.now
+    m.close()
+
+
+def test_started_at_is_within_a_second_of_a_real_claim(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=2)
+    ShardManager(ds, "op").reset_shard(0)
+    time.sleep(1.5)  # real time must pass between the last write and the claim for this to mean anything
+    m = ShardManager(ds, "w")
+    before = time.time()
+    m.claim_shard()
+    started = datetime.fromisoformat(m.read_shard(0)["started_at"]).timestamp()
+    assert abs(started - before) < 1.0
+    m.close()

@@ -60,6 +60,9 @@ class StoredObject:
     generation: int
     updated: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: When it was read, on the store's clock where the answer carries it (GCS's ``Date``); a record of
+    #: time (a claim's ``started_at``), never used to judge a lease.
+    read_at: datetime | None = None
 
 
 @runtime_checkable

@@ -120,7 +120,8 @@ class GCSStore:
             if k.lower().startswith(_META_HEADER)
         }
         updated = _http_date(headers.get("Last-Modified")) or _http_date(headers.get("Date"))
-        return StoredObject(key, resp.content, generation, updated or self.now(), metadata)
+        read_at = _http_date(headers.get("Date"))
+        return StoredObject(key, resp.content, generation, updated or self.now(), metadata, read_at)
 
     def write(
         self,

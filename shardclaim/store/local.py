@@ -100,7 +100,7 @@ class LocalStore:
                 raise ObjectNotFoundError(key)
             data = f.read()
             meta = _read_metadata(fd, st.st_mtime_ns)
-        return StoredObject(key, data, st.st_mtime_ns, _from_ns(st.st_ctime_ns), meta)
+        return StoredObject(key, data, st.st_mtime_ns, _from_ns(st.st_ctime_ns), meta, datetime.now(UTC))
 
     def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
         with _translated("list", prefix):

@@ -6,6 +6,7 @@ machines. The clock is injectable, so tests move time instead of sleeping.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -35,9 +36,10 @@ class MemoryStore:
         validate_key(key)
         with self._lock:
             try:
-                return self._objects[key]
+                obj = self._objects[key]
             except KeyError:
                 raise ObjectNotFoundError(key) from None
+        return dataclasses.replace(obj, read_at=self.now())
 
     def write(
         self,
