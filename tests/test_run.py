@@ -206,3 +206,19 @@ def test_a_command_that_cannot_start_spends_no_attempt_and_leaves_no_scratch(ds:
     assert "no-such-program" in result.stderr
     assert all(s["failures"] == 0 for s in ShardManager(ds, "o").get_shard_status())
     assert list(scratch.iterdir()) == []
+
+
+def test_the_readme_s_complete_worker_processes_every_record_once(ds: str, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    example = root / "examples" / "process.py"
+    assert example.read_text() in (root / "README.md").read_text()  # the README shows the tested file
+    out = tmp_path / "out"
+    result = run(ds, "-N", "3", "--", sys.executable, str(example), str(out))
+    assert result.returncode == 0, result.stderr
+    ids = [
+        json.loads(line)["id"]
+        for f in sorted(out.glob("shard_*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert sorted(ids) == list(range(300))
+    assert not list(out.glob("*.partial.jsonl"))
