@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["FINALIZE_KEY", "Outcome", "finalize_once", "wait_for_shards"]
 
 FINALIZE_KEY = marker.FINALIZE_KEY
-Outcome = Literal["ran", "done", "failed", "running", "unsettled"]
+Outcome = Literal["ran", "done", "failed", "running", "unsettled", "halted"]
 
 
 def wait_for_shards(
@@ -49,7 +49,7 @@ def wait_for_shards(
     after ``timeout`` seconds."""
     deadline = None if timeout is None else clock() + timeout
     while True:
-        agg = summarize(manager.get_shard_status())
+        agg = summarize(manager.get_shard_status(), halted=manager.halt is not None)
         if agg["state"] in SETTLED_STATES:
             return agg
         if deadline is not None and clock() >= deadline:
@@ -84,6 +84,8 @@ def finalize_once(
         obj, generation, current = None, 0, {}
     views = manager.shard_views()
     now = store.now()
+    if manager.halt is not None:
+        return "halted"  # a halted job is settled, but not finished: no fan-in
     agg = summarize(shard_statuses(manager.master, views, now))
     if agg["state"] not in SETTLED_STATES:
         return "unsettled"

@@ -31,13 +31,13 @@ from shardclaim.errors import (
     UnknownShardError,
 )
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
-from shardclaim.lease import operator
+from shardclaim.lease import halt
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
-from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_views
-from shardclaim.status import ShardStatusEntry, shard_statuses
+from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_listing
+from shardclaim.operations import Operations
 from shardclaim.store import RetryPolicy, Store, StoredObject, open_store
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ log = logging.getLogger("shardclaim.manager")
 DEFAULT_MAX_OUTAGE_SECONDS = 600.0  #: how long a worker waits out an unreachable store (10 minutes)
 
 
-class ShardManager:
+class ShardManager(Operations):
     """Claims and settles the shards of the dataset at ``dataset_dir`` (path or URL) for one worker.
 
     ``max_outage_seconds``: how long a store request is retried through an outage (timeouts, 429, 5xx);
@@ -66,6 +66,7 @@ class ShardManager:
         heartbeat_seconds: float | None = None,
         max_attempts: int = 3,
         max_expiries: int = 3,
+        max_failed_shards: int | None = None,
         store: Store | None = None,
         max_outage_seconds: float | None = DEFAULT_MAX_OUTAGE_SECONDS,
     ) -> None:
@@ -80,7 +81,12 @@ class ShardManager:
         self.dataset_dir = dataset_dir
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
+        if max_failed_shards is not None and (type(max_failed_shards) is not int or max_failed_shards < 1):
+            msg = f"max_failed_shards must be a positive integer or None, got {max_failed_shards!r}"
+            raise ValueError(msg)
         self.max_attempts, self.max_expiries = max_attempts, max_expiries
+        self.max_failed_shards = max_failed_shards
+        self.halt: dict[str, Any] | None = None  #: the fleet-wide halt, as the last listing showed it
         if store is None:
             policy = None if max_outage_seconds is None else RetryPolicy(max_seconds=max_outage_seconds)
             store = open_store(dataset_dir, policy=policy)
@@ -96,7 +102,7 @@ class ShardManager:
         self._lock = threading.RLock()
         self._holdings = Holdings(self.heartbeat_seconds)
         self._invalid = InvalidShards()
-        self._candidates = Candidates()
+        self._candidates = Candidates(max_age=self.heartbeat_seconds)
         self._tried_launcher_index = False
         self._adoptable = False
 
@@ -157,6 +163,8 @@ class ShardManager:
                 if fresh:
                     break
                 self._candidates.refresh(self.shard_views())
+                if self.halt is not None:
+                    return None  # the job is halted fleet-wide: nothing new starts
                 fresh, misses = True, 0
                 if not self._candidates:
                     break
@@ -167,8 +175,14 @@ class ShardManager:
         return self._claim_expired()
 
     def shard_views(self) -> list[ShardView]:
-        """Every shard as one listing shows it, with the shards this manager found invalid marked so."""
-        return self._invalid.overlay(read_views(self._store, self._dirs, self.lease_seconds))
+        """Every shard as one listing shows it, with the shards this manager found invalid marked so. The
+        same listing updates :attr:`halt`, and trips the halt once ``max_failed_shards`` are failed."""
+        views, self.halt = read_listing(self._store, self._dirs, self.lease_seconds)
+        failed = [v.shard_id for v in views if v.status == "failed"]
+        if self.halt is None and self.max_failed_shards is not None and len(failed) >= self.max_failed_shards:
+            halt.trip(self._store, failed, self.max_failed_shards, self.worker_id)
+            self.halt = {"status": "halted", "failed": len(failed), "limit": self.max_failed_shards}
+        return self._invalid.overlay(views)
 
     def _claim_expired(self) -> ClaimedShard | None:
         """After a fresh listing found nothing available: take over a lease that expired, if any."""
@@ -347,54 +361,9 @@ class ShardManager:
         doc = self._settle(
             shard_id, lambda d: transitions.failed(d, error, self.max_attempts), final=True, kind="fail"
         )
+        self._candidates.forget()  # the next claim lists again: this failure may have tripped a halt
         return str(doc["status"])
 
     def release_shard(self, shard_id: int) -> None:
         """Give a held shard back without spending an attempt (preemption, shutdown)."""
         self._settle(shard_id, transitions.released, final=True, kind="release")
-
-    # -- operator actions and status --------------------------------------------------------------
-
-    def reset_shard(self, shard_id: int, *, only: operator.Only = None) -> bool:
-        """Operator action: make a shard available with a fresh retry budget; fences off any holder.
-
-        ``only="stale"`` resets it only if it is in use with an expired lease, ``only="failed"`` only if
-        it is failed — judged on the very generation the reset writes on, so a shard that moved on since
-        (its slow holder completed it) is left alone. Returns whether the shard was reset.
-        """
-        key = self._key(shard_id)
-        done = operator.reset_shard(
-            self._store, key, lambda: self._read(shard_id), only=only, default_lease=self.lease_seconds
-        )
-        lease = self._holdings.current(shard_id)
-        if done and lease is not None:
-            lease.end("an operator reset it")
-            self._holdings.forget(shard_id, lease, lost=True)
-        return done
-
-    def reset_stale(self) -> list[int]:
-        """Reset every shard whose lease expired (each judged again at its reset). The ids reset."""
-        now = self._store.now()
-        targets = [v.shard_id for v in self.shard_views() if v.expired(now)]
-        return [i for i in targets if self.reset_shard(i, only="stale")]
-
-    def reset_failed(self) -> list[int]:
-        """Reset every failed shard (each judged again at its reset). The ids reset."""
-        targets = [v.shard_id for v in self.shard_views() if v.status == "failed"]
-        return [i for i in targets if self.reset_shard(i, only="failed")]
-
-    def get_shard_status(self) -> list[ShardStatusEntry]:
-        """Every shard's state from one listing (holder, attempt, failures, heartbeat age, expiry)."""
-        views = self.shard_views()
-        return shard_statuses(self.master, views, self._store.now())
-
-    # -- the fan-in marker ------------------------------------------------------------------------
-
-    def finalizer_status(self) -> dict[str, Any] | None:
-        """The fan-in marker as stored (None when no finalizer ever ran)."""
-        return operator.read_marker(self._store)
-
-    def reset_finalizer(self) -> bool:
-        """Operator action: clear the finalizer's marker (a failed or running finalizer runs again; a
-        running one is fenced). Returns whether there was a marker to clear."""
-        return operator.reset_marker(self._store)

@@ -56,13 +56,14 @@ class _Options:
     timeout: float | None = None
     max_expiries: int = 3
     max_consecutive_failures: int = 3
+    max_failed_shards: int | None = None
 
 
 def _worker(opts: _Options, index: int) -> int:
     worker_id = f"{default_worker_id()}-w{index}"
     with ShardManager(
         opts.dataset, worker_id, lease_seconds=opts.lease_seconds, max_attempts=opts.max_attempts,
-        max_expiries=opts.max_expiries,
+        max_expiries=opts.max_expiries, max_failed_shards=opts.max_failed_shards,
     ) as m:  # fmt: skip
         running: list[subprocess.Popen[bytes]] = []
         try:
@@ -150,6 +151,9 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
                 file=sys.stderr,
             )
             return 1
+        if outcome == "halted":
+            print("shardclaim run: the job is halted; --on-complete does not run", file=sys.stderr)
+            return 1
         if outcome == "unsettled":
             return None
         time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
@@ -227,6 +231,7 @@ def run_workers(
     timeout: float | None = None,
     max_expiries: int = 3,
     max_consecutive_failures: int = 3,
+    max_failed_shards: int | None = None,
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
     every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT. ``progress`` (default:
@@ -234,13 +239,20 @@ def run_workers(
     second and an ETA, from one listing each time."""
     _check_options(command, workers, timeout, max_consecutive_failures)
     watcher = ShardManager(
-        dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts, max_expiries=max_expiries
-    )
+        dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts, max_expiries=max_expiries,
+        max_failed_shards=max_failed_shards,
+    )  # fmt: skip
+    watcher.get_shard_status()
+    if watcher.halt is not None:
+        from shardclaim.cli.render import halt_line
+
+        print(f"shardclaim run: refused: {halt_line(watcher.halt, dataset)}", file=sys.stderr)
+        return 1
     show = _Progress(watcher) if (sys.stderr.isatty() if progress is None else progress) else None
     ctx = mp.get_context("spawn")
     options = _Options(
         dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
-        max_consecutive_failures,
+        max_consecutive_failures, max_failed_shards,
     )  # fmt: skip
     procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
     interrupted = False
@@ -268,8 +280,8 @@ def run_workers(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    statuses = ShardManager(dataset, "run").get_shard_status()
-    agg = summarize(statuses)
+    statuses = watcher.get_shard_status()
+    agg = summarize(statuses, halted=watcher.halt is not None)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
     print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
     if interrupted:

@@ -11,7 +11,7 @@ from shardclaim.lease.views import ShardView, ViewStatus
 __all__ = ["SETTLED_STATES", "ShardStatusEntry", "shard_statuses", "summarize"]
 
 #: Aggregate states in which no shard can change without an operator: the job is over.
-SETTLED_STATES = frozenset({"succeeded", "failed"})
+SETTLED_STATES = frozenset({"succeeded", "failed", "halted"})
 
 
 class ShardStatusEntry(TypedDict):
@@ -57,8 +57,9 @@ def shard_statuses(
     return out
 
 
-def summarize(statuses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Aggregate: ``succeeded`` (all completed), ``failed`` (all settled, some failed or invalid),
+def summarize(statuses: Sequence[Mapping[str, Any]], *, halted: bool = False) -> dict[str, Any]:
+    """Aggregate: ``halted`` (the job was halted and nothing runs any more), ``succeeded`` (all completed),
+    ``failed`` (all settled, some failed or invalid),
     ``running`` (someone holds a lease) or ``partial`` (work left and nobody on it); counts; records done."""
     counts: dict[str, int] = {}
     for s in statuses:
@@ -66,7 +67,9 @@ def summarize(statuses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         counts[key] = counts.get(key, 0) + 1
     total = len(statuses)
     settled = counts.get("completed", 0) + counts.get("failed", 0) + counts.get("invalid", 0)
-    if counts.get("completed", 0) == total:
+    if halted and not counts.get("in_use", 0):
+        state = "halted"  # the fleet-wide halt, and nothing still running
+    elif counts.get("completed", 0) == total:
         state = "succeeded"
     elif settled == total:
         state = "failed"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardclaim.dataset.read import iter_shard_records
 from shardclaim.errors import LeaseLostError, Preempted, ShardclaimError
-from shardclaim.status import summarize
+from shardclaim.status import SETTLED_STATES, summarize
 
 if TYPE_CHECKING:
     from shardclaim.lease.views import ClaimedShard
@@ -128,7 +128,7 @@ def claims(
                     f"shards {missing} of {manager.dataset_dir} have no metadata.json: nothing can claim them"
                 )
                 raise ShardclaimError(msg)
-            if summarize(statuses)["state"] in ("succeeded", "failed"):  # every shard settled
+            if summarize(statuses, halted=manager.halt is not None)["state"] in SETTLED_STATES:
                 return
             live = [s for s in statuses if s["status"] == "in_use"]
             idle += 1

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from shardclaim.status import ShardStatusEntry
 
-__all__ = ["finalizer_line", "shard_line", "summary_line"]
+__all__ = [
+    "finalizer_line",
+    "halt_line",
+    "shard_line",
+    "summary_line",
+]
 
 
 def shard_line(s: ShardStatusEntry, last_error: str | None = None) -> str:
@@ -55,3 +60,11 @@ def finalizer_line(final: Mapping[str, Any]) -> str:
     if status == "done":
         return f"done on {final.get('worker')} at {final.get('ended_at')}"
     return status
+
+
+def halt_line(halt: Mapping[str, Any], dataset: str) -> str:
+    """The fleet-wide halt: why, and how to lift it."""
+    return (
+        f"HALTED: {halt.get('failed')} shards failed (limit {halt.get('limit')}): nothing new starts on any "
+        f"worker; shardclaim reset {dataset} --failed lifts it"
+    )

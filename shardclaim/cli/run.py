@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
         help="a worker that fails this many shards in a row stops: its environment is suspect (3)",
     )  # fmt: skip
     run.add_argument(
+        "--max-failed-shards", type=positive_int, metavar="K",
+        help="halt the job on every machine once K shards are failed (default: never)",
+    )  # fmt: skip
+    run.add_argument(
         "--timeout", type=positive_float, metavar="SECONDS",
         help="stop an attempt after SECONDS (SIGTERM, then SIGKILL) and fail it as timed out",
     )  # fmt: skip
@@ -66,5 +70,5 @@ def run_run(args: argparse.Namespace) -> int:
         args.dataset_dir, args.cmd, workers=args.workers,
         lease_seconds=args.lease_seconds, max_attempts=args.max_attempts, on_complete=args.on_complete,
         progress=args.progress, timeout=args.timeout, max_expiries=args.max_expiries,
-        max_consecutive_failures=args.max_consecutive_failures,
+        max_consecutive_failures=args.max_consecutive_failures, max_failed_shards=args.max_failed_shards,
     )  # fmt: skip

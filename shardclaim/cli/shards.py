@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shardclaim.cli.options import lease_seconds
-from shardclaim.cli.render import finalizer_line, shard_line, summary_line
+from shardclaim.cli.render import finalizer_line, halt_line, shard_line, summary_line
 from shardclaim.errors import LeaseLostError
 from shardclaim.status import summarize
 
@@ -147,10 +147,10 @@ def _reset(args: argparse.Namespace) -> int:
 
 def _status(m: ShardManager, *, as_json: bool) -> int:
     statuses = m.get_shard_status()
-    agg = summarize(statuses)
+    agg = summarize(statuses, halted=m.halt is not None)
     final = m.finalizer_status()
     if as_json:
-        report = {"summary": agg, "shards": statuses, "finalizer": final}
+        report = {"summary": agg, "shards": statuses, "finalizer": final, "halt": m.halt}
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
     for s in statuses:
@@ -158,6 +158,8 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
         last_error = m.read_shard(s["shard_id"]).get("last_error") if s["status"] == "failed" else None
         print(shard_line(s, last_error))
     print(summary_line(agg))
+    if m.halt is not None:
+        print(halt_line(m.halt, m.dataset_dir))
     if final is not None:
         print("finalizer: " + finalizer_line(final))
     return 0

@@ -28,7 +28,15 @@ from shardclaim.layout import (
 )
 from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["ClaimedShard", "InvalidShards", "ShardView", "ViewStatus", "describe", "read_views"]
+__all__ = [
+    "ClaimedShard",
+    "InvalidShards",
+    "ShardView",
+    "ViewStatus",
+    "describe",
+    "read_listing",
+    "read_views",
+]
 
 ViewStatus = Literal["available", "in_use", "completed", "failed", "invalid", "missing"]
 
@@ -57,12 +65,24 @@ class ShardView:
 
 def read_views(store: Store, directories: list[str], default_lease: float) -> list[ShardView]:
     """Every shard's view from one listing (plus one read per shard whose cache cannot be used)."""
+    return read_listing(store, directories, default_lease)[0]
+
+
+def read_listing(
+    store: Store, directories: list[str], default_lease: float
+) -> tuple[list[ShardView], dict[str, Any] | None]:
+    """One listing: every shard's view, and the fleet-wide halt if the job is halted."""
+    from shardclaim.lease.halt import HALT_KEY, halted
+
     by_dir = {d: i for i, d in enumerate(directories)}
     listed: dict[int, ObjectInfo] = {}
+    halt_info = None
     for info in store.list(suffix=f"/{SHARD_METADATA}"):
         directory, _, name = info.key.partition("/")
         if name == SHARD_METADATA and directory in by_dir:
             listed[by_dir[directory]] = info
+        elif info.key == HALT_KEY:
+            halt_info = info
     views = []
     for shard_id, directory in enumerate(directories):
         found = listed.get(shard_id)
@@ -71,7 +91,7 @@ def read_views(store: Store, directories: list[str], default_lease: float) -> li
             continue
         view = _from_cache(shard_id, found, default_lease)
         views.append(view if view is not None else read_view(store, shard_id, directory, default_lease))
-    return views
+    return views, halted(store, halt_info)
 
 
 def read_view(store: Store, shard_id: int, directory: str, default_lease: float) -> ShardView:

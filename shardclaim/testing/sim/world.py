@@ -116,7 +116,7 @@ class Sim:
         )  # fmt: skip
         self.faults = faults
         m._holdings.background = False  # the simulator is the heartbeat's driver
-        m._candidates = Candidates(random.Random(self.rng.random()))
+        m._candidates = Candidates(random.Random(self.rng.random()), max_age=HEARTBEAT, clock=self.clock)
         return m
 
     def _spawn(self, name: str, worker_id: str) -> None:

@@ -1,0 +1,89 @@
+"""The fleet-wide halt: once ``max_failed_shards`` shards are ``failed``, nothing new starts anywhere.
+
+The halt is one object, ``_halt/metadata.json``, named so that the one listing every claim already makes
+(of ``*/metadata.json``) sees it: workers respect it without an extra request. A worker whose listing
+counts at least its ``max_failed_shards`` failed shards creates it (only if absent: one creator wins);
+from then on every claim on every machine finds nothing to claim, running shards finish, the worker
+loops end, ``run`` exits 1 and the finalizer does not run. ``shardclaim reset DATASET --failed`` lifts it.
+The object's metadata caches its status like a shard's; where the cache is missing, it is read.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, ShardclaimError
+from shardclaim.store import ObjectInfo, Store
+
+__all__ = ["HALT_KEY", "halted", "lift", "trip"]
+
+HALT_KEY = "_halt/metadata.json"
+
+
+def halted(store: Store, info: ObjectInfo | None) -> dict[str, Any] | None:
+    """The halt, from its listing entry (None: not halted). Reads the object only if its cache is gone."""
+    if info is None:
+        return None
+    status = info.metadata.get("status")
+    if status is None:
+        try:
+            doc = orjson.loads(store.read(HALT_KEY).data)
+        except (ObjectNotFoundError, orjson.JSONDecodeError):
+            return None
+        status = doc.get("status") if isinstance(doc, dict) else None
+        return doc if status == "halted" else None
+    if status != "halted":
+        return None
+    return {"status": "halted", "failed": int(info.metadata.get("failed", "0") or 0),
+            "limit": int(info.metadata.get("limit", "0") or 0)}  # fmt: skip
+
+
+def trip(store: Store, failed: list[int], limit: int, worker: str) -> None:
+    """Halt the job (if nobody has yet): ``failed`` shards reached ``limit``."""
+    doc = {"status": "halted", "failed_shards": failed, "failed": len(failed), "limit": limit, "by": worker,
+           "write_token": uuid.uuid4().hex}  # fmt: skip
+    generation = 0
+    try:
+        current = store.read(HALT_KEY)
+    except ObjectNotFoundError:
+        pass
+    else:
+        if orjson.loads(current.data).get("status") == "halted":
+            return
+        generation = current.generation  # lifted before: halt again
+    try:
+        store.write(HALT_KEY, orjson.dumps(doc), if_generation_match=generation, metadata=_meta(doc))
+    except GenerationMismatchError:
+        return  # someone else halted it (or lifted it) just now
+
+
+def lift(store: Store) -> bool:
+    """Lift the halt (an operator reset the failed shards). Whether there was one."""
+    for _ in range(20):
+        try:
+            current = store.read(HALT_KEY)
+        except ObjectNotFoundError:
+            return False
+        if orjson.loads(current.data).get("status") != "halted":
+            return False
+        doc = {"status": "lifted", "write_token": uuid.uuid4().hex}
+        try:
+            store.write(
+                HALT_KEY, orjson.dumps(doc), if_generation_match=current.generation, metadata=_meta(doc)
+            )
+        except GenerationMismatchError:
+            continue
+        return True
+    msg = "the halt kept changing under reset; try again"
+    raise ShardclaimError(msg)
+
+
+def _meta(doc: Mapping[str, Any]) -> dict[str, str]:
+    meta = {"status": str(doc["status"])}
+    if doc["status"] == "halted":
+        meta.update(failed=str(doc["failed"]), limit=str(doc["limit"]))
+    return meta
