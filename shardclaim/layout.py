@@ -154,6 +154,17 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
             if not isinstance(value, str) or not value:
                 raise MetadataError(key, f"lease {field!r} must be a non-empty string, got {value!r}")
         check_lease_seconds(key, lease.get("lease_seconds"))
+    attempts = doc.get("attempts")
+    if attempts is not None and (
+        not isinstance(attempts, list)
+        or len(attempts) > 100
+        or not all(isinstance(a, dict) for a in attempts)
+    ):
+        raise MetadataError(key, "'attempts' must be a list of at most 100 objects")
+    for attempt in attempts or []:
+        duration = attempt.get("duration_s", 0)
+        if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 1e12:
+            raise MetadataError(key, f"an attempt's duration_s must be a number of seconds, got {duration!r}")
     if doc["status"] == "in_use" and lease is None and not isinstance(doc.get("assigned_to"), str):
         raise MetadataError(key, "status is in_use but the shard names no holder")
 

@@ -233,7 +233,7 @@ class ShardManager(Operations):
         held_for = float((doc.get("lease") or {}).get("lease_seconds", self.lease_seconds))
         if not transitions.lease_expired(obj.updated, now, held_for):
             return False
-        poisoned = transitions.poisoned(doc, self.max_expiries)
+        poisoned = transitions.poisoned(doc, self.max_expiries, now)
         if poisoned is None:
             return True
         with contextlib.suppress(GenerationMismatchError):
@@ -358,12 +358,14 @@ class ShardManager(Operations):
 
     def mark_failed(self, shard_id: int, error: str | None = None) -> str:
         """Give a held shard back after a failure, spending one attempt: ``available`` or ``failed``."""
+        when = self._store.now()
         doc = self._settle(
-            shard_id, lambda d: transitions.failed(d, error, self.max_attempts), final=True, kind="fail"
+            shard_id, lambda d: transitions.failed(d, error, self.max_attempts, when), final=True, kind="fail"
         )
         self._candidates.forget()  # the next claim lists again: this failure may have tripped a halt
         return str(doc["status"])
 
     def release_shard(self, shard_id: int) -> None:
         """Give a held shard back without spending an attempt (preemption, shutdown)."""
-        self._settle(shard_id, transitions.released, final=True, kind="release")
+        when = self._store.now()
+        self._settle(shard_id, lambda d: transitions.released(d, when), final=True, kind="release")

@@ -28,6 +28,7 @@ class ShardStatusEntry(TypedDict):
     lease_seconds: NotRequired[float | None]
     expired: NotRequired[bool]
     error: NotRequired[str]
+    compute_s: NotRequired[float]
 
 
 def shard_statuses(
@@ -53,6 +54,7 @@ def shard_statuses(
         status["heartbeat_age_s"] = round(age, 1) if view.status == "in_use" else None
         status["lease_seconds"] = view.lease_seconds
         status["expired"] = view.expired(now)
+        status["compute_s"] = round(view.compute_seconds, 3)
         out.append(status)
     return out
 
@@ -78,4 +80,11 @@ def summarize(statuses: Sequence[Mapping[str, Any]], *, halted: bool = False) ->
     else:
         state = "partial"
     done = sum(s.get("total_tasks") or 0 for s in statuses if s["status"] == "completed")
-    return {"state": state, "shards": total, "counts": counts, "records_done": done}
+    compute = round(sum(float(s.get("compute_s") or 0) for s in statuses), 1)
+    return {
+        "state": state,
+        "shards": total,
+        "counts": counts,
+        "records_done": done,
+        "compute_seconds": compute,
+    }

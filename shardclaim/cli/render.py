@@ -30,6 +30,8 @@ def shard_line(s: ShardStatusEntry, last_error: str | None = None) -> str:
         line += f", attempt {s['attempt']}"
     if s.get("failures"):
         line += f", {s['failures']} failed"
+    if s.get("compute_s"):
+        line += f", {s['compute_s']:.1f} s of compute"
     if s["status"] == "failed":
         error = (last_error or "").strip().splitlines()
         line += f"; last error: {error[-1]}" if error else ""
@@ -40,7 +42,8 @@ def summary_line(agg: Mapping[str, Any]) -> str:
     """The aggregate of :func:`shardclaim.status.summarize`: ``running: 8 shards (5 available, 3
     in_use); 1200 records done``."""
     counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
-    return f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done"
+    line = f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done"
+    return line + (f"; {agg['compute_seconds']:.1f} s of compute" if agg.get("compute_seconds") else "")
 
 
 def finalizer_line(final: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ import orjson
 
 from shardclaim.cli.options import lease_seconds
 from shardclaim.cli.render import finalizer_line, halt_line, shard_line, summary_line
-from shardclaim.errors import LeaseLostError
+from shardclaim.errors import LeaseLostError, ShardclaimError
 from shardclaim.status import summarize
 
 if TYPE_CHECKING:  # the manager is imported by the commands that use it, not by `create`
@@ -150,6 +150,9 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
     agg = summarize(statuses, halted=m.halt is not None)
     final = m.finalizer_status()
     if as_json:
+        for entry, doc in zip(statuses, _documents(m, statuses), strict=True):
+            entry["attempts"] = doc.get("attempts", []) if doc else []  # type: ignore[typeddict-unknown-key]
+            entry["last_error"] = doc.get("last_error") if doc else None  # type: ignore[typeddict-unknown-key]
         report = {"summary": agg, "shards": statuses, "finalizer": final, "halt": m.halt}
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
@@ -163,3 +166,20 @@ def _status(m: ShardManager, *, as_json: bool) -> int:
     if final is not None:
         print("finalizer: " + finalizer_line(final))
     return 0
+
+
+def _documents(m: ShardManager, statuses: list[Any]) -> list[dict[str, Any] | None]:
+    """Every shard's document, 16 reads in flight (a listing carries only a summary of each): one read
+    per shard on every backend, on top of the listing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(entry: Any) -> dict[str, Any] | None:
+        if entry["status"] in ("missing", "invalid"):
+            return None
+        try:
+            return m.read_shard(entry["shard_id"])
+        except ShardclaimError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(read, statuses))

@@ -54,7 +54,8 @@ def reset_shard(
             held_for = float((doc.get("lease") or {}).get("lease_seconds", default_lease))
             if doc["status"] != "in_use" or not transitions.lease_expired(obj.updated, store.now(), held_for):
                 return False
-        data, meta = transitions.encode({**transitions.reset(doc), "write_token": uuid.uuid4().hex})
+        when = store.now() if doc["status"] == "in_use" else None  # the attempt it cuts short ends now
+        data, meta = transitions.encode({**transitions.reset(doc, when), "write_token": uuid.uuid4().hex})
         try:
             store.write(key, data, if_generation_match=obj.generation, metadata=meta)
         except GenerationMismatchError:

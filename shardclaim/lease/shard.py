@@ -15,7 +15,9 @@ Every function returns a new document; none writes. Writing, and fencing, is
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -42,6 +44,7 @@ __all__ = [
 
 Status = Literal["available", "in_use", "completed", "failed"]
 Doc = dict[str, Any]
+_HOST = socket.gethostname()
 
 
 def check_lease_options(lease_seconds: object, heartbeat_seconds: object) -> tuple[float, float]:
@@ -69,13 +72,44 @@ def lease_expired(updated: datetime, now: datetime, lease_seconds: float) -> boo
     return bool((now - updated).total_seconds() > lease_seconds) or math.isnan(lease_seconds)
 
 
+#: Attempts a shard remembers (the last ones).
+MAX_HISTORY = 20
+
+
+def history(
+    doc: Mapping[str, Any], outcome: str, when: datetime | None, error: str | None = None
+) -> list[Any]:
+    """The shard's attempts with the current one (if the shard is held) closed as ``outcome``: worker,
+    host, started, ended (store clock), duration, chunks done, and the first line of an error."""
+    attempts = list(doc.get("attempts") or [])
+    if doc.get("status") != "in_use":
+        return attempts
+    lease = doc.get("lease") or {}
+    started = doc.get("started_at")
+    entry: dict[str, Any] = {
+        "attempt": doc.get("attempt"),
+        "worker": lease.get("worker") or doc.get("assigned_to"),
+        "host": lease.get("host"),
+        "started": started,
+        "ended": when.isoformat() if when is not None else None,
+        "outcome": outcome,
+        "chunks_done": int(doc.get("resume_chunk") or 0),
+    }
+    if when is not None and isinstance(started, str):
+        with contextlib.suppress(ValueError):
+            entry["duration_s"] = round(max(0.0, (when - datetime.fromisoformat(started)).total_seconds()), 3)
+    if error:
+        entry["error"] = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return [*attempts, entry][-MAX_HISTORY:]
+
+
 def claimed(
     doc: Mapping[str, Any], *, worker: str, token: str, lease_seconds: float, started_at: datetime,
     reclaimed_from: str | None, adoptable: bool = False,
 ) -> Doc:  # fmt: skip
     """``adoptable``: a claim that another process may settle for its holder (the seed's CLI claims
     in one process and completes in another); a worker's claim, renewed by its heartbeat, is not."""
-    lease: dict[str, Any] = {"token": token, "worker": worker, "lease_seconds": lease_seconds}
+    lease: dict[str, Any] = {"token": token, "worker": worker, "host": _HOST, "lease_seconds": lease_seconds}
     if adoptable:
         lease["adoptable"] = True
     new = {
@@ -90,6 +124,7 @@ def claimed(
     if reclaimed_from is not None:
         new.update(expired(doc))
         new["reclaimed_from"] = reclaimed_from
+        new["attempts"] = history(doc, "expired", started_at)
     return new
 
 
@@ -106,7 +141,7 @@ def expired(doc: Mapping[str, Any]) -> Doc:
     }
 
 
-def poisoned(doc: Mapping[str, Any], max_expiries: int) -> Doc | None:
+def poisoned(doc: Mapping[str, Any], max_expiries: int, when: datetime | None = None) -> Doc | None:
     """A shard whose holder vanished without releasing it ``max_expiries`` times in a row with no
     progress is ``failed`` with that reason (it is likely what kills its workers); None otherwise."""
     counts = expired(doc)
@@ -115,6 +150,7 @@ def poisoned(doc: Mapping[str, Any], max_expiries: int) -> Doc | None:
     return {
         **doc,
         **counts,
+        "attempts": history(doc, "expired", when),
         "status": "failed",
         "assigned_to": None,
         "lease": None,
@@ -132,14 +168,23 @@ def checkpointed(doc: Doc, chunks_done: int) -> Doc:
 
 
 def completed(doc: Doc, when: datetime) -> Doc:
-    return {**doc, "status": "completed", "completed_at": when.isoformat(), "lease": None}
-
-
-def failed(doc: Doc, error: str | None, max_attempts: int) -> Doc:
-    """Spend one attempt: back to ``available``, or ``failed`` once ``max_attempts`` are spent."""
-    failures = int(doc.get("failures") or 0) + 1
+    attempts = history(doc, "completed", when)
     return {
         **doc,
+        "status": "completed",
+        "completed_at": when.isoformat(),
+        "lease": None,
+        "attempts": attempts,
+    }
+
+
+def failed(doc: Doc, error: str | None, max_attempts: int, when: datetime | None = None) -> Doc:
+    """Spend one attempt: back to ``available``, or ``failed`` once ``max_attempts`` are spent."""
+    failures = int(doc.get("failures") or 0) + 1
+    outcome = "timed out" if error and str(error).startswith("timed out") else "failed"
+    return {
+        **doc,
+        "attempts": history(doc, outcome, when, error),
         "status": "failed" if failures >= max_attempts else "available",
         "failures": failures,
         "last_error": None if error is None else str(error)[-4000:],
@@ -148,15 +193,17 @@ def failed(doc: Doc, error: str | None, max_attempts: int) -> Doc:
     }
 
 
-def released(doc: Doc) -> Doc:
+def released(doc: Doc, when: datetime | None = None) -> Doc:
     """Give the shard back without spending an attempt (preemption, shutdown)."""
-    return {**doc, "status": "available", "assigned_to": None, "lease": None}
+    attempts = history(doc, "released", when)
+    return {**doc, "status": "available", "assigned_to": None, "lease": None, "attempts": attempts}
 
 
-def reset(doc: Mapping[str, Any]) -> Doc:
+def reset(doc: Mapping[str, Any], when: datetime | None = None) -> Doc:
     """Operator action: available, with a fresh retry budget and no checkpoint."""
     return {
         **doc,
+        "attempts": history(doc, "lost (reset by an operator)", when),
         "status": "available",
         "assigned_to": None,
         "completed_at": None,
@@ -185,6 +232,9 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     if lease.get("token"):
         meta["token"] = _ascii(str(lease["token"]))
         meta["lease-seconds"] = repr(float(lease["lease_seconds"]))
+    compute = sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or [] if isinstance(a, dict))
+    if compute:
+        meta["compute-s"] = f"{compute:.3f}"
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2), meta
 
 

@@ -54,6 +54,7 @@ class ShardView:
     updated: datetime | None = None  #: the last write, on the store's clock
     generation: int = 0
     error: str | None = None  #: why the shard is invalid
+    compute_seconds: float = 0.0  #: the durations of its ended attempts, summed
 
     def expired(self, now: datetime) -> bool:
         from shardclaim.lease.shard import lease_expired
@@ -115,6 +116,7 @@ def read_view(store: Store, shard_id: int, directory: str, default_lease: float)
         lease_seconds=float(lease.get("lease_seconds", default_lease)) if doc["status"] == "in_use" else None,
         updated=obj.updated,
         generation=obj.generation,
+        compute_seconds=sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or []),
     )
 
 
@@ -128,7 +130,10 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         attempt = int(meta.get("attempt", "0"))
         failures = int(meta.get("failures", "0"))
         lease = float(meta["lease-seconds"]) if "lease-seconds" in meta else default_lease
+        compute = float(meta.get("compute-s", "0"))
     except ValueError:
+        return None
+    if not 0 <= compute < math.inf:
         return None
     if attempt < 0 or failures < 0 or not (0 < lease <= MAX_LEASE_SECONDS) or math.isnan(lease):
         return None
@@ -143,6 +148,7 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         lease_seconds=lease if status == "in_use" else None,
         updated=info.updated,
         generation=info.generation,
+        compute_seconds=compute,
     )
 
 
