@@ -7,20 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from shardclaim import Preempted, ShardclaimError, ShardManager
-from shardclaim.testing import FakeClock, build_dataset, memory_dataset
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from shardclaim.testing import FakeClock, build_dataset, memory_dataset, wait_for
 
 
 def test_a_claim_left_unsettled_is_released_and_the_mistake_named() -> None:

@@ -10,39 +10,25 @@ from typing import Any
 import orjson
 import pytest
 
-from shardclaim import LeaseLostError, MetadataError, ShardManager, create_sharded_dataset
+from shardclaim import LeaseLostError, MetadataError, ShardManager
 from shardclaim.status import summarize
 from shardclaim.store.local import LocalStore
 from shardclaim.store.memory import MemoryStore
-
-
-def build(url: str, tmp_path: Path, shards: int = 8, records: int = 80) -> str:
-    src = tmp_path / "tasks.jsonl"
-    src.write_bytes(b"".join(orjson.dumps({"id": i, "text": "x" * (i % 50)}) + b"\n" for i in range(records)))
-    create_sharded_dataset(str(src), url, num_shards=shards, chunk_size_mb=0.001)
-    return url
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from shardclaim.testing import FakeClock, build_dataset
 
 
 @pytest.fixture
 def local_ds(tmp_path: Path) -> str:
-    return build(str(tmp_path / "ds"), tmp_path)
+    return build_dataset(str(tmp_path / "ds"), tmp_path)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def mem(local_ds: str, clock: Clock) -> MemoryStore:
+def mem(local_ds: str, clock: FakeClock) -> MemoryStore:
     """The local dataset's metadata copied into a memory store whose clock the test moves."""
     store = MemoryStore("clocked", clock=clock)
     local = LocalStore(local_ds)
@@ -109,7 +95,7 @@ def test_completion_needs_the_lease_and_happens_once(local_ds: str) -> None:
 
 
 def test_an_expired_lease_is_reclaimed_by_a_peer_and_fences_the_old_holder(
-    mem: MemoryStore, clock: Clock
+    mem: MemoryStore, clock: FakeClock
 ) -> None:
     a, b = manager(mem, "a"), manager(mem, "b")
     for _ in range(7):  # leave only shard 5 claimable
@@ -133,7 +119,7 @@ def test_an_expired_lease_is_reclaimed_by_a_peer_and_fences_the_old_holder(
     assert summarize(b.get_shard_status())["state"] == "succeeded"
 
 
-def test_heartbeats_keep_a_lease_alive(mem: MemoryStore, clock: Clock) -> None:
+def test_heartbeats_keep_a_lease_alive(mem: MemoryStore, clock: FakeClock) -> None:
     a, b = manager(mem, "a"), manager(mem, "b")
     held = [a.claim_shard()["shard_id"] for _ in range(8)]  # type: ignore[index]
     for _ in range(5):
@@ -191,7 +177,7 @@ def test_reset_fences_off_the_current_holder(mem: MemoryStore) -> None:
         holder.mark_completed(s)
 
 
-def test_status_is_one_listing_and_aggregates(mem: MemoryStore, clock: Clock) -> None:
+def test_status_is_one_listing_and_aggregates(mem: MemoryStore, clock: FakeClock) -> None:
     m = manager(mem, "w")
     a = m.claim_shard()["shard_id"]  # type: ignore[index]
     b = m.claim_shard()["shard_id"]  # type: ignore[index]
@@ -256,7 +242,7 @@ def _claimer(url: str, worker: str, barrier: Any, out: Any) -> None:
 
 
 def test_24_processes_racing_for_8_shards_make_exactly_8_claims(shared_url: str, tmp_path: Path) -> None:
-    url = build(shared_url, tmp_path)
+    url = build_dataset(shared_url, tmp_path)
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(24), ctx.Queue()
     procs = [ctx.Process(target=_claimer, args=(url, f"p{i}", barrier, out)) for i in range(24)]
@@ -270,7 +256,7 @@ def test_24_processes_racing_for_8_shards_make_exactly_8_claims(shared_url: str,
     assert sorted(claims) == list(range(8))
 
 
-def test_the_background_heartbeat_renews_held_shards_only(mem: MemoryStore, clock: Clock) -> None:
+def test_the_background_heartbeat_renews_held_shards_only(mem: MemoryStore, clock: FakeClock) -> None:
     m = ShardManager("memory://clocked", "w", store=mem, lease_seconds=2.0, heartbeat_seconds=0.05)
     kept = m.claim_shard(preferred_shard_id=0)
     done = m.claim_shard(preferred_shard_id=1)
@@ -312,7 +298,7 @@ def test_reset_stale_frees_expired_leases_only(local_ds: str, tmp_path: Path) ->
     assert status[1]["status"] == "in_use"
 
 
-def test_a_long_lease_is_not_taken_by_a_worker_with_short_leases(mem: MemoryStore, clock: Clock) -> None:
+def test_a_long_lease_is_not_taken_by_a_worker_with_short_leases(mem: MemoryStore, clock: FakeClock) -> None:
     cli = ShardManager("memory://clocked", "cli-user", store=mem, lease_seconds=3600)
     held = [cli.claim_shard()["shard_id"] for _ in range(8)]  # type: ignore[index]
     cli.close()

@@ -27,7 +27,7 @@ from shardclaim.fanin import FINALIZE_KEY, finalize_once
 from shardclaim.lease.heartbeat import Heartbeat
 from shardclaim.status import summarize
 from shardclaim.store.local import LocalStore
-from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset
+from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset, wait_for
 from tests import _workers
 
 
@@ -39,14 +39,6 @@ def clock() -> FakeClock:
 def manager(store: Any, worker: str, **kw: Any) -> ShardManager:
     kw.setdefault("lease_seconds", 60)
     return ShardManager("memory://sim", worker, store=store, **kw)
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 120.0) -> None:
-    # Separate processes on a real store run on real time: poll with a deadline.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # -- 1. operator actions are compare-and-swaps on the state they judged ------------------------------

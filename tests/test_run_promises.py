@@ -17,7 +17,7 @@ import pytest
 from shardclaim import ShardManager
 from shardclaim.fanin import FINALIZE_KEY
 from shardclaim.store import open_store
-from shardclaim.testing import build_dataset
+from shardclaim.testing import build_dataset, wait_for
 
 
 def run(
@@ -27,13 +27,6 @@ def run(
         [sys.executable, "-m", "shardclaim", "run", ds, *args],
         capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_the_finalizer_runs_again_after_reset_failed_and_a_successful_re_run(tmp_path: Path) -> None:

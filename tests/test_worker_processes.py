@@ -5,34 +5,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
-from shardclaim import ShardManager, create_sharded_dataset
+from shardclaim import ShardManager
 from shardclaim.status import summarize
+from shardclaim.testing import build_dataset, wait_for
 from tests import _workers
 
 
-def build(url: str, tmp_path: Path, shards: int) -> str:
-    src = tmp_path / "tasks.jsonl"
-    src.write_bytes(b"".join(orjson.dumps({"id": i}) + b"\n" for i in range(shards * 2)))
-    create_sharded_dataset(str(src), url, num_shards=shards, chunk_size_mb=1)
-    return url
-
-
-def wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    # Separate processes on a real store run on real time: poll with a deadline.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_16_workers_drain_200_shards_through_sigkills_exactly_once(shared_url: str, tmp_path: Path) -> None:
-    url = build(shared_url, tmp_path, 200)
+    url = build_dataset(shared_url, tmp_path, shards=200, records=200 * 2, chunk_size_mb=1)
     logs = tmp_path / "logs"
     logs.mkdir()
     ctx = mp.get_context("spawn")
@@ -80,7 +63,7 @@ def test_16_workers_drain_200_shards_through_sigkills_exactly_once(shared_url: s
 
 
 def test_a_paused_holder_whose_shard_was_reclaimed_cannot_complete(shared_url: str, tmp_path: Path) -> None:
-    url = build(shared_url, tmp_path, 2)
+    url = build_dataset(shared_url, tmp_path, shards=2, records=2 * 2, chunk_size_mb=1)
     logs = tmp_path / "logs"
     logs.mkdir()
     ctx = mp.get_context("spawn")
@@ -112,7 +95,7 @@ def test_a_paused_holder_whose_shard_was_reclaimed_cannot_complete(shared_url: s
 
 
 def test_sigterm_releases_the_lease_without_spending_an_attempt(tmp_path: Path) -> None:
-    url = build(str(tmp_path / "ds"), tmp_path, 3)
+    url = build_dataset(str(tmp_path / "ds"), tmp_path, shards=3, records=6, chunk_size_mb=1)
     logs = tmp_path / "logs"
     logs.mkdir()
     ctx = mp.get_context("spawn")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from shardclaim.layout import FORMAT_VERSION, MASTER_KEY, SHARD_METADATA, chunk_
 from shardclaim.store.base import ObjectInfo, Store, StoredObject
 from shardclaim.store.memory import MemoryStore
 
-__all__ = ["LOSE_RESPONSE", "FakeClock", "HookStore", "build_dataset", "memory_dataset"]
+__all__ = ["LOSE_RESPONSE", "FakeClock", "HookStore", "build_dataset", "memory_dataset", "wait_for"]
 
 
 class FakeClock:
@@ -91,6 +92,19 @@ def memory_dataset(
     }
     store.write(MASTER_KEY, orjson.dumps(master))
     return store
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 120.0) -> None:
+    """Poll ``predicate`` until it is true, failing with ``what`` after ``timeout`` seconds.
+
+    Only for what runs on real time — other processes on a real store — where no clock can be injected.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            msg = f"timed out waiting for {what}"
+            raise AssertionError(msg)
+        time.sleep(0.02)
 
 
 def build_dataset(url: str, tmp_path: Path, *, shards: int = 8, records: int = 80, **options: Any) -> str:
