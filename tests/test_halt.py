@@ -69,3 +69,25 @@ def test_a_halt_stops_run_refuses_a_second_run_and_reset_failed_lifts_it(
     third = run(ds, "--", "true")
     assert third.returncode == 0, third.stderr
     assert {s["status"] for s in ShardManager(ds, "o").get_shard_status()} == {"completed"}
+
+
+def test_a_dataset_with_a_halt_and_run_state_can_be_rebuilt_with_overwrite(
+    shared_url: str, tmp_path: Path
+) -> None:
+    ds = build_dataset(shared_url, tmp_path, shards=3, records=6)
+    halted = run(
+        ds, "--max-failed-shards", "1", "--max-attempts", "1", "--on-complete", "true", "--", "false"
+    )
+    assert halted.returncode == 1
+    src = tmp_path / "again.jsonl"
+    src.write_text("".join(f'{{"id": {i}}}\n' for i in range(9)))
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "create", "--input_file", str(src), "--output_dir", ds,
+         "--num_shards", "3", "--overwrite"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    fresh = ShardManager(ds, "o")
+    assert {s["status"] for s in fresh.get_shard_status()} == {"available"}
+    assert fresh.halt is None  # the old run's halt went with the old dataset
+    assert fresh.finalizer_status() is None

@@ -47,6 +47,7 @@ __all__ = [
     "ASIDE",
     "LISTED",
     "OLD_TOP",
+    "OLD_TOP_DIRS",
     "SHARD_DIR",
     "SHARD_FILE",
     "STAGING",
@@ -65,6 +66,7 @@ ASIDE = f"{RESERVED_PREFIX}-old-"
 SHARD_DIR = re.compile(r"shard_[0-9]{3,}")
 SHARD_FILE = re.compile(rf"{SHARD_METADATA}|chunk_[0-9]{{4,}}\.jsonl")
 OLD_TOP = ("_finalize.json",)  # the fan-in marker of runs over the old dataset
+OLD_TOP_DIRS = ("_halt", "_logs")  # the fleet-wide halt and the attempts' logs of runs over it
 LISTED = {"status": "available", "attempt": "0", "failures": "0"}  # a shard's state, read by listings
 
 
@@ -159,6 +161,7 @@ class _RemoteOutput(Output):
                 layout = (
                     key == MASTER_KEY
                     or key in OLD_TOP
+                    or top in OLD_TOP_DIRS
                     or (SHARD_DIR.fullmatch(top) is not None and SHARD_FILE.fullmatch(rest) is not None)
                 )
                 if not layout:

@@ -19,6 +19,7 @@ from shardclaim.dataset.output import (
     ASIDE,
     LISTED,
     OLD_TOP,
+    OLD_TOP_DIRS,
     SHARD_DIR,
     SHARD_FILE,
     STAGING,
@@ -73,8 +74,10 @@ class LocalOutput(Output):
                 continue  # the store's and the builder's own files, stale staging areas
             if entry.name == MASTER_KEY and entry.is_file(follow_symlinks=False):
                 has_master = True
-            elif entry.name in OLD_TOP and entry.is_file(follow_symlinks=False):
-                pass
+            elif (entry.name in OLD_TOP and entry.is_file(follow_symlinks=False)) or (
+                entry.name in OLD_TOP_DIRS and entry.is_dir(follow_symlinks=False)
+            ):
+                pass  # what runs over the old dataset left: it goes with it
             elif SHARD_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
                 self._inspect_shard(path)
             else:
