@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import orjson
 
+from shardclaim.attempt_log import AttemptLog, log_key
 from shardclaim.errors import LeaseLostError
 from shardclaim.manager import ShardManager
 
@@ -51,15 +52,20 @@ def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> di
 
 
 class _Pump:
-    """Passes CMD's stderr through and keeps its tail, without outliving CMD.
+    """Passes one of CMD's streams through (to ``out``, tagged ``[shard N]`` when ``tag``), into the
+    attempt's log, and keeps its tail, without outliving CMD.
 
     A background process that CMD started may hold the pipe open long after CMD exited (``sleep 30 &``,
     a daemon): the attempt ends with CMD, so once CMD has exited the pump only drains what is already
     there (for at most ``_DRAIN_SECONDS``) and stops.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], out: IO[bytes], record: AttemptLog, tag: bytes = b"") -> None:
         self._fd = stream.fileno()
+        self._out = out
+        self._record = record
+        self._tag = tag
+        self._partial = b""  # an incomplete last line, held back so streams interleave by whole lines
         self._tail = bytearray()
         self.finished = threading.Event()  # set by the caller once CMD has exited
         self._thread = threading.Thread(target=self._run, name="shardclaim-stderr", daemon=True)
@@ -83,11 +89,26 @@ class _Pump:
                 return
             if not data:
                 return
-            with contextlib.suppress(OSError):
-                sys.stderr.buffer.write(data)
-                sys.stderr.buffer.flush()
-            self._tail += data
-            del self._tail[:-_TAIL_BYTES]
+            data, self._partial = self._partial + data, b""
+            if not data.endswith(b"\n") and len(data) < _TAIL_BYTES:  # a huge line goes out as it is
+                data, _, self._partial = data.rpartition(b"\n")
+                data += b"\n" if data else b""
+            self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self._record.write(data)
+        with contextlib.suppress(OSError):
+            self._out.write(self._tagged(data))
+            self._out.flush()
+        self._tail += data
+        del self._tail[:-_TAIL_BYTES]
+
+    def _tagged(self, data: bytes) -> bytes:
+        if not self._tag:
+            return data
+        return b"".join(self._tag + line for line in data.splitlines(keepends=True))
 
     def tail(self) -> str:
         """The last lines CMD wrote to stderr (after :meth:`join`)."""
@@ -97,6 +118,8 @@ class _Pump:
     def join(self) -> None:
         self.finished.set()
         self._thread.join()
+        partial, self._partial = self._partial, b""
+        self._emit(partial)  # a last line without its newline
 
 
 #: Exit statuses of a shell for a command it could not run: found but not executable, not found.
@@ -112,6 +135,7 @@ def run_attempt(
     worker_id: str,
     timeout: float | None,
     running: list[subprocess.Popen[bytes]],
+    tag: bool = False,
 ) -> str:
     """Run CMD on one claimed shard and settle it; the outcome: ``completed``, ``failed``, ``lost`` or
     ``cannot start`` (a worker fault, not the shard's: the shard is released without spending an attempt)."""
@@ -122,19 +146,28 @@ def run_attempt(
     try:
         try:
             # Its own process group: stopping the attempt stops everything the command started.
-            proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, process_group=0)
+            proc = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
+            )
         except OSError as e:
             return _cannot_start(m, claim.shard_id, f"cannot start {command[0]!r}: {e.strerror or e}")
         running.append(proc)
+        assert proc.stdout is not None
         assert proc.stderr is not None
-        pump = _Pump(proc.stderr)
+        record = AttemptLog(m.store, log_key(claim.shard_id, m.num_shards, int(claim.shard["attempt"])))
+        label = f"[shard {claim.shard_id}] ".encode() if tag else b""
+        out_pump = _Pump(proc.stdout, sys.stdout.buffer, record, label)
+        pump = _Pump(proc.stderr, sys.stderr.buffer, record, label)
         try:
             code = _wait_and_checkpoint(
                 proc, progress, m, claim.shard_id, claim.resume_chunk, timeout=timeout
             )
         finally:
+            out_pump.join()
             pump.join()
+            proc.stdout.close()
             proc.stderr.close()
+            record.close()
         running.remove(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -57,6 +57,7 @@ class _Options:
     max_expiries: int = 3
     max_consecutive_failures: int = 3
     max_failed_shards: int | None = None
+    workers: int = 1
 
 
 def _worker(opts: _Options, index: int) -> int:
@@ -72,7 +73,7 @@ def _worker(opts: _Options, index: int) -> int:
                 for claim in m.claims():
                     outcome = run_attempt(
                         m, claim, dataset=opts.dataset, command=opts.command, worker_id=worker_id,
-                        timeout=opts.timeout, running=running,
+                        timeout=opts.timeout, running=running, tag=opts.workers > 1,
                     )  # fmt: skip
                     if outcome == "cannot start":
                         return 3
@@ -252,7 +253,7 @@ def run_workers(
     ctx = mp.get_context("spawn")
     options = _Options(
         dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
-        max_consecutive_failures, max_failed_shards,
+        max_consecutive_failures, max_failed_shards, workers,
     )  # fmt: skip
     procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
     interrupted = False

@@ -5,6 +5,7 @@ is quiet).
 * :mod:`.create`: ``create`` (the builder);
 * :mod:`.shards`: ``status``, ``claim``, ``complete``, ``fail``, ``reset`` (the ShardManager);
 * :mod:`.run`: ``run``'s arguments (the engine is :mod:`shardclaim.run`);
+* :mod:`.logs`: ``logs`` (what an attempt of ``run`` wrote);
 * :mod:`.selftest`: ``selftest`` (the races are :mod:`shardclaim._selftest`);
 * :mod:`.render`: the text of the status table and its summary lines.
 
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from shardclaim import __version__
-from shardclaim.cli import create, run, selftest, shards
+from shardclaim.cli import create, logs, run, selftest, shards
 from shardclaim.cli.create import add_create_arguments
 from shardclaim.cli.options import both_spellings
 from shardclaim.errors import ShardclaimError
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("-q", dest="quiet", action="store_true", help="errors only in the log")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (create, shards, run, selftest):  # the order of `shardclaim --help`
+    for group in (create, shards, run, logs, selftest):  # the order of `shardclaim --help`
         group.register(sub)
     both_spellings(parser)
     return parser
