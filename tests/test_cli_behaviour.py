@@ -110,3 +110,9 @@ def test_the_seed_python_api_imports_from_the_scripts(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True ['available', 'available', 'completed', 'in_use']"
+
+
+def test_run_help_lists_the_environment_the_command_gets() -> None:
+    result = shardclaim_cli("run", "--help")
+    for name in ("SHARDCLAIM_SHARD_ID", "SHARDCLAIM_CHUNKS", "SHARDCLAIM_CHECKPOINT_FILE", "VELDA_SHARD_ID"):
+        assert name in result.stdout

@@ -18,6 +18,7 @@ def register(sub: Any) -> None:
         "run",
         help="run CMD on every shard with K local workers",
         description="Claim shards and run CMD on each (see shardclaim.run); exit 1 if a shard failed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("dataset_dir", metavar="DATASET")
     run.add_argument(
@@ -49,7 +50,19 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--on-complete", metavar="SHELL_CMD", help="run once, fleet-wide, when all shards settle"
     )
-    run.epilog = "Everything after -- is the command: shardclaim run DATASET -N 4 -- python work.py"
+    run.epilog = """\
+Everything after -- is the command: shardclaim run DATASET -N 4 -- python work.py
+
+The command's environment, for the shard it got:
+  SHARDCLAIM_SHARD_ID, SHARDCLAIM_TOTAL_SHARDS   the shard and how many there are
+  SHARDCLAIM_CHUNKS                              its chunk files (paths or URLs), one per line
+  SHARDCLAIM_CHUNKS_JSON                         the same as a JSON list
+  SHARDCLAIM_RESUME_CHUNK                        the first chunk not done yet (after a crash)
+  SHARDCLAIM_CHECKPOINT_FILE                     write the number of chunks done into it
+  SHARDCLAIM_DATASET, SHARDCLAIM_ATTEMPT, SHARDCLAIM_WORKER_ID
+  VELDA_SHARD_ID, VELDA_TOTAL_SHARDS             the seed's names
+Exit: 0 every shard completed; 1 a shard failed, the job halted or a worker stopped; 2 usage; 143 SIGTERM.
+Every attempt's output: shardclaim logs DATASET --shard_id N."""
     run.set_defaults(handler=run_run)
 
 
