@@ -37,6 +37,7 @@ from shardclaim._identity import default_worker_id
 from shardclaim.attempt import GRACE_SECONDS, kill_group, run_attempt, shard_environment, stop
 from shardclaim.errors import LeaseLostError, StoreError
 from shardclaim.fanin import finalize_once
+from shardclaim.lease import halt
 from shardclaim.manager import ShardManager
 from shardclaim.status import summarize
 from shardclaim.worker import Preempted
@@ -245,9 +246,7 @@ def run_workers(
     )  # fmt: skip
     watcher.get_shard_status()
     if watcher.halt is not None:
-        from shardclaim.cli.render import halt_line
-
-        print(f"shardclaim run: refused: {halt_line(watcher.halt, dataset)}", file=sys.stderr)
+        print(f"shardclaim run: refused: {halt.describe(watcher.halt, dataset)}", file=sys.stderr)
         return 1
     show = _Progress(watcher) if (sys.stderr.isatty() if progress is None else progress) else None
     ctx = mp.get_context("spawn")

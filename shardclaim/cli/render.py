@@ -67,7 +67,6 @@ def finalizer_line(final: Mapping[str, Any]) -> str:
 
 def halt_line(halt: Mapping[str, Any], dataset: str) -> str:
     """The fleet-wide halt: why, and how to lift it."""
-    return (
-        f"HALTED: {halt.get('failed')} shards failed (limit {halt.get('limit')}): nothing new starts on any "
-        f"worker; shardclaim reset {dataset} --failed lifts it"
-    )
+    from shardclaim.lease.halt import describe
+
+    return describe(halt, dataset)

@@ -19,7 +19,7 @@ import orjson
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, ShardclaimError
 from shardclaim.store import ObjectInfo, Store
 
-__all__ = ["HALT_KEY", "halted", "lift", "trip"]
+__all__ = ["HALT_KEY", "describe", "halted", "lift", "trip"]
 
 HALT_KEY = "_halt/metadata.json"
 
@@ -40,6 +40,14 @@ def halted(store: Store, info: ObjectInfo | None) -> dict[str, Any] | None:
         return None
     return {"status": "halted", "failed": int(info.metadata.get("failed", "0") or 0),
             "limit": int(info.metadata.get("limit", "0") or 0)}  # fmt: skip
+
+
+def describe(halt: Mapping[str, Any], dataset: str) -> str:
+    """The halt in one line: why, and how to lift it."""
+    return (
+        f"HALTED: {halt.get('failed')} shards failed (limit {halt.get('limit')}): nothing new starts on any "
+        f"worker; shardclaim reset {dataset} --failed lifts it"
+    )
 
 
 def trip(store: Store, failed: list[int], limit: int, worker: str) -> None:
