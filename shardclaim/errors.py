@@ -17,6 +17,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidRecordError",
     "InvalidURLError",
+    "JobHaltedError",
     "LeaseLostError",
     "MetadataError",
     "ObjectNotFoundError",
@@ -131,6 +132,17 @@ class UnknownShardError(ShardclaimError, ValueError):
 
     def __reduce__(self) -> tuple[type[UnknownShardError], tuple[object, int]]:
         return type(self), (self.shard_id, self.num_shards)
+
+
+class JobHaltedError(ShardclaimError):
+    """The job is halted fleet-wide (too many shards failed); ``halt`` is the halt as stored."""
+
+    def __init__(self, message: str, halt: dict[str, object] | None = None) -> None:
+        self.halt = halt
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[JobHaltedError], tuple[str, dict[str, object] | None]]:
+        return type(self), (str(self), self.halt)
 
 
 class MetadataError(ShardclaimError, ValueError):

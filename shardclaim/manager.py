@@ -153,6 +153,10 @@ class ShardManager(Operations):
             self._tried_launcher_index = True
             preferred_shard_id = launcher_index(self.num_shards)
         if preferred_shard_id is not None:
+            if not self._candidates:  # no fresh listing yet (a restarted pod): look first, for a halt
+                self._candidates.refresh(self.shard_views())
+            if self.halt is not None:
+                return None
             claimed = self._try_claim(preferred_shard_id, None)
             if claimed is not None:
                 return claimed
@@ -163,11 +167,11 @@ class ShardManager(Operations):
                 if fresh:
                     break
                 self._candidates.refresh(self.shard_views())
-                if self.halt is not None:
-                    return None  # the job is halted fleet-wide: nothing new starts
                 fresh, misses = True, 0
                 if not self._candidates:
                     break
+            if self.halt is not None:
+                return None  # the job is halted fleet-wide: nothing new starts
             claimed = self._try_claim(self._candidates.pop(), None)
             if claimed is not None:
                 return claimed

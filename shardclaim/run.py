@@ -35,12 +35,12 @@ from typing import Any
 
 from shardclaim._identity import default_worker_id
 from shardclaim.attempt import GRACE_SECONDS, kill_group, run_attempt, shard_environment, stop
-from shardclaim.errors import LeaseLostError, StoreError
+from shardclaim.errors import JobHaltedError, LeaseLostError, StoreError
 from shardclaim.fanin import finalize_once
 from shardclaim.lease import halt
 from shardclaim.manager import ShardManager
 from shardclaim.status import summarize
-from shardclaim.worker import Preempted
+from shardclaim.worker import Preempted, sigterm_raises
 
 __all__ = ["run_workers", "shard_environment"]
 
@@ -70,7 +70,7 @@ def _worker(opts: _Options, index: int) -> int:
         running: list[subprocess.Popen[bytes]] = []
         try:
             while True:
-                failed_in_a_row = 0
+                failed_in_a_row: set[int] = set()  # distinct shards: one bad shard's retries count once
                 for claim in m.claims():
                     outcome = run_attempt(
                         m, claim, dataset=opts.dataset, command=opts.command, worker_id=worker_id,
@@ -78,11 +78,11 @@ def _worker(opts: _Options, index: int) -> int:
                     )  # fmt: skip
                     if outcome == "cannot start":
                         return 3
-                    failed_in_a_row = failed_in_a_row + 1 if outcome == "failed" else 0
-                    if failed_in_a_row >= opts.max_consecutive_failures:
+                    failed_in_a_row = failed_in_a_row | {claim.shard_id} if outcome == "failed" else set()
+                    if len(failed_in_a_row) >= opts.max_consecutive_failures:
                         print(
-                            f"shardclaim run: worker {worker_id} failed {failed_in_a_row} shards in a row "
-                            "and stops claiming: its environment is the likely culprit (shardclaim status)",
+                            f"shardclaim run: worker {worker_id} failed {len(failed_in_a_row)} shards in a "
+                            "row and stops claiming: its environment is the likely culprit",
                             file=sys.stderr,
                         )
                         return 4
@@ -92,6 +92,8 @@ def _worker(opts: _Options, index: int) -> int:
                 if code is not None:
                     return code
                 # An operator reset shards while we waited to finalize: there is work again.
+        except JobHaltedError:
+            return 1  # run prints the halt with its summary
         except (Preempted, KeyboardInterrupt):
             # Wherever the signal landed — running CMD, claiming, between the two — stop CMD and give
             # back every shard this worker holds, without spending an attempt.
@@ -123,6 +125,9 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
         running.append(proc)
         try:
             code = proc.wait()
+        except BaseException:  # SIGTERM (Preempted), Ctrl-C: the finalizer's whole group stops with us
+            stop(proc)
+            raise
         finally:
             running.remove(proc)
         if lost.is_set():
@@ -185,15 +190,15 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _child(*args: Any) -> None:
-    _die_with_parent()
-    sys.exit(_worker(*args))
+def _child(opts: _Options, index: int, parent: int) -> None:
+    _die_with_parent(parent)
+    with sigterm_raises(True):  # the whole worker, finalizer included: SIGTERM stops what it runs
+        sys.exit(_worker(opts, index))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """A worker ends with its ``run``: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``), so a
     SIGKILLed ``run`` leaves no orphan claiming shards and running commands with nowhere to report."""
-    parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
@@ -254,7 +259,7 @@ def run_workers(
         dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
         max_consecutive_failures, max_failed_shards, workers,
     )  # fmt: skip
-    procs = [ctx.Process(target=_child, args=(options, i)) for i in range(workers)]
+    procs = [ctx.Process(target=_child, args=(options, i, os.getpid())) for i in range(workers)]
     interrupted = False
 
     def forward(signum: int, frame: object) -> None:

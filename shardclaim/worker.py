@@ -28,14 +28,15 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shardclaim.dataset.read import iter_shard_records
-from shardclaim.errors import LeaseLostError, Preempted, ShardclaimError
+from shardclaim.errors import JobHaltedError, LeaseLostError, Preempted, ShardclaimError
+from shardclaim.lease import halt
 from shardclaim.status import SETTLED_STATES, summarize
 
 if TYPE_CHECKING:
     from shardclaim.lease.views import ClaimedShard
     from shardclaim.manager import ShardManager
 
-__all__ = ["Claim", "Preempted", "claims"]
+__all__ = ["Claim", "Preempted", "claims", "sigterm_raises"]
 
 log = logging.getLogger("shardclaim.worker")
 
@@ -103,9 +104,9 @@ def claims(
     """Claim shards until every shard is terminal; see the module docstring. After
     ``max_consecutive_failures`` shards failed in a row with no success in between, the loop stops with
     :class:`ShardclaimError`: a bug or a broken environment must not fail every shard of the job."""
-    with _sigterm_raises(handle_sigterm), _release_on_interrupt(manager):
+    with sigterm_raises(handle_sigterm), _release_on_interrupt(manager):
         idle = 0
-        in_a_row = 0
+        in_a_row: set[int] = set()  # distinct shards: one bad shard's retries count once
         while True:
             shard = manager.claim_shard()
             if shard is not None:
@@ -113,11 +114,11 @@ def claims(
                 claim = Claim(manager, shard)
                 yield claim
                 _check_settled(manager, shard["shard_id"])
-                in_a_row = in_a_row + 1 if claim.outcome in ("available", "failed") else 0
-                if in_a_row >= max_consecutive_failures:
+                in_a_row = in_a_row | {claim.shard_id} if claim.outcome in ("available", "failed") else set()
+                if len(in_a_row) >= max_consecutive_failures:
                     msg = (
-                        f"this worker failed {in_a_row} shards in a row and stops claiming: the code or its "
-                        f"environment is the likely culprit; last error: {claim.error_line}"
+                        f"this worker failed {len(in_a_row)} shards in a row and stops claiming: the code or "
+                        f"its environment is the likely culprit; last error: {claim.error_line}"
                     )
                     raise ShardclaimError(msg)
                 continue
@@ -129,6 +130,8 @@ def claims(
                 )
                 raise ShardclaimError(msg)
             if summarize(statuses, halted=manager.halt is not None)["state"] in SETTLED_STATES:
+                if manager.halt is not None:  # settled, but not finished: a worker loop ends in error
+                    raise JobHaltedError(halt.describe(manager.halt, manager.dataset_dir), manager.halt)
                 return
             live = [s for s in statuses if s["status"] == "in_use"]
             idle += 1
@@ -173,7 +176,7 @@ def _release_on_interrupt(manager: ShardManager) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigterm_raises(enabled: bool) -> Iterator[None]:
+def sigterm_raises(enabled: bool) -> Iterator[None]:
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -61,6 +61,8 @@ def test_every_flag_takes_both_spellings(tmp_path: Path) -> None:
         (["run", "DS", "-N", "0", "--", "true"], "-N"),
         (["run", "DS", "--lease-seconds", "1e15", "--", "true"], "a week"),
         (["run", "DS", "--max-attempts", "0", "--", "true"], "--max-attempts"),
+        (["run", "DS", "--max-attempts", "10001", "--", "true"], "at most 10000"),
+        (["run", "DS", "--lease-seconds", "0.00001", "--", "true"], "at least 0.1 s"),
         (["run", "DS", "--timeout", "nan", "--", "true"], "--timeout"),
         (["claim", "DS", "--lease_seconds", "-1"], "--lease"),
         (["create", "--input_file", "x", "--output_dir", "y", "--num_shards", "0"], "--num_shards"),

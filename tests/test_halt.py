@@ -91,3 +91,38 @@ def test_a_dataset_with_a_halt_and_run_state_can_be_rebuilt_with_overwrite(
     assert {s["status"] for s in fresh.get_shard_status()} == {"available"}
     assert fresh.halt is None  # the old run's halt went with the old dataset
     assert fresh.finalizer_status() is None
+
+
+def test_a_restarted_pod_with_a_launcher_index_starts_nothing_on_a_halted_job() -> None:
+    from shardclaim.lease import halt
+
+    store = memory_dataset(6, clock=FakeClock())
+    halt.trip(store, [0, 1], 2, "someone")
+    m = ShardManager("memory://h", "pod-3", store=store)
+    assert m.claim_shard(preferred_shard_id=3) is None
+    import pytest
+
+    from shardclaim.errors import JobHaltedError
+
+    with pytest.raises(JobHaltedError, match="HALTED"):
+        for _claim in m.claims(handle_sigterm=False):
+            pass
+    m.close()
+
+
+def test_a_corrupt_halt_object_reads_as_no_halt_and_is_replaced() -> None:
+    from shardclaim.lease import halt
+
+    store = memory_dataset(3, clock=FakeClock())
+    store.write(halt.HALT_KEY, b"[1, 2]")
+    m = ShardManager("memory://h", "w", store=store, max_attempts=1, max_failed_shards=1)
+    assert m.get_shard_status()
+    assert m.halt is None
+    shard = m.claim_shard()
+    assert shard is not None
+    m.mark_failed(shard["shard_id"], "boom")  # the one failure trips a halt over the corrupt object
+    m.get_shard_status()
+    assert m.halt is not None
+    assert m.reset_failed() == [shard["shard_id"]]
+    assert halt.halted(store, store.list(prefix="_halt/")[0]) is None
+    m.close()

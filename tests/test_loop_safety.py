@@ -126,6 +126,52 @@ def test_a_python_loop_that_fails_every_shard_stops_after_three_in_a_row() -> No
 
     with pytest.raises(ShardclaimError, match=r"failed 3 shards in a row.*NameError"):
         buggy_loop()
-    assert len(seen) == 3
-    assert sum(s["failures"] for s in m.get_shard_status()) == 3
+    assert len(set(seen)) == 3  # three distinct shards (one shard's retries count once)
+    assert sum(s["failures"] for s in m.get_shard_status()) == len(seen)
     m.close()
+
+
+def test_one_bad_shard_s_retries_do_not_count_as_shards_in_a_row() -> None:
+    store = memory_dataset(4, clock=FakeClock())
+    m = ShardManager("memory://loop", "w", store=store, max_attempts=5)
+    for claim in m.claims(handle_sigterm=False):
+        with claim:
+            if claim.shard_id == 0:
+                raise RuntimeError("this shard's data is bad")
+    statuses = {s["shard_id"]: s["status"] for s in m.get_shard_status()}
+    assert statuses == {0: "failed", 1: "completed", 2: "completed", 3: "completed"}
+    m.close()
+
+
+def test_a_worker_whose_run_is_already_gone_ends_at_once() -> None:
+    # The parent given is not this process's parent: as if `run` died during the worker's start-up.
+    code = "from shardclaim.run import _die_with_parent; import time; _die_with_parent(1); time.sleep(60)"
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120, check=False)
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_sigterm_to_run_stops_its_finalizer_too(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=2)
+    pidfile = tmp_path / "finalizer.pid"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardclaim", "run", ds, "--on-complete", f'echo $$ > "{pidfile}"; sleep 300',
+         "--", "true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(pidfile.exists, "the finalizer to start")
+        finalizer = int(pidfile.read_text())
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 143
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+    def gone() -> bool:
+        try:
+            os.killpg(finalizer, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_for(gone, "the finalizer's process group to be stopped")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["both_spellings", "lease_seconds", "positive_float", "positive_int"]
+__all__ = ["both_spellings", "budget", "lease_seconds", "positive_float", "positive_int"]
 
 #: The longest lease anyone may take (the same bound as the manager's: a week).
 _MAX_LEASE = 7 * 24 * 3600.0
@@ -23,6 +23,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def budget(text: str) -> int:
+    """A retry budget: 1 to 10,000 (the manager's own bounds)."""
+    value = positive_int(text)
+    if value > 10_000:
+        raise argparse.ArgumentTypeError(f"must be at most 10000, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -35,6 +43,8 @@ def positive_float(text: str) -> float:
 
 def lease_seconds(text: str) -> float:
     value = positive_float(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"must be at least 0.1 s, got {text}")
     if value > _MAX_LEASE:
         raise argparse.ArgumentTypeError(f"must be at most {_MAX_LEASE:.0f} s (a week), got {text}")
     return value

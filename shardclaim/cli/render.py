@@ -34,6 +34,8 @@ def shard_line(s: ShardStatusEntry, last_error: str | None = None) -> str:
         line += f", {s['compute_s']:.1f} s of compute"
     if s["status"] == "failed":
         error = (last_error or "").strip().splitlines()
+        if error and error[0].startswith("timed out"):
+            error = error[:1]  # the reason, not the command's last words
         line += f"; last error: {error[-1]}" if error else ""
     return line
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from shardclaim.cli.options import lease_seconds, positive_float, positive_int
+from shardclaim.cli.options import budget, lease_seconds, positive_float, positive_int
 
 __all__ = ["register", "run_run", "split_command"]
 
@@ -25,11 +25,9 @@ def register(sub: Any) -> None:
         "-N", "--workers", type=positive_int, default=1, help="local worker processes (default 1)"
     )
     run.add_argument("--lease-seconds", type=lease_seconds, default=60.0, help="lease length (60)")
+    run.add_argument("--max-attempts", type=budget, default=3, help="failures before a shard is failed (3)")
     run.add_argument(
-        "--max-attempts", type=positive_int, default=3, help="failures before a shard is failed (3)"
-    )
-    run.add_argument(
-        "--max-expiries", type=positive_int, default=3,
+        "--max-expiries", type=budget, default=3,
         help="leases lost by a dying holder, without progress, before a shard is failed (3)",
     )  # fmt: skip
     run.add_argument(

@@ -31,11 +31,10 @@ def halted(store: Store, info: ObjectInfo | None) -> dict[str, Any] | None:
     status = info.metadata.get("status")
     if status is None:
         try:
-            doc = orjson.loads(store.read(HALT_KEY).data)
-        except (ObjectNotFoundError, orjson.JSONDecodeError):
+            doc = _load(store.read(HALT_KEY).data)
+        except ObjectNotFoundError:
             return None
-        status = doc.get("status") if isinstance(doc, dict) else None
-        return doc if status == "halted" else None
+        return doc if doc.get("status") == "halted" else None
     if status != "halted":
         return None
     return {"status": "halted", "failed": int(info.metadata.get("failed", "0") or 0),
@@ -45,8 +44,8 @@ def halted(store: Store, info: ObjectInfo | None) -> dict[str, Any] | None:
 def describe(halt: Mapping[str, Any], dataset: str) -> str:
     """The halt in one line: why, and how to lift it."""
     return (
-        f"HALTED: {halt.get('failed')} shards failed (limit {halt.get('limit')}): nothing new starts on any "
-        f"worker; shardclaim reset {dataset} --failed lifts it"
+        f"HALTED: {halt.get('failed', '?')} shards failed (limit {halt.get('limit', '?')}): nothing new "
+        f"starts on any worker; shardclaim reset {dataset} --failed lifts it"
     )
 
 
@@ -60,7 +59,7 @@ def trip(store: Store, failed: list[int], limit: int, worker: str) -> None:
     except ObjectNotFoundError:
         pass
     else:
-        if orjson.loads(current.data).get("status") == "halted":
+        if _load(current.data).get("status") == "halted":
             return
         generation = current.generation  # lifted before: halt again
     try:
@@ -76,7 +75,7 @@ def lift(store: Store) -> bool:
             current = store.read(HALT_KEY)
         except ObjectNotFoundError:
             return False
-        if orjson.loads(current.data).get("status") != "halted":
+        if _load(current.data).get("status") != "halted":
             return False
         doc = {"status": "lifted", "write_token": uuid.uuid4().hex}
         try:
@@ -88,6 +87,15 @@ def lift(store: Store) -> bool:
         return True
     msg = "the halt kept changing under reset; try again"
     raise ShardclaimError(msg)
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    """The halt object's document; a corrupt one reads as no halt (and is replaced by the next one)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _meta(doc: Mapping[str, Any]) -> dict[str, str]:

@@ -33,7 +33,7 @@ class Candidates:
         self._random = rng if rng is not None else random.Random()
         self._available: list[int] = []
         self._busy: list[ShardView] = []
-        self._max_age = max_age  # older than this, a listing is not trusted (a halt may have come)
+        self._max_age = max(max_age, 0.5)  # older than this, a listing is not trusted (a halt may have come)
         self._clock = clock
         self._listed_at = -float("inf")
 
