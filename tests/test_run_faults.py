@@ -44,7 +44,8 @@ def test_a_worker_that_fails_shards_in_a_row_stops_claiming(shared_url: str, tmp
     result = run(ds, "--max-attempts", "10", "--max-consecutive-failures", "3", "--", "sh", "-c", "exit 1")
     assert result.returncode != 0
     assert "failed 3 shards in a row" in result.stderr
-    assert sum(int(d.get("failures", 0)) for d in docs(ds)) == 3  # it stopped there
+    # It stopped at the third distinct shard (a shard drawn again counts once).
+    assert sum(1 for d in docs(ds) if int(d.get("failures", 0)) > 0) == 3
 
 
 def test_success_in_between_resets_the_count(tmp_path: Path) -> None:
