@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shardclaim import Preempted, ShardclaimError, ShardManager
-from shardclaim.testing import FakeClock, build_dataset, memory_dataset, wait_for
+from shardclaim.testing import FakeClock, build_dataset, memory_dataset, process_gone, wait_for
 
 
 def test_a_claim_left_unsettled_is_released_and_the_mistake_named() -> None:
@@ -96,17 +95,7 @@ def test_sigkill_of_run_ends_its_workers_and_their_commands(tmp_path: Path) -> N
         if run.poll() is None:
             run.kill()
     commands = [int(f.read_text()) for f in pids.iterdir()]
-
-    def all_gone() -> bool:
-        for pid in commands:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            return False
-        return True
-
-    wait_for(all_gone, "the orphaned commands to be stopped")
+    wait_for(lambda: all(process_gone(pid) for pid in commands), "the orphaned commands to be stopped")
     observer = ShardManager(ds, "o")
     wait_for(
         lambda: {s["status"] for s in observer.get_shard_status()} == {"available"}, "the shards' release"
@@ -167,11 +156,4 @@ def test_sigterm_to_run_stops_its_finalizer_too(tmp_path: Path) -> None:
         if run.poll() is None:
             run.kill()
 
-    def gone() -> bool:
-        try:
-            os.killpg(finalizer, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(gone, "the finalizer's process group to be stopped")
+    wait_for(lambda: process_gone(finalizer, group=True), "the finalizer's process group to be stopped")

@@ -27,7 +27,7 @@ from shardclaim.fanin import FINALIZE_KEY, finalize_once
 from shardclaim.lease.heartbeat import Heartbeat
 from shardclaim.status import summarize
 from shardclaim.store.local import LocalStore
-from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset, wait_for
+from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset, process_gone, wait_for
 from tests import _workers
 
 
@@ -641,14 +641,7 @@ def test_sigterm_to_run_stops_what_the_command_started(tmp_path: Path) -> None:
         if run.poll() is None:
             run.kill()
 
-    def gone() -> bool:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    wait_for(gone, "the command's child to be stopped")
+    wait_for(lambda: process_gone(child), "the command's child to be stopped")
     assert ShardManager(ds, "o").read_shard(0)["status"] == "available"
 
 

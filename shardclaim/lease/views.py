@@ -26,6 +26,8 @@ from shardclaim.layout import (
     check_shard,
     parse_json,
 )
+from shardclaim.lease.halt import HALT_KEY, halted
+from shardclaim.lease.shard import lease_expired
 from shardclaim.store import ObjectInfo, Store
 
 __all__ = [
@@ -57,8 +59,6 @@ class ShardView:
     compute_seconds: float = 0.0  #: the durations of its ended attempts, summed
 
     def expired(self, now: datetime) -> bool:
-        from shardclaim.lease.shard import lease_expired
-
         if self.status != "in_use" or self.updated is None or self.lease_seconds is None:
             return False
         return lease_expired(self.updated, now, self.lease_seconds)
@@ -73,8 +73,6 @@ def read_listing(
     store: Store, directories: list[str], default_lease: float
 ) -> tuple[list[ShardView], dict[str, Any] | None]:
     """One listing: every shard's view, and the fleet-wide halt if the job is halted."""
-    from shardclaim.lease.halt import HALT_KEY, halted
-
     by_dir = {d: i for i, d in enumerate(directories)}
     listed: dict[int, ObjectInfo] = {}
     halt_info = None

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -28,7 +29,15 @@ from shardclaim.layout import FORMAT_VERSION, MASTER_KEY, SHARD_METADATA, chunk_
 from shardclaim.store.base import ObjectInfo, Store, StoredObject
 from shardclaim.store.memory import MemoryStore
 
-__all__ = ["LOSE_RESPONSE", "FakeClock", "HookStore", "build_dataset", "memory_dataset", "wait_for"]
+__all__ = [
+    "LOSE_RESPONSE",
+    "FakeClock",
+    "HookStore",
+    "build_dataset",
+    "memory_dataset",
+    "process_gone",
+    "wait_for",
+]
 
 
 class FakeClock:
@@ -105,6 +114,15 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 120.0)
             msg = f"timed out waiting for {what}"
             raise AssertionError(msg)
         time.sleep(0.02)
+
+
+def process_gone(pid: int, *, group: bool = False) -> bool:
+    """Whether the process ``pid`` (with ``group``, its whole process group) no longer exists."""
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def build_dataset(url: str, tmp_path: Path, *, shards: int = 8, records: int = 80, **options: Any) -> str:
