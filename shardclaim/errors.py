@@ -68,13 +68,13 @@ class GenerationMismatchError(StoreError):
     ``expected`` is the generation the writer asked for (0 means "only if absent").
     """
 
-    def __init__(self, key: str, expected: int) -> None:
+    def __init__(self, key: str, expected: int | str) -> None:
         self.key = key
         self.expected = expected
-        want = "to be absent" if expected == 0 else f"at generation {expected}"
+        want = "to be absent" if expected == 0 else f"at generation {expected!s}"
         super().__init__(f"{key!r}: precondition failed, expected it {want}")
 
-    def __reduce__(self) -> tuple[type[GenerationMismatchError], tuple[str, int]]:
+    def __reduce__(self) -> tuple[type[GenerationMismatchError], tuple[str, int | str]]:
         return type(self), (self.key, self.expected)
 
 

@@ -38,7 +38,7 @@ from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
 from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_listing
 from shardclaim.operations import Operations
-from shardclaim.store import RetryPolicy, Store, StoredObject, open_store
+from shardclaim.store import Generation, RetryPolicy, Store, StoredObject, open_store
 
 if TYPE_CHECKING:
     from shardclaim.worker import Claim
@@ -125,7 +125,7 @@ class ShardManager(Operations):
         """One shard's metadata as stored now (checked: MetadataError names a corrupt object)."""
         return self._read(shard_id)[1]
 
-    def _new_lease(self, shard_id: int, generation: int, doc: Mapping[str, Any]) -> FencedLease:
+    def _new_lease(self, shard_id: int, generation: Generation, doc: Mapping[str, Any]) -> FencedLease:
         return FencedLease(
             self._store, self._key(shard_id), generation, doc,
             holder=self.worker_id, encode=transitions.encode, shard_id=shard_id,

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -91,6 +91,9 @@ class StoreCase:
     store: Store
     url: str
     remove: Callable[[str], None]
+    #: Which versions the backend gives: "ordered" (increasing integers: GCS, local, memory) or "etag"
+    #: (a hash of the bytes, unordered; equal bytes, equal version — as S3 does).
+    versions: str = "ordered"
 
 
 def _local_case(tmp_path: Path) -> StoreCase:
@@ -98,9 +101,11 @@ def _local_case(tmp_path: Path) -> StoreCase:
     return StoreCase("local", LocalStore(root), str(root), lambda k: (root / k).unlink())
 
 
-def _memory_case() -> StoreCase:
-    store = MemoryStore("contract")
-    return StoreCase("memory", store, store.url, store.delete)
+def _memory_case(versions: Literal["ordered", "etag"] = "ordered") -> StoreCase:
+    store = MemoryStore("contract", versions=versions)
+    return StoreCase(
+        "memory" if versions == "ordered" else "memory-etag", store, store.url, store.delete, versions
+    )
 
 
 def _gcs_case(bucket: str) -> StoreCase:
@@ -113,11 +118,13 @@ def _gcs_case(bucket: str) -> StoreCase:
     )
 
 
-@pytest.fixture(params=["memory", "local", pytest.param("gcs", marks=pytest.mark.gcs)])
+@pytest.fixture(params=["memory", "memory-etag", "local", pytest.param("gcs", marks=pytest.mark.gcs)])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
     """Every backend, for the contract suite."""
     if request.param == "memory":
         return _memory_case()
+    if request.param == "memory-etag":
+        return _memory_case("etag")
     if request.param == "local":
         return _local_case(tmp_path)
     return _gcs_case(request.getfixturevalue("gcs_bucket"))

@@ -14,7 +14,7 @@ from shardclaim import LeaseLostError, MetadataError, ShardManager
 from shardclaim.status import summarize
 from shardclaim.store.local import LocalStore
 from shardclaim.store.memory import MemoryStore
-from shardclaim.testing import FakeClock, build_dataset
+from shardclaim.testing import FakeClock, build_dataset, memory_dataset
 
 
 @pytest.fixture
@@ -308,3 +308,42 @@ def test_a_long_lease_is_not_taken_by_a_worker_with_short_leases(mem: MemoryStor
     assert not any(s["expired"] for s in worker.get_shard_status())
     clock.now += 3001
     assert worker.claim_shard()["shard_id"] in held  # type: ignore[index]
+
+
+def test_on_an_etag_store_every_write_of_a_shard_gets_a_new_version_and_fences_still_hold() -> None:
+    """S3 versions objects by a hash of their bytes: had two writes of one shard equal bytes, a fenced
+    holder naming the older one would win again (ABA). With the clock frozen, a claim / heartbeat /
+    release / reset / fail cycle repeated still never produces a version twice, and the holder a reset
+    fenced off cannot complete after the shard went back to where it started."""
+    clock = FakeClock()
+    store = memory_dataset(1, clock=clock, name="etag", versions="etag")
+    key = "shard_000/metadata.json"
+
+    def mgr(worker: str) -> ShardManager:
+        return ShardManager("memory://etag", worker, store=store, lease_seconds=60, max_attempts=100)
+
+    seen = [store.read(key).generation]
+    w, operator = mgr("w"), mgr("operator")
+    for _ in range(30):
+        for step in (
+            w.claim_shard,
+            lambda: w.heartbeat(0),
+            lambda: w.release_shard(0),
+            lambda: operator.reset_shard(0),
+            w.claim_shard,
+            lambda: w.mark_failed(0, "boom"),
+            lambda: operator.reset_shard(0),
+        ):
+            step()
+            seen.append(store.read(key).generation)
+    assert all(isinstance(g, str) for g in seen)
+    assert len(set(seen)) == len(seen)
+
+    holder = mgr("holder")
+    assert holder.claim_shard() is not None
+    operator.reset_shard(0)
+    assert mgr("other").claim_shard() is not None
+    operator.reset_shard(0)
+    with pytest.raises(LeaseLostError):
+        holder.mark_completed(0)
+    assert orjson.loads(store.read(key).data)["status"] == "available"

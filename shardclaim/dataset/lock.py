@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from shardclaim.errors import BuildInProgressError, GenerationMismatchError, ObjectNotFoundError
-from shardclaim.store import RetryingStore
+from shardclaim.store import Generation, RetryingStore
 
 __all__ = [
     "HEARTBEAT_SECONDS",
@@ -155,7 +155,7 @@ class MarkerLock:
         self._thread = threading.Thread(target=self._heartbeat, name="shardclaim-build-marker", daemon=True)
         self._thread.start()
 
-    def _acquire(self) -> int:
+    def _acquire(self) -> Generation:
         data = orjson.dumps(self._doc)
         while True:
             try:

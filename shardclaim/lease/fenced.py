@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from shardclaim.errors import GenerationMismatchError, LeaseLostError
-from shardclaim.store import Store
+from shardclaim.store import Generation, Store
 
 __all__ = ["Encoder", "FencedLease"]
 
@@ -41,7 +41,7 @@ class FencedLease:
         self,
         store: Store,
         key: str,
-        generation: int,
+        generation: Generation,
         doc: Mapping[str, Any],
         *,
         holder: str,
@@ -70,7 +70,7 @@ class FencedLease:
             return dict(self._doc)
 
     @property
-    def generation(self) -> int:
+    def generation(self) -> Generation:
         return self._generation
 
     @property

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, ShardclaimError
-from shardclaim.store import ObjectInfo, Store
+from shardclaim.store import ABSENT, Generation, ObjectInfo, Store
 
 __all__ = ["HALT_KEY", "describe", "halted", "lift", "trip"]
 
@@ -53,7 +53,7 @@ def trip(store: Store, failed: list[int], limit: int, worker: str) -> None:
     """Halt the job (if nobody has yet): ``failed`` shards reached ``limit``."""
     doc = {"status": "halted", "failed_shards": failed, "failed": len(failed), "limit": limit, "by": worker,
            "write_token": uuid.uuid4().hex}  # fmt: skip
-    generation = 0
+    generation: Generation = ABSENT
     try:
         current = store.read(HALT_KEY)
     except ObjectNotFoundError:

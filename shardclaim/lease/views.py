@@ -28,7 +28,7 @@ from shardclaim.layout import (
 )
 from shardclaim.lease.halt import HALT_KEY, halted
 from shardclaim.lease.shard import lease_expired
-from shardclaim.store import ObjectInfo, Store
+from shardclaim.store import Generation, ObjectInfo, Store
 
 __all__ = [
     "ClaimedShard",
@@ -54,7 +54,7 @@ class ShardView:
     failures: int = 0
     lease_seconds: float | None = None  #: the holder's own lease length, for in_use shards
     updated: datetime | None = None  #: the last write, on the store's clock
-    generation: int = 0
+    generation: Generation = 0
     error: str | None = None  #: why the shard is invalid
     compute_seconds: float = 0.0  #: the durations of its ended attempts, summed
 
@@ -192,9 +192,9 @@ class InvalidShards:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._found: dict[int, tuple[int, str]] = {}
+        self._found: dict[int, tuple[Generation, str]] = {}
 
-    def note(self, shard_id: int, generation: int, error: str) -> bool:
+    def note(self, shard_id: int, generation: Generation, error: str) -> bool:
         """Remember it; whether it is news (worth a warning)."""
         with self._lock:
             news = self._found.get(shard_id, (None, None))[0] != generation

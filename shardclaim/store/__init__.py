@@ -7,10 +7,19 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from shardclaim.errors import InvalidURLError
-from shardclaim.store.base import ObjectInfo, Store, StoredObject
+from shardclaim.store.base import ABSENT, Generation, ObjectInfo, Store, StoredObject
 from shardclaim.store.retry import RetryingStore, RetryPolicy
 
-__all__ = ["ObjectInfo", "RetryPolicy", "RetryingStore", "Store", "StoredObject", "open_store"]
+__all__ = [
+    "ABSENT",
+    "Generation",
+    "ObjectInfo",
+    "RetryPolicy",
+    "RetryingStore",
+    "Store",
+    "StoredObject",
+    "open_store",
+]
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 SUPPORTED = "a local path, file:///path, gs://bucket/prefix or memory://name"

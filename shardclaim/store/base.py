@@ -17,13 +17,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 from shardclaim.errors import InvalidKeyError
 
 __all__ = [
+    "ABSENT",
     "MAX_METADATA_BYTES",
     "RESERVED_PREFIX",
+    "Generation",
     "ObjectInfo",
     "Store",
     "StoredObject",
@@ -36,6 +38,13 @@ RESERVED_PREFIX = ".shardclaim"
 #: Upper bound on the encoded size of one object's custom metadata (keys + values).
 MAX_METADATA_BYTES = 2048
 
+#: One version of one object, as the store names it: a token compared only for *equality*. GCS and local
+#: generations are increasing integers; a version that is a string (an S3 ETag, say) has no order, and
+#: nothing above the store may compare two versions for anything but equality.
+Generation: TypeAlias = int | str
+#: The version that names "no object": ``write(..., if_generation_match=ABSENT)`` creates only.
+ABSENT: Final = 0
+
 _METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _METADATA_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
 
@@ -45,7 +54,7 @@ class ObjectInfo:
     """What a listing or a successful write tells about one object."""
 
     key: str
-    generation: int
+    generation: Generation
     updated: datetime  #: last write, on the store's clock (timezone-aware UTC)
     size: int
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -57,7 +66,7 @@ class StoredObject:
 
     key: str
     data: bytes
-    generation: int
+    generation: Generation
     updated: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
     #: When it was read, on the store's clock where the answer carries it (GCS's ``Date``); a record of
@@ -75,7 +84,9 @@ class Store(Protocol):
       the others get :class:`~shardclaim.errors.GenerationMismatchError`.
     * ``write(key, data, if_generation_match=g)`` succeeds only if the object is at generation ``g``
       at the moment of the write, for exactly one of N concurrent callers naming ``g``.
-    * Generations of one key strictly increase, also across a delete and re-create, and are never 0.
+    * A key's generation changes with every write, also across a delete and re-create, never comes back
+      to a value it had while a holder could still name it, and is never :data:`ABSENT`. It is an opaque
+      token (:data:`Generation`): nothing above the store orders two generations.
     * ``read`` returns bytes, generation and metadata of one and the same write.
     * ``updated`` and ``now()`` come from one clock, the store's, so expiry is judged without
       comparing two workers' clocks.
@@ -98,7 +109,7 @@ class Store(Protocol):
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Replace the object; with ``if_generation_match`` only if it is at that generation."""

@@ -26,7 +26,7 @@ from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
-from shardclaim.store.base import ObjectInfo, StoredObject, validate_key, validate_metadata
+from shardclaim.store.base import Generation, ObjectInfo, StoredObject, validate_key, validate_metadata
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -128,7 +128,7 @@ class GCSStore:
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         name = self._name(key)

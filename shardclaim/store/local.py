@@ -41,6 +41,7 @@ import orjson
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
 from shardclaim.store.base import (
     RESERVED_PREFIX,
+    Generation,
     ObjectInfo,
     StoredObject,
     validate_key,
@@ -162,14 +163,18 @@ class LocalStore:
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         with _translated("write", key):
             return self._write(key, data, if_generation_match, metadata)
 
     def _write(
-        self, key: str, data: bytes, if_generation_match: int | None, metadata: Mapping[str, str] | None
+        self,
+        key: str,
+        data: bytes,
+        if_generation_match: Generation | None,
+        metadata: Mapping[str, str] | None,
     ) -> ObjectInfo:
         path = self._path(key)
         meta = validate_metadata(metadata)

@@ -2,18 +2,24 @@
 
 Atomic within one process (a lock around a dict); it is never evidence about other processes or
 machines. The clock is injectable, so tests move time instead of sleeping.
+
+``versions="etag"`` makes it version objects the way S3 does: a generation is the hex MD5 of the bytes,
+a string with no order, and two writes of identical bytes get identical versions (the ABA an S3 store
+must defeat by making every write's bytes unique). The protocol's tests run on both kinds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Literal
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError
-from shardclaim.store.base import ObjectInfo, StoredObject, validate_key, validate_metadata
+from shardclaim.store.base import Generation, ObjectInfo, StoredObject, validate_key, validate_metadata
 
 __all__ = ["MemoryStore", "named_memory_store"]
 
@@ -21,7 +27,16 @@ __all__ = ["MemoryStore", "named_memory_store"]
 class MemoryStore:
     """A dict of objects with compare-and-swap writes, guarded by one lock."""
 
-    def __init__(self, name: str = "", *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        clock: Callable[[], float] = time.time,
+        versions: Literal["ordered", "etag"] = "ordered",
+    ) -> None:
+        if versions not in ("ordered", "etag"):
+            raise ValueError(f"versions must be 'ordered' or 'etag', not {versions!r}")
+        self._etag = versions == "etag"
         self._name = name
         self._clock = clock
         self._lock = threading.Lock()
@@ -46,7 +61,7 @@ class MemoryStore:
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         validate_key(key)
@@ -59,7 +74,10 @@ class MemoryStore:
                     raise GenerationMismatchError(key, if_generation_match)
             # Generations come from one counter, so they also increase across re-creation.
             self._last_generation += 1
-            obj = StoredObject(key, bytes(data), self._last_generation, self.now(), meta)
+            version: Generation = self._last_generation
+            if self._etag:
+                version = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            obj = StoredObject(key, bytes(data), version, self.now(), meta)
             self._objects[key] = obj
         return ObjectInfo(key, obj.generation, obj.updated, len(obj.data), meta)
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, TransientStoreError
-from shardclaim.store.base import ObjectInfo, Store, StoredObject
+from shardclaim.store.base import Generation, ObjectInfo, Store, StoredObject
 
 __all__ = ["WRITE_TOKEN_KEY", "RetryPolicy", "RetryingStore"]
 
@@ -146,7 +146,7 @@ class RetryingStore:
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         token = self._token_factory()

@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from shardclaim.errors import TransientStoreError
 from shardclaim.layout import FORMAT_VERSION, MASTER_KEY, SHARD_METADATA, chunk_name, shard_dir
-from shardclaim.store.base import ObjectInfo, Store, StoredObject
+from shardclaim.store.base import Generation, ObjectInfo, Store, StoredObject
 from shardclaim.store.memory import MemoryStore
 
 __all__ = [
@@ -68,9 +68,11 @@ def memory_dataset(
     tasks_per_chunk: int = 10,
     clock: Callable[[], float] | None = None,
     name: str = "sim",
+    versions: Literal["ordered", "etag"] = "ordered",
 ) -> MemoryStore:
-    """A memory store holding a complete dataset's metadata (master last, as the builder writes it)."""
-    store = MemoryStore(name, clock=clock) if clock is not None else MemoryStore(name)
+    """A memory store holding a complete dataset's metadata (master last, as the builder writes it);
+    ``versions="etag"`` versions objects as S3 does (:class:`~shardclaim.store.memory.MemoryStore`)."""
+    store = MemoryStore(name, clock=clock or time.time, versions=versions)
     shards: list[dict[str, Any]] = []
     for shard_id in range(num_shards):
         directory = shard_dir(shard_id, num_shards)
@@ -211,7 +213,7 @@ class HookStore:
         key: str,
         data: bytes,
         *,
-        if_generation_match: int | None = None,
+        if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         lose = self._lose_next("write", key)

@@ -14,7 +14,7 @@ import orjson
 from shardclaim.errors import ShardclaimError
 from shardclaim.fanin import FINALIZE_KEY
 from shardclaim.manager import ShardManager
-from shardclaim.store.base import ObjectInfo, Store, StoredObject
+from shardclaim.store.base import Generation, ObjectInfo, Store, StoredObject
 from shardclaim.testing import FakeClock
 
 __all__ = [
@@ -93,7 +93,7 @@ class Oracle:
         return self.inner.now()
 
     def write(
-        self, key: str, data: bytes, *, if_generation_match: int | None = None,
+        self, key: str, data: bytes, *, if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:  # fmt: skip
         try:

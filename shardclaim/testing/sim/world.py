@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -16,7 +16,7 @@ from shardclaim.fanin import FINALIZE_KEY, finalize_once
 from shardclaim.lease.select import Candidates
 from shardclaim.manager import ShardManager
 from shardclaim.status import SETTLED_STATES, summarize
-from shardclaim.store.base import ObjectInfo, StoredObject
+from shardclaim.store.base import Generation, ObjectInfo, StoredObject
 from shardclaim.store.retry import RetryingStore, RetryPolicy
 from shardclaim.testing import FakeClock, memory_dataset
 
@@ -70,7 +70,7 @@ class Link:
         return self.oracle.now()
 
     def write(
-        self, key: str, data: bytes, *, if_generation_match: int | None = None,
+        self, key: str, data: bytes, *, if_generation_match: Generation | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:  # fmt: skip
         self._before("write")
@@ -89,7 +89,9 @@ class Sim:
         self.faults = True
         self.shards = shards
         self.steps = steps
-        inner = memory_dataset(shards, clock=self.clock, name=f"sim-{seed}")
+        # Odd seeds version objects as S3 does (content hashes, unordered, equal bytes → equal version).
+        self.versions: Literal["ordered", "etag"] = "etag" if seed % 2 else "ordered"
+        inner = memory_dataset(shards, clock=self.clock, name=f"sim-{seed}", versions=self.versions)
         self.oracle = Oracle(inner, self.clock, self._violation)
         self.workers: list[Worker] = []
         self.finalized: Counter[tuple[str, int]] = Counter()
