@@ -281,13 +281,23 @@ def test_empty_input_and_too_many_shards_are_clear_errors(tmp_path: Path) -> Non
 def test_reading_a_shard_back_yields_its_records_in_chunk_order(tmp_path: Path) -> None:
     lines = records(100)
     src = write_jsonl(tmp_path / "in.jsonl", lines)
-    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=3, chunk_size_mb=0.005)
+    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=3, chunk_size_mb=0.001)
     got = [r["id"] for s in range(3) for r in iter_shard_records(str(tmp_path / "ds"), s)]
     assert sorted(got) == list(range(100))
     raw = list(iter_shard_records(str(tmp_path / "ds"), 1, parse=False))
     assert raw[0] == lines[1].rstrip(b"\n")
     with pytest.raises(ValueError, match=r"shard_id must be in 0\.\.2"):
         next(iter_shard_records(str(tmp_path / "ds"), 3))
+    # A range of chunks: consecutive ranges give back the shard's records, once each, in order.
+    meta = orjson.loads((tmp_path / "ds" / "shard_001" / "metadata.json").read_bytes())
+    assert meta["num_chunks"] >= 3
+    whole = list(iter_shard_records(str(tmp_path / "ds"), 1, parse=False))
+    parts = [
+        list(iter_shard_records(str(tmp_path / "ds"), 1, parse=False, start_chunk=c, stop_chunk=c + 1))
+        for c in range(meta["num_chunks"])
+    ]
+    assert [len(p) for p in parts] == [c["num_tasks"] for c in meta["chunks"]]
+    assert [r for p in parts for r in p] == whole
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

@@ -19,9 +19,16 @@ _BLOCK = 8 << 20
 
 
 def iter_shard_records(
-    dataset: str, shard_id: int, *, parse: bool = True, verify: bool = True, start_chunk: int = 0
+    dataset: str,
+    shard_id: int,
+    *,
+    parse: bool = True,
+    verify: bool = True,
+    start_chunk: int = 0,
+    stop_chunk: int | None = None,
 ) -> Iterator[Any]:
-    """Yield the records of one shard, chunk by chunk, streaming.
+    """Yield the records of one shard's chunks ``start_chunk`` up to (not including) ``stop_chunk`` (all
+    to the end by default), chunk by chunk, streaming.
 
     With ``verify`` (the default) each chunk's size and CRC32C are checked against the shard's metadata
     *before* any of its records is yielded (one extra streaming read of the chunk), so a corrupt chunk
@@ -38,7 +45,7 @@ def iter_shard_records(
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
     fs, base = filesystem(store.url)
     loads = record_reader(master)
-    for chunk in meta["chunks"][start_chunk:]:
+    for chunk in meta["chunks"][start_chunk:stop_chunk]:
         path = f"{base.rstrip('/')}/{directory}/{chunk['file']}"
         if verify:
             _verify_chunk(fs, path, chunk)
