@@ -3,7 +3,7 @@ finalizer's line. Pure functions of the values the manager returns; printing is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 __all__ = [
     "finalizer_line",
     "halt_line",
+    "id_lines",
     "shard_line",
     "summary_line",
 ]
@@ -72,3 +73,11 @@ def halt_line(halt: Mapping[str, Any], dataset: str) -> str:
     from shardclaim.lease.halt import describe
 
     return describe(halt, dataset)
+
+
+def id_lines(ids: Mapping[Any, Sequence[int]], *, indent: str = "  ") -> list[str]:
+    """One line per state naming its shards as compact ranges: ``  completed: 0-12,14,16-99``."""
+    from shardclaim.idranges import compact
+
+    names = {"in_use": "running"}
+    return [f"{indent}{names.get(state, state)}: {compact(found)}" for state, found in ids.items() if found]

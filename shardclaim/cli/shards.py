@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shardclaim.cli.options import lease_seconds
-from shardclaim.cli.render import finalizer_line, halt_line, shard_line, summary_line
-from shardclaim.errors import LeaseLostError, ShardclaimError
-from shardclaim.status import summarize
+from shardclaim.cli.options import lease_seconds, positive_float
+from shardclaim.cli.render import finalizer_line, halt_line, id_lines, shard_line, summary_line
+from shardclaim.errors import LeaseLostError
 
 if TYPE_CHECKING:  # the manager is imported by the commands that use it, not by `create`
     from shardclaim.manager import ShardManager
@@ -30,9 +29,27 @@ def register(sub: Any) -> None:
         p.add_argument("dataset_dir", metavar="DATASET", help="dataset directory or URL")
         p.set_defaults(handler=run_shard_command)
 
-    p = sub.add_parser("status", help="every shard's state and an aggregate line")
+    from shardclaim.cli.watch import WATCH_COST
+
+    p = sub.add_parser(
+        "status",
+        help="every shard's state and an aggregate line; --watch: live, until the job settles",
+        description=(
+            "Without options: one line per shard, the aggregate, and the shards in each state as compact "
+            "ranges (one listing). --json: the job as one JSON document (schema in the README; one read per "
+            "shard on top of the listing, 16 in flight). --watch: a live view that ends by itself when "
+            "every shard is completed or failed or the job is halted (exit 0 if all completed, else 1); "
+            "a line per refresh when the output is not a terminal. " + WATCH_COST
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     dataset(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON object (schema_version 1)")
+    shown.add_argument("--watch", action="store_true", help="a live view until the job settles")
+    p.add_argument(
+        "--interval", type=positive_float, default=2.0, help="seconds between refreshes of --watch"
+    )
 
     p = sub.add_parser("claim", help="claim one shard (exit 1 when none is claimable)")
     dataset(p)
@@ -76,6 +93,10 @@ def run_shard_command(args: argparse.Namespace) -> int:
     from shardclaim.manager import ShardManager
 
     command = args.command
+    if command == "status" and args.watch:
+        from shardclaim.cli.watch import run_watch
+
+        return run_watch(args)
     if command == "status":
         return _status(
             ShardManager(args.dataset_dir, "status-reader", max_outage_seconds=None), as_json=args.json
@@ -146,40 +167,23 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _status(m: ShardManager, *, as_json: bool) -> int:
-    statuses = m.get_shard_status()
-    agg = summarize(statuses, halted=m.halt is not None)
-    final = m.finalizer_status()
+    from shardclaim.view.document import job_document
+    from shardclaim.view.snapshot import take
+
+    snap = take(m)
     if as_json:
-        for entry, doc in zip(statuses, _documents(m, statuses), strict=True):
-            entry["attempts"] = doc.get("attempts", []) if doc else []  # type: ignore[typeddict-unknown-key]
-            entry["last_error"] = doc.get("last_error") if doc else None  # type: ignore[typeddict-unknown-key]
-        report = {"summary": agg, "shards": statuses, "finalizer": final, "halt": m.halt}
-        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        sys.stdout.write(orjson.dumps(job_document(m, snapshot=snap)).decode() + "\n")
         return 0
-    for s in statuses:
+    final = m.finalizer_status()
+    for s in snap.statuses:
         # One read per failed shard, for its last error line.
         last_error = m.read_shard(s["shard_id"]).get("last_error") if s["status"] == "failed" else None
         print(shard_line(s, last_error))
-    print(summary_line(agg))
+    print(summary_line(snap.summary))
+    for text in id_lines(snap.ids):
+        print(text)
     if m.halt is not None:
         print(halt_line(m.halt, m.dataset_dir))
     if final is not None:
         print("finalizer: " + finalizer_line(final))
     return 0
-
-
-def _documents(m: ShardManager, statuses: list[Any]) -> list[dict[str, Any] | None]:
-    """Every shard's document, 16 reads in flight (a listing carries only a summary of each): one read
-    per shard on every backend, on top of the listing."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def read(entry: Any) -> dict[str, Any] | None:
-        if entry["status"] in ("missing", "invalid"):
-            return None
-        try:
-            return m.read_shard(entry["shard_id"])
-        except ShardclaimError:
-            return None
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(read, statuses))
