@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shardclaim._identity import default_worker_id, launcher_index
 from shardclaim.errors import (
@@ -30,6 +30,7 @@ from shardclaim.errors import (
     ShardclaimError,
     UnknownShardError,
 )
+from shardclaim.fanin import wait_for_shards
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
 from shardclaim.lease import halt
 from shardclaim.lease import shard as transitions
@@ -39,9 +40,8 @@ from shardclaim.lease.select import Candidates
 from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_listing
 from shardclaim.operations import Operations
 from shardclaim.store import Generation, RetryPolicy, Store, StoredObject, open_store
-
-if TYPE_CHECKING:
-    from shardclaim.worker import Claim
+from shardclaim.worker import Claim
+from shardclaim.worker import claims as worker_loop
 
 __all__ = ["DEFAULT_MAX_OUTAGE_SECONDS", "ShardManager"]
 
@@ -273,9 +273,7 @@ class ShardManager(Operations):
                max_consecutive_failures: int = 3) -> Iterator[Claim]:  # fmt: skip
         """The worker loop (:mod:`shardclaim.worker`): a Claim per shard until all are settled (its options:
         :func:`shardclaim.worker.claims`)."""
-        from shardclaim.worker import claims
-
-        return claims(
+        return worker_loop(
             self,
             sleep=sleep,
             handle_sigterm=handle_sigterm,
@@ -291,8 +289,6 @@ class ShardManager(Operations):
         clock: Callable[[], float] = time.monotonic,
     ) -> dict[str, Any]:
         """Block until every shard is settled; the aggregate (:mod:`shardclaim.fanin`)."""
-        from shardclaim.fanin import wait_for_shards
-
         return wait_for_shards(self, timeout=timeout, poll_seconds=poll_seconds, sleep=sleep, clock=clock)
 
     def __enter__(self) -> ShardManager:

@@ -1,4 +1,4 @@
-"""The worker loop on top of :class:`~shardclaim.manager.ShardManager`::
+"""The worker loop that :meth:`ShardManager.claims() <shardclaim.manager.ShardManager.claims>` runs::
 
     with ShardManager("gs://bucket/ds") as manager:
         for claim in manager.claims():
@@ -12,6 +12,9 @@ traceback's tail recorded in the shard) and the loop moves on to the next shard;
 preemption) or Ctrl-C releases the shard without spending an attempt and ends the loop. The loop keeps
 claiming until every shard is ``completed`` or ``failed``; while other workers still hold leases, it polls
 (0.5 s, doubling up to one heartbeat interval, never past the earliest possible expiry) and tries again.
+
+At run time this module sits *below* the manager (the manager imports it; it names ``ShardManager`` in
+annotations only), so the seed's ``manager.claims()`` composes it without an import pointing upward.
 """
 
 from __future__ import annotations
