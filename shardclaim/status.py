@@ -29,6 +29,7 @@ class ShardStatusEntry(TypedDict):
     expired: NotRequired[bool]
     error: NotRequired[str]
     compute_s: NotRequired[float]
+    records_done: NotRequired[int]  #: all of them once completed; before, those of checkpointed chunks
 
 
 def shard_statuses(
@@ -55,6 +56,8 @@ def shard_statuses(
         status["lease_seconds"] = view.lease_seconds
         status["expired"] = view.expired(now)
         status["compute_s"] = round(view.compute_seconds, 3)
+        done = (entry.get("total_tasks") or 0) if view.status == "completed" else view.records_done
+        status["records_done"] = int(done)
         out.append(status)
     return out
 
@@ -62,7 +65,8 @@ def shard_statuses(
 def summarize(statuses: Sequence[Mapping[str, Any]], *, halted: bool = False) -> dict[str, Any]:
     """Aggregate: ``halted`` (the job was halted and nothing runs any more), ``succeeded`` (all completed),
     ``failed`` (all settled, some failed or invalid),
-    ``running`` (someone holds a lease) or ``partial`` (work left and nobody on it); counts; records done."""
+    ``running`` (someone holds a lease) or ``partial`` (work left and nobody on it); counts; records done
+    (of completed shards, and of the checkpointed chunks of the others)."""
     counts: dict[str, int] = {}
     for s in statuses:
         key = "expired" if s.get("expired") else s["status"]
@@ -79,7 +83,10 @@ def summarize(statuses: Sequence[Mapping[str, Any]], *, halted: bool = False) ->
         state = "running"
     else:
         state = "partial"
-    done = sum(s.get("total_tasks") or 0 for s in statuses if s["status"] == "completed")
+    done = sum(
+        (s.get("total_tasks") or 0) if s["status"] == "completed" else (s.get("records_done") or 0)
+        for s in statuses
+    )
     compute = round(sum(float(s.get("compute_s") or 0) for s in statuses), 1)
     return {
         "state": state,

@@ -14,7 +14,7 @@ from shardclaim import LeaseLostError, MetadataError, ShardManager
 from shardclaim.status import summarize
 from shardclaim.store.local import LocalStore
 from shardclaim.store.memory import MemoryStore
-from shardclaim.testing import FakeClock, build_dataset, memory_dataset
+from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset
 
 
 @pytest.fixture
@@ -193,6 +193,28 @@ def test_status_is_one_listing_and_aggregates(mem: MemoryStore, clock: FakeClock
     assert agg["records_done"] == by_id[a]["total_tasks"] > 0
     clock.now += 100
     assert summarize(m.get_shard_status())["state"] == "partial"
+
+
+def test_status_counts_the_checkpointed_records_of_shards_in_flight_from_one_listing() -> None:
+    """A progress display must move before a whole shard completes: the listing carries the records of
+    a holder's checkpointed chunks (not a read per shard)."""
+    store = HookStore(memory_dataset(3, chunks_per_shard=4, tasks_per_chunk=10, name="inflight"))
+    m = ShardManager("memory://inflight", "w", store=store, lease_seconds=60)
+    a = m.claim_shard()["shard_id"]  # type: ignore[index]
+    b = m.claim_shard()["shard_id"]  # type: ignore[index]
+    m.checkpoint(a, 3)
+    m.checkpoint(b, 1)
+    m.release_shard(b)  # a released shard keeps its checkpoint: its records stay counted
+    store.count.clear()
+    status = {s["shard_id"]: s for s in m.get_shard_status()}
+    assert store.count["list"] == 1
+    assert store.count["read"] == 0
+    assert (status[a]["records_done"], status[b]["records_done"]) == (30, 10)
+    assert summarize(list(status.values()))["records_done"] == 40
+    m.mark_completed(a)
+    status = {s["shard_id"]: s for s in m.get_shard_status()}
+    assert status[a]["records_done"] == 40
+    assert summarize(list(status.values()))["records_done"] == 50
 
 
 def test_hostile_shard_metadata_is_refused_and_left_alone(local_ds: str) -> None:

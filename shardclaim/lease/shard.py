@@ -219,7 +219,10 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     """The document's bytes, and the object metadata that caches what a listing needs to know.
 
     The cache holds ``status``, ``holder``, ``attempt``, ``failures``, the lease's ``token`` and
-    ``lease-seconds``; it is only a cache: where it is missing or garbled, the document is read.
+    ``lease-seconds``, the ``compute-s`` of ended attempts and, for a shard not completed whose checkpoint
+    is past its first chunk, ``records-done`` (the records of its checkpointed chunks: a progress display
+    counts work in flight from one listing). It is only a cache: where it is missing or garbled, the
+    document is read.
     """
     lease = doc.get("lease") or {}
     meta = {
@@ -235,7 +238,16 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     compute = sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or [] if isinstance(a, dict))
     if compute:
         meta["compute-s"] = f"{compute:.3f}"
+    if doc["status"] != "completed" and (done := records_checkpointed(doc)):
+        meta["records-done"] = str(done)
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2), meta
+
+
+def records_checkpointed(doc: Mapping[str, Any]) -> int:
+    """The records of the chunks the shard's checkpoint says are done (0 when it has none)."""
+    chunks = doc.get("chunks") or []
+    done = int(doc.get("resume_chunk") or 0)
+    return sum(int(c.get("num_tasks") or 0) for c in chunks[:done] if isinstance(c, dict))
 
 
 def _ascii(text: str) -> str:

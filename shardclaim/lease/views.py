@@ -27,7 +27,7 @@ from shardclaim.layout import (
     parse_json,
 )
 from shardclaim.lease.halt import HALT_KEY, halted
-from shardclaim.lease.shard import lease_expired
+from shardclaim.lease.shard import lease_expired, records_checkpointed
 from shardclaim.store import Generation, ObjectInfo, Store
 
 __all__ = [
@@ -57,6 +57,7 @@ class ShardView:
     generation: Generation = 0
     error: str | None = None  #: why the shard is invalid
     compute_seconds: float = 0.0  #: the durations of its ended attempts, summed
+    records_done: int = 0  #: records of checkpointed chunks (a shard not completed)
 
     def expired(self, now: datetime) -> bool:
         if self.status != "in_use" or self.updated is None or self.lease_seconds is None:
@@ -115,6 +116,7 @@ def read_view(store: Store, shard_id: int, directory: str, default_lease: float)
         updated=obj.updated,
         generation=obj.generation,
         compute_seconds=sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or []),
+        records_done=records_checkpointed(doc) if doc["status"] != "completed" else 0,
     )
 
 
@@ -129,9 +131,10 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         failures = int(meta.get("failures", "0"))
         lease = float(meta["lease-seconds"]) if "lease-seconds" in meta else default_lease
         compute = float(meta.get("compute-s", "0"))
+        records = int(meta.get("records-done", "0"))
     except ValueError:
         return None
-    if not 0 <= compute < math.inf:
+    if not 0 <= compute < math.inf or records < 0:
         return None
     if attempt < 0 or failures < 0 or not (0 < lease <= MAX_LEASE_SECONDS) or math.isnan(lease):
         return None
@@ -147,6 +150,7 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         updated=info.updated,
         generation=info.generation,
         compute_seconds=compute,
+        records_done=records if status != "completed" else 0,
     )
 
 
