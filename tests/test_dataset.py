@@ -107,11 +107,57 @@ def test_round_robin_balances_count_and_bytes_even_on_size_sorted_input(tmp_path
     lines = sorted(records(2000, size=900), key=len)
     src = write_jsonl(tmp_path / "in.jsonl", lines)
     chunk_mb = 0.05
-    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=8, chunk_size_mb=chunk_mb)
+    master = create_sharded_dataset(
+        str(src), str(tmp_path / "ds"), num_shards=8, chunk_size_mb=chunk_mb, strategy="round_robin"
+    )
     counts = [s["total_tasks"] for s in master["shards"]]
     sizes = [s["size_bytes"] for s in master["shards"]]
     assert max(counts) - min(counts) <= 1
     assert max(sizes) - sum(sizes) / len(sizes) <= chunk_mb * MiB
+
+
+def test_blocks_deals_runs_of_equal_bytes_even_on_size_sorted_input(tmp_path: Path) -> None:
+    """The default: runs of about block / 4N bytes in rotation, so bytes balance within about a run
+    (records then differ: the runs of short lines hold more of them)."""
+    lines = sorted(records(12_000, size=900), key=len)
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=8, chunk_size_mb=0.05)
+    assert master["strategy"] == "blocks"
+    run = src.stat().st_size / 32  # one 8 MiB block at most: 4 runs per shard
+    sizes = [s["size_bytes"] for s in master["shards"]]
+    assert max(sizes) - min(sizes) <= run + 2 * max(map(len, lines))
+    counts = [s["total_tasks"] for s in master["shards"]]
+    assert max(counts) - min(counts) > 1  # runs, not lines: the test would not notice line dealing
+    assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
+    for entry in master["shards"]:  # every chunk holds whole lines, counted right, under the limit
+        meta = load(tmp_path / "ds" / entry["directory"] / "metadata.json")
+        for chunk in meta["chunks"]:
+            data = (tmp_path / "ds" / entry["directory"] / chunk["file"]).read_bytes()
+            assert data.count(b"\n") == chunk["num_tasks"]
+            assert data.endswith(b"\n")
+            assert len(data) <= 0.05 * MiB
+
+
+def test_blocks_is_round_robin_on_a_small_input(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", records(300))
+    for strategy in ("blocks", "round_robin"):
+        create_sharded_dataset(str(src), str(tmp_path / strategy), num_shards=8, strategy=strategy)  # type: ignore[arg-type]
+    assert dataset_lines(tmp_path / "blocks") == dataset_lines(tmp_path / "round_robin")
+
+
+def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path) -> None:
+    lines = records(6000, size=600)
+    body = bytearray()
+    for i, line in enumerate(lines):
+        body += line
+        if i % 997 == 0:
+            body += [b"\n", b"  \n", b"\t\r\n", b"\n\n"][i % 4]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(bytes(body))
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=0.1)
+    assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
+    assert master["blank_lines"] == sum(2 if i % 4 == 3 else 1 for i in range(0, 6000, 997))
+    assert master["total_tasks"] == 6000
 
 
 def test_contiguous_shards_are_consecutive_runs_of_the_input(tmp_path: Path) -> None:
@@ -228,10 +274,10 @@ def test_a_directory_with_foreign_files_is_refused_even_with_overwrite(tmp_path:
 def test_a_killed_build_never_looks_complete_and_a_rebuild_cleans_it(tmp_path: Path) -> None:
     from tests.test_build_output import leftovers, paused_build
 
-    lines = records(4000, size=1200)
+    lines = records(24_000, size=1200)  # more than one 8 MiB block: the builder reads whole blocks
     out = tmp_path / "ds"
     with paused_build(tmp_path, out, "--num_shards", "4", "--chunk_size_mb", "0.05") as (proc, w):
-        w.write(b"".join(lines))  # read, and mostly written, before the write returns
+        w.write(b"".join(lines))  # the first block read and dealt before the write returns
         w.flush()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -239,7 +285,7 @@ def test_a_killed_build_never_looks_complete_and_a_rebuild_cleans_it(tmp_path: P
     assert not (out / "master_metadata.json").exists()
     src = write_jsonl(tmp_path / "in.jsonl", lines)
     master = create_sharded_dataset(str(src), str(out), num_shards=2, chunk_size_mb=0.5)
-    assert master["total_tasks"] == 4000
+    assert master["total_tasks"] == 24_000
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "master_metadata.json", "shard_000", "shard_001",
     ]  # fmt: skip

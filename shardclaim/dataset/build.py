@@ -9,9 +9,13 @@ object exists the build is not a dataset, so an interrupted build never looks co
 The build never writes into the dataset it may replace, and one build at a time writes to an output:
 see :mod:`shardclaim.dataset.output` (staging and the switch) and :mod:`shardclaim.dataset.lock`.
 
-Assignment strategies (both deterministic):
+Assignment strategies (all deterministic):
 
-* ``round_robin`` (default): record *i* goes to shard *i mod N*. Shards differ by at most one record
+* ``blocks`` (default): runs of whole lines, about an 8 MiB block / 4N each, go to the shards in
+  rotation (:mod:`shardclaim.dataset.deal`): no Python code per line, so small records build at the
+  speed of copying bytes. Shards differ in bytes by about one run; small inputs (runs under 4 KiB) are
+  dealt line by line, exactly as ``round_robin``.
+* ``round_robin``: record *i* goes to shard *i mod N*. Shards differ by at most one record
   in count, and in bytes by the spread of record sizes — far below one chunk for any real input, also
   when the input is sorted by size. One pass.
 * ``contiguous``: shard *s* takes one consecutive run of records, as ``split`` would; counts differ by
@@ -29,6 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from shardclaim.dataset.chunks import ChunkWriter
+from shardclaim.dataset.deal import deal_block, excluded_blanks, runs_suit
 from shardclaim.dataset.inputs import (
     blocks_of,
     input_names,
@@ -46,10 +51,11 @@ from shardclaim.layout import FORMAT_VERSION, shard_dir
 if TYPE_CHECKING:  # validate (simdjson, multiprocessing) is imported only when validating
     from shardclaim.dataset.validate import BackgroundValidator, Invalid
 
-__all__ = ["create_sharded_dataset"]
+__all__ = ["Options", "Strategy", "build_records", "check_options", "create_sharded_dataset"]
 
 log = logging.getLogger("shardclaim.dataset")
-Strategy = Literal["round_robin", "contiguous"]
+Strategy = Literal["blocks", "round_robin", "contiguous"]
+STRATEGIES = ("blocks", "round_robin", "contiguous")
 _MiB = 1 << 20
 _WHITESPACE = b" \t\r\n"
 
@@ -58,7 +64,7 @@ _WHITESPACE = b" \t\r\n"
 
 
 @dataclass(frozen=True, slots=True)
-class _Options:
+class Options:
     num_shards: int
     limit: int
     strategy: Strategy
@@ -66,7 +72,7 @@ class _Options:
     skip_invalid: bool
 
 
-def _check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None:
+def check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None:
     if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards < 1:
         msg = f"num_shards must be a positive integer, got {num_shards!r}"
         raise ValueError(msg)
@@ -76,8 +82,8 @@ def _check_options(num_shards: int, chunk_size_mb: float, strategy: str) -> None
     if int(chunk_size_mb * _MiB) < 1:
         msg = f"chunk_size_mb {chunk_size_mb!r} is less than one byte"
         raise ValueError(msg)
-    if strategy not in ("round_robin", "contiguous"):
-        msg = f"strategy must be 'round_robin' or 'contiguous', got {strategy!r}"
+    if strategy not in STRATEGIES:
+        msg = f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
         raise ValueError(msg)
 
 
@@ -91,26 +97,49 @@ def create_sharded_dataset(
     num_shards: int = 8,
     chunk_size_mb: float = 100,
     *,
-    strategy: Strategy = "round_robin",
+    strategy: Strategy = "blocks",
     validate: bool = True,
     skip_invalid: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    by_reference: bool = False,
 ) -> dict[str, Any]:
     """Split JSONL ``input_file`` (a path or URL, a glob, or a list; ``.gz``/``.zst``/``.bz2`` read by
     suffix) into ``num_shards`` shards of ``chunk_size_mb`` chunks under ``output_dir``.
+
+    With ``by_reference`` the chunks are not written: each is a byte range of an (uncompressed) input,
+    recorded with its CRC32C, and the inputs are pinned (see :mod:`shardclaim.dataset.byref`).
 
     Returns the master metadata. Raises :class:`InputError` for a malformed line (naming file and
     line; with ``skip_invalid`` such lines are skipped and counted instead), an empty input or more
     shards than records; :class:`DatasetExistsError` when ``output_dir`` holds a dataset and
     ``overwrite`` is false. On any error nothing is published.
     """
-    _check_options(num_shards, chunk_size_mb, strategy)
-    opts = _Options(num_shards, int(chunk_size_mb * _MiB), strategy, validate, skip_invalid)
+    check_options(num_shards, chunk_size_mb, strategy)
+    opts = Options(num_shards, int(chunk_size_mb * _MiB), strategy, validate, skip_invalid)
     files = open_inputs(input_file)
+    if by_reference:
+        from shardclaim.dataset.byref import build_by_reference
+
+        return build_by_reference(files, output_dir, opts, chunk_size_mb=chunk_size_mb, overwrite=overwrite)
+    return build_records(files, output_dir, opts, chunk_size_mb=chunk_size_mb, overwrite=overwrite,
+                         progress=progress)  # fmt: skip
+
+
+def build_records(
+    files: list[Any],
+    output_dir: str,
+    opts: Options,
+    *,
+    chunk_size_mb: float,
+    overwrite: bool,
+    progress: bool | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a dataset of copied records from opened inputs; ``extra`` fields join the master."""
     output = prepare_output(output_dir, overwrite=overwrite)
     try:
-        return _build(files, output, opts, chunk_size_mb=chunk_size_mb, progress=progress)
+        return _build(files, output, opts, chunk_size_mb=chunk_size_mb, progress=progress, extra=extra)
     except BaseException:
         output.abort()
         raise
@@ -119,7 +148,13 @@ def create_sharded_dataset(
 
 
 def _build(
-    files: list[Any], output: Output, opts: _Options, *, chunk_size_mb: float, progress: bool | None
+    files: list[Any],
+    output: Output,
+    opts: Options,
+    *,
+    chunk_size_mb: float,
+    progress: bool | None,
+    extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     num_shards = opts.num_shards
@@ -185,6 +220,7 @@ def _build(
             }
             for d in shards
         ],
+        **(extra or {}),
     }
     output.publish(shards, master)
     elapsed = time.perf_counter() - started
@@ -201,26 +237,61 @@ def _distribute(
     files: list[Any],
     *,
     writer: ChunkWriter,
-    opts: _Options,
+    opts: Options,
     total: int,
     bar: Any,
     background: BackgroundValidator | None,
 ) -> dict[str, int]:
-    records = invalid = blank = nbytes = big = 0
-    n = opts.num_shards
+    stats = {"records": 0, "invalid": 0, "blank": 0, "bytes": 0, "big": 0}
     parse = None
     if opts.validate and background is None:
         import simdjson
 
         parse = simdjson.Parser().parse
-    round_robin = opts.strategy == "round_robin"
-    add = writer.add
-    # The same walk as inputs.lines_of, written out: a generator step per line costs ~15% of the
-    # whole --no-validate build on 10 KB records. add() copies the line out of the block at once.
-    current, lineno = -1, 0
+    walk = _Walk(writer, opts, total, parse)
+    current = -1
     for index, name, data, start, end in blocks_of(files, bar):
         if index != current:
-            current, lineno = index, 0
+            current, walk.lineno = index, 0
+        runs = opts.strategy == "blocks" and runs_suit(end - start, opts.num_shards)
+        if runs and parse is None:  # no Python code per line: see deal
+            holes = excluded_blanks(data, start, end)
+            stats["blank"] += len(holes)
+            walk.lineno += data.count(b"\n", start, end)
+        else:
+            holes = walk.lines(name, data, start, end, stats, deal=not runs)
+        if runs:
+            walk.turn, got, size = deal_block(writer, data, start, end, turn=walk.turn, excluded=holes)
+            stats["records"] += got
+            stats["bytes"] += size
+        if background is not None and (bad := background.problem()) is not None:
+            _invalid(bad)
+    return stats
+
+
+class _Walk:
+    """The line-by-line part of the distribution: blank lines, inline validation, and dealing one line
+    per turn (``round_robin``, ``contiguous``, and ``blocks`` on blocks too small for runs)."""
+
+    def __init__(self, writer: ChunkWriter, opts: Options, total: int, parse: Any) -> None:
+        self.writer = writer
+        self.opts = opts
+        self.total = total
+        self.parse = parse
+        self.turn = 0  # the rotation: a line's (round_robin, small blocks) or a run's (blocks)
+        self.lineno = 0
+
+    def lines(
+        self, name: str, data: bytes | bytearray, start: int, end: int, stats: dict[str, int], *, deal: bool
+    ) -> list[tuple[int, int]]:
+        """Walk ``data[start:end]``: count blank lines, validate, and (``deal``) deal each record; return
+        the lines left out (blank, or invalid and skipped)."""
+        n, total, parse, add = self.opts.num_shards, self.total, self.parse, self.writer.add
+        contiguous = self.opts.strategy == "contiguous"
+        records, nbytes, turn, lineno = stats["records"], stats["bytes"], self.turn, self.lineno
+        holes = []
+        # The same walk as inputs.lines_of, written out: a generator step per line costs ~15% of the
+        # whole --no-validate build on 10 KB records. add() copies the line out of the block at once.
         view = memoryview(data)
         pos = start
         while pos < end:
@@ -228,9 +299,10 @@ def _distribute(
             lineno += 1
             line = view[pos:nl]
             first = data[pos]
-            pos = nl
+            begin, pos = pos, nl
             if first in _WHITESPACE and is_blank(line):
-                blank += 1
+                stats["blank"] += 1
+                holes.append((begin, nl))
                 continue
             if parse is not None:  # records.fast_validator, written out (a call per line costs ~10%)
                 try:
@@ -239,19 +311,21 @@ def _distribute(
                     parse(line)
                 except FAST_ERRORS:
                     try:
-                        big += 1 if big_integers_in(line) else 0
+                        stats["big"] += 1 if big_integers_in(line) else 0
                     except InvalidRecordError as e:
-                        if not opts.skip_invalid:
+                        if not self.opts.skip_invalid:
                             _invalid((name, lineno, e.reason))
-                        invalid += 1
+                        stats["invalid"] += 1
+                        holes.append((begin, nl))
                         continue
-            add(records % n if round_robin else min(records * n // max(total, 1), n - 1), line)
-            records += 1
-            nbytes += len(line)
+            if deal:
+                add(min(records * n // max(total, 1), n - 1) if contiguous else turn % n, line)
+                turn += 1
+                records += 1
+                nbytes += len(line)
         view.release()  # the buffer is read into again next
-        if background is not None and (bad := background.problem()) is not None:
-            _invalid(bad)
-    return {"records": records, "invalid": invalid, "blank": blank, "bytes": nbytes, "big": big}
+        stats["records"], stats["bytes"], self.turn, self.lineno = records, nbytes, turn, lineno
+        return holes
 
 
 def _invalid(bad: Invalid) -> NoReturn:

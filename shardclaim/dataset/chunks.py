@@ -84,8 +84,8 @@ class ChunkWriter:
         self._direct = (  # the writer turns it off if the filesystem refuses it after all
             self._local and _DIRECT != 0 and filesystem_type(base) in DIRECT_IO_FILESYSTEMS
         )
-        self._limit = limit
-        self._num_shards = num_shards
+        self._limit = self.limit = limit
+        self._num_shards = self.num_shards = num_shards
         # Every shard keeps its chunk file open, unless that would take more descriptors than the
         # process may open (2,048 shards under `ulimit -n 1024`): then each write opens the file
         # again and closes it at once, and no more than one per writer thread is open.
@@ -117,8 +117,9 @@ class ChunkWriter:
 
     # -- main thread ------------------------------------------------------------------------------
 
-    def add(self, shard_id: int, line: memoryview) -> None:
-        """Append one record (with its newline) to the shard's current chunk."""
+    def add(self, shard_id: int, line: memoryview, count: int = 1) -> None:
+        """Append one record (with its newline), or ``count`` whole lines that fit in the current
+        chunk, to the shard's current chunk."""
         shard = self.shards[shard_id]
         n = len(line)
         fill = shard.fill
@@ -126,7 +127,7 @@ class ChunkWriter:
             shard.buffer[fill : fill + n] = line  # type: ignore[index]  # fill < size: it has one
             shard.fill = fill + n
             shard.bytes += n
-            shard.records += 1
+            shard.records += count
             return
         if shard.records and shard.bytes + n > self._limit:
             self._close_chunk(shard_id)
@@ -141,7 +142,7 @@ class ChunkWriter:
             shard.fill += take
             done += take
         shard.bytes += n
-        shard.records += 1
+        shard.records += count
         if n > self._limit:
             log.warning(
                 "a %d-byte record is larger than the %d-byte chunk limit: it gets chunk %s/%s alone",

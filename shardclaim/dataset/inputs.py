@@ -100,7 +100,8 @@ def size_of(f: Any) -> int:
 def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes | bytearray, int, int]]:
     """Yield ``(input index, input name, data, start, end)`` where ``data[start:end]`` is whole lines.
 
-    One 8 MiB buffer is read into again and again, so a block is only valid until the next one is
+    One 8 MiB buffer is read into again and again (filled whole: a block is an 8 MiB window of the
+    input's bytes, less the line it shares with the next), so a block is only valid until the next one is
     asked for: copy whatever must outlive it. The line that straddles two reads is yielded on its own
     (a small copy), so the large blocks are never joined. A last line without a newline gets one.
     An input that cannot be read to its end (missing, truncated, corrupt) raises :class:`InputError`
@@ -117,12 +118,7 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
             while True:
                 data: bytes | bytearray
                 try:
-                    if readinto is not None:
-                        n = readinto(view)
-                        data = buf
-                    else:
-                        data = handle.read(_BLOCK)
-                        n = len(data)
+                    data, n = _fill(handle, readinto, buf, view)
                 except Exception as e:  # see _opened
                     raise _unreadable(f, name, e) from None
                 if not n:
@@ -145,6 +141,23 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
                 carry = bytes(data[end:n])
             if carry:
                 yield index, name, carry + b"\n", 0, len(carry) + 1
+
+
+def _fill(handle: Any, readinto: Any, buf: bytearray, view: memoryview) -> tuple[bytes | bytearray, int]:
+    """Read a whole block (short only at the end of the input), so that the blocks, and with them the
+    ``blocks`` strategy's cuts, depend on the input's bytes alone, never on how a reader splits them."""
+    if readinto is None:
+        parts = []
+        size = 0
+        while size < _BLOCK and (part := handle.read(_BLOCK - size)):
+            parts.append(part)
+            size += len(part)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data, len(data)
+    n = 0
+    while n < _BLOCK and (got := readinto(view[n:])):
+        n += got
+    return buf, n
 
 
 @contextmanager
