@@ -29,12 +29,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shardclaim._identity import default_worker_id
 from shardclaim.attempt import GRACE_SECONDS, kill_group, run_attempt, shard_environment, stop
+from shardclaim.console import Progress, SharedLine
 from shardclaim.errors import JobHaltedError, LeaseLostError, StoreError
 from shardclaim.fanin import finalize_once
 from shardclaim.lease import halt
@@ -44,7 +45,8 @@ from shardclaim.worker import Preempted, sigterm_raises
 
 __all__ = ["run_workers", "shard_environment"]
 
-_PROGRESS_SECONDS = 2.0
+_PROGRESS_SECONDS = 2.0  #: a listing for the progress line at most this often
+_REDRAW_SECONDS = 0.25  #: how soon the line comes back after output scrolled over it
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class _Options:
     max_consecutive_failures: int = 3
     max_failed_shards: int | None = None
     workers: int = 1
+    screen: SharedLine | None = None  #: the progress line the worker's output must not collide with
 
 
 def _worker(opts: _Options, index: int) -> int:
@@ -166,32 +169,41 @@ def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[
         time.sleep(min(m.heartbeat_seconds, 2.0))  # someone else is finalizing: watch its lease
 
 
-class _Progress:
-    """One redrawn status line on stderr."""
+class _Display:
+    """The parent's side of the progress line: a listing every ``_PROGRESS_SECONDS`` at most (however
+    many workers exit meanwhile), and a redraw of the same text, without a listing, after the workers'
+    output scrolled over it."""
 
-    def __init__(self, manager: ShardManager) -> None:
+    def __init__(
+        self, manager: ShardManager, screen: SharedLine, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._manager = manager
-        self._start = time.monotonic()
-        self._total = int(manager.master.get("total_tasks") or 0)
+        self.screen = screen
+        self._clock = clock
+        self._progress = Progress(int(manager.master.get("total_tasks") or 0), clock=clock)
+        self._listed_at: float | None = None
 
-    def __call__(self, *, final: bool = False) -> None:
+    def tick(self) -> None:
+        now = self._clock()
+        if self._listed_at is not None and now - self._listed_at < _PROGRESS_SECONDS:
+            self.screen.redraw()
+            return
+        self._listed_at = now
         try:
             agg = summarize(self._manager.get_shard_status())
         except StoreError:
             return  # progress is best effort; the workers retry on their own
-        counts, done = agg["counts"], agg["records_done"]
-        rate = done / max(time.monotonic() - self._start, 1e-9)
-        eta = f"{(self._total - done) / rate:.0f}s" if rate > 0 and done < self._total else "-"
-        sys.stderr.write(
-            f"\r{counts.get('completed', 0)}/{agg['shards']} shards done, {counts.get('in_use', 0)} in use, "
-            f"{counts.get('failed', 0)} failed; {done} records, {rate:.0f}/s, ETA {eta}   "
-            + ("\n" if final else "")
-        )
-        sys.stderr.flush()
+        self.screen.draw(self._progress.text(agg))
+
+    def final(self, agg: Mapping[str, Any]) -> None:
+        self.screen.draw(self._progress.text(agg), final=True)
 
 
 def _child(opts: _Options, index: int, parent: int) -> None:
     _die_with_parent(parent)
+    if opts.screen is not None:  # every line this worker and its commands print goes above the line
+        sys.stdout = opts.screen.text_stream((sys.__stdout__ or sys.stdout).buffer)
+        sys.stderr = opts.screen.text_stream((sys.__stderr__ or sys.stderr).buffer)
     with sigterm_raises(True):  # the whole worker, finalizer included: SIGTERM stops what it runs
         sys.exit(_worker(opts, index))
 
@@ -242,8 +254,9 @@ def run_workers(
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
     every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT. ``progress`` (default:
-    when stderr is a terminal) redraws one line every 2 s: shards done / in use / failed, records per
-    second and an ETA, from one listing each time."""
+    when stderr is a terminal) keeps one line at the bottom of stderr (:mod:`shardclaim.console`): shards
+    done / running / failed, records (checkpointed ones included), the rate over the last 30 s and an
+    ETA, from one listing every 2 s; the workers' and commands' output scrolls above it by whole lines."""
     _check_options(command, workers, timeout, max_consecutive_failures)
     watcher = ShardManager(
         dataset, "run", lease_seconds=lease_seconds, max_attempts=max_attempts, max_expiries=max_expiries,
@@ -253,11 +266,13 @@ def run_workers(
     if watcher.halt is not None:
         print(f"shardclaim run: refused: {halt.describe(watcher.halt, dataset)}", file=sys.stderr)
         return 1
-    show = _Progress(watcher) if (sys.stderr.isatty() if progress is None else progress) else None
     ctx = mp.get_context("spawn")
+    show = None
+    if sys.stderr.isatty() if progress is None else progress:
+        show = _Display(watcher, SharedLine(ctx))
     options = _Options(
         dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
-        max_consecutive_failures, max_failed_shards, workers,
+        max_consecutive_failures, max_failed_shards, workers, show.screen if show is not None else None,
     )  # fmt: skip
     procs = [ctx.Process(target=_child, args=(options, i, os.getpid())) for i in range(workers)]
     interrupted = False
@@ -275,18 +290,18 @@ def run_workers(
         for p in procs:
             p.start()
         while alive := [p.sentinel for p in procs if p.is_alive()]:
-            mp.connection.wait(alive, timeout=_PROGRESS_SECONDS)  # a worker exits, or it is time to redraw
+            mp.connection.wait(alive, timeout=_REDRAW_SECONDS if show is not None else None)
             if show is not None:
-                show()
+                show.tick()
         for p in procs:
             p.join()
-        if show is not None:
-            show(final=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     statuses = watcher.get_shard_status()
     agg = summarize(statuses, halted=watcher.halt is not None)
+    if show is not None:
+        show.final(agg)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(agg["counts"].items()))
     print(f"{agg['state']}: {agg['shards']} shards ({counts}); {agg['records_done']} records done")
     if interrupted:
