@@ -118,3 +118,37 @@ def test_run_help_lists_the_environment_the_command_gets() -> None:
     result = shardclaim_cli("run", "--help")
     for name in ("SHARDCLAIM_SHARD_ID", "SHARDCLAIM_CHUNKS", "SHARDCLAIM_CHECKPOINT_FILE", "VELDA_SHARD_ID"):
         assert name in result.stdout
+
+
+def test_every_help_shows_the_defaults() -> None:
+    """Every option of every command whose value has a default says which in its help, and the help
+    that users read (the real `--help` output) shows it."""
+    import argparse
+
+    from shardclaim.cli import _parser
+
+    def parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        found = [p]
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in set(action.choices.values()):
+                    found += parsers(sub)
+        return found
+
+    def says_its_default(action: argparse.Action) -> bool:
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return True  # nothing to say
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            return True
+        text = str(action.help)
+        return "default" in text.lower() or f"({action.default})" in text
+
+    silent = [
+        f"{p.prog} {action.option_strings[0]} (default {action.default!r}): {action.help!r}"
+        for p in parsers(_parser())
+        for action in p._actions
+        if not says_its_default(action)
+    ]
+    assert silent == []
+    shown = shardclaim_cli("run", "--help").stdout
+    assert "lease length in seconds (default: 60)" in " ".join(shown.split())

@@ -6,6 +6,7 @@ is quiet).
 * :mod:`.shards`: ``status``, ``claim``, ``complete``, ``fail``, ``reset`` (the ShardManager);
 * :mod:`.run`: ``run``'s arguments (the engine is :mod:`shardclaim.run`);
 * :mod:`.logs`: ``logs`` (what an attempt of ``run`` wrote);
+* :mod:`.cat`: ``cat`` (a shard's records as JSONL on stdout, verified);
 * :mod:`.watch`: ``status --watch`` (the live view; drawn by :mod:`shardclaim.view`);
 * :mod:`.report`: ``report`` (the job as one self-contained HTML page);
 * :mod:`.wait`: ``wait`` (block until the job is settled: exit 0, 1 or 124);
@@ -26,9 +27,9 @@ import sys
 from collections.abc import Sequence
 
 from shardclaim import __version__
-from shardclaim.cli import create, logs, report, run, selftest, shards, wait
+from shardclaim.cli import cat, create, logs, report, run, selftest, shards, wait
 from shardclaim.cli.create import add_create_arguments
-from shardclaim.cli.options import both_spellings
+from shardclaim.cli.options import both_spellings, show_defaults
 from shardclaim.errors import ShardclaimError
 
 __all__ = ["add_create_arguments", "both_spellings", "main"]
@@ -46,9 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("-q", dest="quiet", action="store_true", help="errors only in the log")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (create, shards, run, wait, logs, report, selftest):  # the order of `shardclaim --help`
+    for group in (create, shards, run, wait, logs, cat, report, selftest):  # the order of `shardclaim --help`
         group.register(sub)
     both_spellings(parser)
+    show_defaults(parser)
     return parser
 
 

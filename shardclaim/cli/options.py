@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["both_spellings", "budget", "lease_seconds", "positive_float", "positive_int"]
+__all__ = ["both_spellings", "budget", "lease_seconds", "positive_float", "positive_int", "show_defaults"]
 
 #: The longest lease anyone may take (the same bound as the manager's: a week).
 _MAX_LEASE = 7 * 24 * 3600.0
@@ -64,3 +64,27 @@ def both_spellings(parser: argparse.ArgumentParser) -> None:
                 if other not in parser._option_string_actions:
                     action.option_strings = [*action.option_strings, other]
                     parser._option_string_actions[other] = action
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """End the help of every option of ``parser`` and its subcommands that has a default with
+    ``(default: X)``, unless its help already says it; keep help text as written (line breaks too)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                show_defaults(sub)
+            continue
+        default = action.default
+        if (
+            not action.option_strings
+            or action.help in (None, argparse.SUPPRESS)
+            or default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, argparse._VersionAction | argparse._HelpAction)
+        ):
+            continue
+        text = str(action.help)
+        if "default" in text.lower() or f"({default})" in text:
+            continue
+        shown = f"{default:g}" if isinstance(default, float) else default
+        action.help = f"{text} (default: {shown})".replace("%", "%%").replace("%%(", "%(")

@@ -21,18 +21,16 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("dataset_dir", metavar="DATASET")
-    run.add_argument(
-        "-N", "--workers", type=positive_int, default=1, help="local worker processes (default 1)"
-    )
-    run.add_argument("--lease-seconds", type=lease_seconds, default=60.0, help="lease length (60)")
-    run.add_argument("--max-attempts", type=budget, default=3, help="failures before a shard is failed (3)")
+    run.add_argument("-N", "--workers", type=positive_int, default=1, help="local worker processes")
+    run.add_argument("--lease-seconds", type=lease_seconds, default=60.0, help="lease length in seconds")
+    run.add_argument("--max-attempts", type=budget, default=3, help="failures before a shard is failed")
     run.add_argument(
         "--max-expiries", type=budget, default=3,
-        help="leases lost by a dying holder, without progress, before a shard is failed (3)",
+        help="leases lost by a dying holder, without progress, before a shard is failed",
     )  # fmt: skip
     run.add_argument(
         "--max-consecutive-failures", type=positive_int, default=3,
-        help="a worker that fails this many shards in a row stops: its environment is suspect (3)",
+        help="a worker that fails this many shards in a row stops: its environment is suspect",
     )  # fmt: skip
     run.add_argument(
         "--max-failed-shards", type=positive_int, metavar="K",
