@@ -24,6 +24,7 @@ import orjson
 
 from shardclaim.attempt_log import AttemptLog, log_key
 from shardclaim.errors import LeaseLostError
+from shardclaim.layout import readable_chunks
 from shardclaim.manager import ShardManager
 
 __all__ = ["GRACE_SECONDS", "kill_group", "run_attempt", "shard_environment", "stop"]
@@ -40,8 +41,8 @@ def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> di
     return {
         "SHARDCLAIM_SHARD_ID": str(shard["shard_id"]),
         "SHARDCLAIM_TOTAL_SHARDS": str(shard["total_shards"]),
-        "SHARDCLAIM_CHUNKS": "\n".join(shard["chunks"]),
-        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(shard["chunks"]).decode(),
+        "SHARDCLAIM_CHUNKS": "\n".join(readable_chunks(shard)),
+        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(readable_chunks(shard)).decode(),
         "SHARDCLAIM_DATASET": dataset,
         "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
         "SHARDCLAIM_WORKER_ID": worker_id,
