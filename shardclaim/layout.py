@@ -10,11 +10,25 @@
 A metadata file is data from the store, so it is *checked*, never trusted: unknown status values, chunk
 names that leave the shard directory (``../x``, ``/etc/passwd``), wrong types and impossible counts are
 refused with :class:`MetadataError` naming the object.
+
+Format version 1 is a dataset of copied records (``chunk_NNNN.jsonl`` files in the shard directories).
+Format version 2 adds datasets whose chunks live elsewhere, named by the master's and every shard's
+``kind`` and ``sources`` (a list of ``{"url": ...}`` objects, the same list in both); each chunk entry
+names its source by index, never by a URL of its own, so no entry can point outside the recorded sources:
+
+* ``"kind": "files"`` (``create --files``): each chunk is one task, a file: ``file`` is its path relative
+  to its source (a directory or URL prefix), without ``..``, ``.`` or empty segments;
+* ``"kind": "by_reference"`` (``create --by-reference``): each chunk is a byte range of a source file:
+  ``offset`` and ``size_bytes`` inside the source's recorded ``size``, ``crc32c`` of the range required;
+  the source is pinned (``size`` and ``mtime_ns`` locally, ``generation`` on GCS, ``etag`` on S3).
+
+Readers check that a shard's ``sources`` are the master's (:func:`check_sources_match`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -23,6 +37,8 @@ from shardclaim.errors import MetadataError
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSION_REFERENCES",
+    "KINDS",
     "MASTER_KEY",
     "MAX_LEASE_SECONDS",
     "STATUSES",
@@ -30,12 +46,18 @@ __all__ = [
     "ShardStatus",
     "check_master",
     "check_shard",
+    "check_sources_match",
+    "chunk_locations",
     "chunk_name",
     "parse_json",
+    "readable_chunks",
     "shard_dir",
 ]
 
 FORMAT_VERSION = 1
+#: Datasets whose chunks are files or byte ranges elsewhere (``kind`` "files" or "by_reference").
+FORMAT_VERSION_REFERENCES = 2
+KINDS: frozenset[str] = frozenset({"files", "by_reference"})
 MASTER_KEY = "master_metadata.json"
 SHARD_METADATA = "metadata.json"
 ShardStatus = Literal["available", "in_use", "completed", "failed"]
@@ -110,28 +132,42 @@ def check_shard(key: str, doc: dict[str, Any], *, expect_id: int | None = None) 
         raise MetadataError(key, f"'chunks' must be a list, got {type(chunks).__name__}")
     if _int(key, doc, "num_chunks") != len(chunks):
         raise MetadataError(key, f"num_chunks is {doc['num_chunks']} but {len(chunks)} chunks are listed")
+    kind = doc.get("kind")
+    sources = _check_kind(key, doc) if kind is not None else []
     counted = 0
     for i, chunk in enumerate(chunks):
-        if not isinstance(chunk, dict):
-            raise MetadataError(key, f"chunk {i} is not an object")
-        name = chunk.get("file")
-        if not isinstance(name, str) or not _CHUNK_FILE.fullmatch(name):
-            raise MetadataError(key, f"chunk {i} has file name {name!r}; expected chunk_NNNN.jsonl")
-        if _int(key, chunk, "chunk_id") != i:
-            raise MetadataError(key, f"chunk {i} has chunk_id {chunk['chunk_id']}")
-        counted += _int(key, chunk, "num_tasks")
-        _number(key, chunk, "size_mb")
-        if "size_bytes" in chunk:
-            _int(key, chunk, "size_bytes")
-        crc = chunk.get("crc32c")
-        if crc is not None and (not isinstance(crc, str) or not re.fullmatch(r"[0-9a-f]{8}", crc)):
-            raise MetadataError(key, f"chunk {i} has crc32c {crc!r}; expected 8 hex digits")
+        counted += _check_chunk(key, i, chunk, kind, sources)
     if counted != total:
         raise MetadataError(key, f"total_tasks is {total} but the chunks hold {counted}")
     for field in ("assigned_to", "started_at", "completed_at", "last_error", "write_token"):
         _opt_str(key, doc, field)
     _check_state(key, doc)
     return doc
+
+
+def _check_chunk(key: str, i: int, chunk: object, kind: object, sources: list[dict[str, Any]]) -> int:
+    """One entry of a shard's ``chunks``; its ``num_tasks``."""
+    if not isinstance(chunk, dict):
+        raise MetadataError(key, f"chunk {i} is not an object")
+    name = chunk.get("file")
+    if kind == "files":
+        _check_task_file(key, i, chunk, sources)
+    elif not isinstance(name, str) or not _CHUNK_FILE.fullmatch(name):
+        raise MetadataError(key, f"chunk {i} has file name {name!r}; expected chunk_NNNN.jsonl")
+    elif kind == "by_reference":
+        _check_range(key, i, chunk, sources)
+    elif "source" in chunk or "offset" in chunk:
+        raise MetadataError(key, f"chunk {i} names a source, but the shard has no 'kind'")
+    if _int(key, chunk, "chunk_id") != i:
+        raise MetadataError(key, f"chunk {i} has chunk_id {chunk['chunk_id']}")
+    tasks = _int(key, chunk, "num_tasks")
+    _number(key, chunk, "size_mb")
+    if "size_bytes" in chunk:
+        _int(key, chunk, "size_bytes")
+    crc = chunk.get("crc32c")
+    if crc is not None and (not isinstance(crc, str) or not re.fullmatch(r"[0-9a-f]{8}", crc)):
+        raise MetadataError(key, f"chunk {i} has crc32c {crc!r}; expected 8 hex digits")
+    return tasks
 
 
 def _check_state(key: str, doc: dict[str, Any]) -> None:
@@ -188,8 +224,12 @@ def check_master(key: str, doc: dict[str, Any]) -> dict[str, Any]:
     _int(key, doc, "total_tasks")
     _number(key, doc, "chunk_size_mb")
     version = doc.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, FORMAT_VERSION_REFERENCES) or isinstance(version, bool):
         raise MetadataError(key, f"format_version {version!r} is not one this shardclaim reads")
+    if (version == FORMAT_VERSION_REFERENCES) != ("kind" in doc):
+        raise MetadataError(key, f"format_version {version} with kind {doc.get('kind')!r}")
+    if "kind" in doc:
+        _check_kind(key, doc)
     shards = doc.get("shards")
     if not isinstance(shards, list) or len(shards) != num:
         raise MetadataError(key, f"'shards' must list {num} shards")
@@ -200,3 +240,108 @@ def check_master(key: str, doc: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(directory, str) or not _SHARD_DIR.fullmatch(directory):
             raise MetadataError(key, f"shards[{i}] has directory {directory!r}; expected shard_NNN")
     return doc
+
+
+# -- format version 2: chunks that are files or byte ranges of recorded sources ------------------------
+
+_SCHEMES = re.compile(r"[a-z][a-z0-9+.-]*://[^?#\x00-\x1f]+")
+
+
+def _check_kind(key: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``kind`` and ``sources`` of a version-2 master or shard; the sources."""
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise MetadataError(key, f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+    sources = doc.get("sources")
+    if not isinstance(sources, list) or not sources or len(sources) > 1_000_000:
+        raise MetadataError(key, "'sources' must be a non-empty list")
+    for i, source in enumerate(sources):
+        if not isinstance(source, dict):
+            raise MetadataError(key, f"sources[{i}] is not an object")
+        url = source.get("url")
+        # An absolute local path or a URL without credentials, query or fragment (the builder records
+        # none: see inputs.shown), and no '..' segment anywhere.
+        if (
+            not isinstance(url, str)
+            or not (url.startswith("/") or _SCHEMES.fullmatch(url))
+            or "\x00" in url
+            or ".." in url.split("/")
+        ):
+            raise MetadataError(key, f"sources[{i}] has url {url!r}; expected an absolute path or URL")
+        if kind == "by_reference":
+            _int(key, source, "size")
+            mtime = source.get("mtime_ns")  # nanoseconds since 1970: beyond 2**53, exact as JSON integers
+            if mtime is not None and (not isinstance(mtime, int) or isinstance(mtime, bool) or mtime < 0):
+                raise MetadataError(key, f"sources[{i}] has mtime_ns {mtime!r}")
+            for field in ("generation", "etag"):
+                value = source.get(field)
+                if value is not None and not isinstance(value, str | int):
+                    raise MetadataError(key, f"sources[{i}] has {field} {value!r}")
+    return sources
+
+
+def _source_of(key: str, i: int, chunk: dict[str, Any], sources: list[dict[str, Any]]) -> dict[str, Any]:
+    index = chunk.get("source")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(sources):
+        raise MetadataError(key, f"chunk {i} has source {index!r}; expected an index into 'sources'")
+    return sources[index]
+
+
+def _check_task_file(key: str, i: int, chunk: dict[str, Any], sources: list[dict[str, Any]]) -> None:
+    _source_of(key, i, chunk, sources)
+    name = chunk.get("file")
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 4096
+        or name.startswith("/")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or any(ord(c) < 0x20 for c in name)
+    ):
+        raise MetadataError(key, f"chunk {i} has file {name!r}; expected a relative path inside its source")
+
+
+def _check_range(key: str, i: int, chunk: dict[str, Any], sources: list[dict[str, Any]]) -> None:
+    source = _source_of(key, i, chunk, sources)
+    offset = _int(key, chunk, "offset")
+    length = _int(key, chunk, "size_bytes")
+    if offset + length > source["size"]:
+        end = offset + length
+        raise MetadataError(key, f"chunk {i} ends at byte {end}, past its source's {source['size']}")
+    if not isinstance(chunk.get("crc32c"), str):
+        raise MetadataError(key, f"chunk {i} is a byte range without a crc32c")
+
+
+def check_sources_match(key: str, shard: dict[str, Any], master: dict[str, Any]) -> None:
+    """A shard may only name the sources the master recorded (the master is written once, by the build)."""
+    if shard.get("kind") != master.get("kind") or shard.get("sources") != master.get("sources"):
+        raise MetadataError(key, "its kind or sources differ from the master's")
+
+
+def chunk_locations(shard: dict[str, Any], shard_url: str) -> list[str]:
+    """Where each chunk of a checked shard document is: ``shard_url/chunk_NNNN.jsonl`` for copied
+    records, the task file's path or URL for ``files``, and ``SOURCE#bytes=FIRST-LAST`` (inclusive, as
+    an HTTP Range) for ``by_reference``. ``shard`` is a document or a claimed shard (whose entries are
+    in ``chunk_info``)."""
+    entries = shard.get("chunk_info", shard["chunks"])
+    sources = shard.get("sources") or []
+    kind = shard.get("kind")
+    out = []
+    for chunk in entries:
+        if kind == "files":
+            out.append(f"{sources[chunk['source']]['url'].rstrip('/')}/{chunk['file']}")
+        elif kind == "by_reference":
+            first = chunk["offset"]
+            out.append(f"{sources[chunk['source']]['url']}#bytes={first}-{first + chunk['size_bytes'] - 1}")
+        else:
+            out.append(f"{shard_url.rstrip('/')}/{chunk['file']}")
+    return out
+
+
+def readable_chunks(shard: Mapping[str, Any]) -> list[str]:
+    """A claimed shard's chunks as a command gets them (``SHARDCLAIM_CHUNKS``): the chunk files' paths or
+    URLs, the task files of a ``files`` dataset, the ``SOURCE#bytes=FIRST-LAST`` ranges of a
+    ``by_reference`` one (read those with ``shardclaim cat`` or ``iter_shard_records``)."""
+    if shard.get("kind") not in KINDS:
+        return list(shard["chunks"])
+    return chunk_locations(dict(shard), "")
