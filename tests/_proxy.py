@@ -1,4 +1,4 @@
-"""A loopback HTTP proxy that can inject faults between a client and the GCS test server.
+"""A loopback HTTP proxy that can inject faults between a client and a test server (GCS or S3).
 
 Faults are queued with :meth:`FaultProxy.inject` and consumed by the first matching requests:
 ``status`` answers with an HTTP status without forwarding; ``reset`` closes the connection without
@@ -55,7 +55,8 @@ class FaultProxy:
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
                     return
                 if fault is not None and fault.kind == "reset":
                     self._drop()
@@ -73,7 +74,9 @@ class FaultProxy:
                 for k, v in resp.getheaders():
                     if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD answer has no body; its Content-Length is the object's (S3's HeadObject).
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -82,7 +85,7 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

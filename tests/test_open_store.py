@@ -51,7 +51,10 @@ def test_gs_urls_open_the_gcs_store_with_its_prefix(gcs_bucket: str) -> None:
     [
         ("", "empty URL"),
         ("   ", "empty URL"),
-        ("s3://bucket/x", "S3 is not supported yet"),
+        ("s3://", "no bucket"),
+        ("s3://Upper/x", "not a valid bucket name"),
+        ("s3://bucket/a//b", "'..' parts"),
+        ("s3://bucket/x?endpoint=y", "query strings"),
         ("ftp://host/x", "unknown scheme 'ftp'"),
         ("gs://", "no bucket"),
         ("gs:///path", "no bucket"),

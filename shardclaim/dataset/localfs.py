@@ -2,7 +2,8 @@
 
 Importing fsspec costs about 70 ms (it pulls in asyncio), a third of a small build's whole run and a
 noticeable share of a large one; local paths, the common case, do not need it. URLs still go through
-fsspec, imported on first use. ``filesystem(url)`` hands out one or the other with the same methods.
+fsspec, imported on first use (``s3://`` through :func:`shardclaim.store.s3.chunk_filesystem`).
+``filesystem(url)`` hands out one or the other with the same methods.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ def filesystem(url: str) -> tuple[Any, str]:
     """``(filesystem, path)`` for a store URL: :class:`LocalFS` for a local path, else fsspec's."""
     if "://" not in url:
         return LocalFS(), url.rstrip("/") or "/"
+    if url.startswith("s3://"):  # the S3 store's endpoint, and write buffers S3 accepts
+        from shardclaim.store.s3 import chunk_filesystem
+
+        return chunk_filesystem(url)
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(url)

@@ -22,14 +22,15 @@ __all__ = [
 ]
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-SUPPORTED = "a local path, file:///path, gs://bucket/prefix or memory://name"
+SUPPORTED = "a local path, file:///path, gs://bucket/prefix, s3://bucket/prefix or memory://name"
 
 
 def open_store(url: str | Path, *, policy: RetryPolicy | None = None) -> RetryingStore:
     """Open the store behind ``url``, wrapped in the retry policy.
 
-    ``url`` is a local path (the embedded default), ``file:///abs/path``, ``gs://bucket[/prefix]`` or
-    ``memory://name``. Anything else raises :class:`~shardclaim.errors.InvalidURLError`.
+    ``url`` is a local path (the embedded default), ``file:///abs/path``, ``gs://bucket[/prefix]``,
+    ``s3://bucket[/prefix]`` (endpoint and credentials from the standard AWS settings) or ``memory://name``.
+    Anything else raises :class:`~shardclaim.errors.InvalidURLError`.
     """
     return RetryingStore(_open_backend(url), policy=policy)
 
@@ -62,8 +63,8 @@ def _open_backend(url: str | Path) -> Store:
         from shardclaim.store.memory import named_memory_store
 
         return named_memory_store((parts.netloc + parts.path).strip("/"))
-    if scheme in ("s3", "s3a"):
-        raise InvalidURLError(url, f"S3 is not supported yet; give {SUPPORTED}")
+    if scheme == "s3":
+        return _open_s3(url, parts.netloc, parts.path.strip("/"))
     raise InvalidURLError(url, f"unknown scheme {parts.scheme!r}; give {SUPPORTED}")
 
 
@@ -77,3 +78,20 @@ def _open_gcs(url: str, bucket: str, prefix: str) -> Store:
     from shardclaim.store.gcs import GCSStore
 
     return GCSStore(bucket, prefix)
+
+
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _open_s3(url: str, bucket: str, prefix: str) -> Store:
+    if not bucket:
+        raise InvalidURLError(url, "no bucket: write s3://BUCKET/prefix")
+    if not _S3_BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise InvalidURLError(url, f"{bucket!r} is not a valid bucket name")
+    if prefix and any(p in ("", ".", "..") for p in prefix.split("/")):
+        raise InvalidURLError(url, "empty, '.' or '..' parts in the object prefix")
+    try:
+        from shardclaim.store.s3 import S3Store
+    except ImportError as e:  # boto3 is the optional extra [s3]
+        raise InvalidURLError(url, f"S3 needs boto3 ({e}): pip install 'shardclaim[s3]'") from None
+    return S3Store(bucket, prefix)
