@@ -29,6 +29,8 @@ from shardclaim.manager import ShardManager
 
 __all__ = ["GRACE_SECONDS", "kill_group", "run_attempt", "shard_environment", "stop"]
 
+#: Releases for "cannot start" a shard takes before the next one counts as its failure.
+CANNOT_START_LIMIT = 3
 _TAIL_LINES = 40
 _TAIL_BYTES = 64 * 1024
 _DRAIN_SECONDS = 1.0
@@ -151,7 +153,7 @@ def run_attempt(
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
             )
         except OSError as e:
-            return _cannot_start(m, claim.shard_id, f"cannot start {command[0]!r}: {e.strerror or e}")
+            return _cannot_start(m, claim, f"cannot start {command[0]!r}: {e.strerror or e}")
         running.append(proc)
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -176,7 +178,7 @@ def run_attempt(
         why = "not executable" if code == 126 else "not found"
         tail = pump.tail().strip().splitlines()
         detail = f"; it said: {tail[-1]}" if tail else ""
-        return _cannot_start(m, claim.shard_id, f"{command[0]!r} exited {code} ({why}){detail}")
+        return _cannot_start(m, claim, f"{command[0]!r} exited {code} ({why}){detail}")
     try:
         if code == 0:
             m.mark_completed(claim.shard_id)
@@ -189,10 +191,20 @@ def run_attempt(
     return "failed"
 
 
-def _cannot_start(m: ShardManager, shard_id: int, reason: str) -> str:
-    """The command cannot run on this machine: give the shard back untouched, and say why once."""
-    with contextlib.suppress(LeaseLostError):
-        m.release_shard(shard_id)
+def _cannot_start(m: ShardManager, claim: Any, reason: str) -> str:
+    """The command cannot run on this machine: give the shard back without spending an attempt, and say
+    why once. A shard given back so ``CANNOT_START_LIMIT`` times already (a command that exits 126/127
+    on this shard's data alone, under a supervisor that restarts ``run``) fails the attempt instead."""
+    times = int(claim.shard.get("cannot_start") or 0)
+    try:
+        if times >= CANNOT_START_LIMIT:
+            m.mark_failed(claim.shard_id, f"{reason}; the shard could not start {times + 1} times in a row")
+            print(f"shardclaim run: {reason}, on shard {claim.shard_id} {times + 1} times: counted as its "
+                  "failure", file=sys.stderr)  # fmt: skip
+            return "failed"
+        m.release_shard(claim.shard_id, cannot_start=True)
+    except LeaseLostError:
+        pass
     print(f"shardclaim run: {reason}; no attempt spent, this worker stops", file=sys.stderr)
     return "cannot start"
 

@@ -174,7 +174,7 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
     """The fields the lease protocol writes: counters, the lease, the holder."""
     for field in (
         "attempt", "failures", "heartbeats", "resume_chunk", "expired_leases", "expiries_without_progress",
-        "progress_at_expiry",
+        "progress_at_expiry", "cannot_start",
     ):  # fmt: skip
         if doc.get(field) is not None:
             _int(key, doc, field)

@@ -365,7 +365,9 @@ class ShardManager(Operations):
         self._candidates.forget()  # the next claim lists again: this failure may have tripped a halt
         return str(doc["status"])
 
-    def release_shard(self, shard_id: int) -> None:
-        """Give a held shard back without spending an attempt (preemption, shutdown)."""
+    def release_shard(self, shard_id: int, *, cannot_start: bool = False) -> None:
+        """Give a held shard back without spending an attempt (preemption, shutdown; ``cannot_start``:
+        the command could not start here, which the shard counts)."""
         when = self._store.now()
-        self._settle(shard_id, lambda d: transitions.released(d, when), final=True, kind="release")
+        change = lambda d: transitions.released(d, when, cannot_start=cannot_start)  # noqa: E731
+        self._settle(shard_id, change, final=True, kind="release")

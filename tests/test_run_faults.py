@@ -39,6 +39,28 @@ def test_a_command_that_cannot_start_spends_no_attempt_and_stops_the_workers(
     assert all(d.get("failures", 0) == 0 for d in docs(ds))
 
 
+def test_a_shard_whose_command_exits_127_ends_under_a_restart_loop(tmp_path: Path) -> None:
+    """Exit 127 reads as "cannot start" (no attempt spent, the worker stops), but a command may exit 127
+    on one shard's data alone: under a supervisor that restarts `run`, that shard would be claimed and
+    released for ever. After 3 such releases the next one counts as the shard's failure."""
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=4, records=8)
+    only_shard_2 = '[ "$SHARDCLAIM_SHARD_ID" != 2 ] || exit 127'
+    for restart in range(10):  # the supervisor
+        result = run(ds, "--max-attempts", "1", "--", "sh", "-c", only_shard_2)
+        if result.returncode == 1 and "cannot start" not in result.stderr and "no attempt spent" not in (
+            result.stderr
+        ):
+            break
+    else:
+        pytest.fail(f"still not settled after {restart + 1} restarts: {result.stderr[-2000:]}")
+    by_id = {d["shard_id"]: d for d in docs(ds)}
+    assert [by_id[i]["status"] for i in range(4)] == ["completed", "completed", "failed", "completed"]
+    assert "127" in str(by_id[2]["last_error"])
+    outcomes = [a["outcome"] for a in by_id[2]["attempts"]]
+    assert outcomes.count("cannot start") == 3
+    assert by_id[2]["cannot_start"] == 3
+
+
 def test_a_worker_that_fails_shards_in_a_row_stops_claiming(shared_url: str, tmp_path: Path) -> None:
     ds = build_dataset(shared_url, tmp_path, shards=6, records=12)
     result = run(ds, "--max-attempts", "10", "--max-consecutive-failures", "3", "--", "sh", "-c", "exit 1")

@@ -193,10 +193,15 @@ def failed(doc: Doc, error: str | None, max_attempts: int, when: datetime | None
     }
 
 
-def released(doc: Doc, when: datetime | None = None) -> Doc:
-    """Give the shard back without spending an attempt (preemption, shutdown)."""
-    attempts = history(doc, "released", when)
-    return {**doc, "status": "available", "assigned_to": None, "lease": None, "attempts": attempts}
+def released(doc: Doc, when: datetime | None = None, *, cannot_start: bool = False) -> Doc:
+    """Give the shard back without spending an attempt (preemption, shutdown); ``cannot_start``: the
+    command could not start on the holder's machine, counted in ``cannot_start`` (a bounded count)."""
+    if cannot_start:
+        attempts = history(doc, "cannot start", when)
+        more = {"cannot_start": int(doc.get("cannot_start") or 0) + 1}
+    else:
+        attempts, more = history(doc, "released", when), {}
+    return {**doc, "status": "available", "assigned_to": None, "lease": None, "attempts": attempts, **more}
 
 
 def reset(doc: Mapping[str, Any], when: datetime | None = None) -> Doc:
@@ -212,6 +217,7 @@ def reset(doc: Mapping[str, Any], when: datetime | None = None) -> Doc:
         "resume_chunk": 0,
         "expiries_without_progress": 0,
         "progress_at_expiry": 0,
+        "cannot_start": 0,
     }
 
 

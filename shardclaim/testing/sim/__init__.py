@@ -80,8 +80,11 @@ def _mutation(name: str | None, sim_clock: FakeClock) -> Iterator[None]:
         skew = current.actor.skew if isinstance(current.actor, Worker) else 0.0
         return bool((now - updated).total_seconds() + skew > lease_seconds)
 
-    def released(doc: dict[str, Any], when: datetime | None = None) -> dict[str, Any]:
-        return {**saved_released(doc, when), "failures": int(doc.get("failures") or 0) + 1}
+    def released(
+        doc: dict[str, Any], when: datetime | None = None, *, cannot_start: bool = False
+    ) -> dict[str, Any]:
+        spent = {"failures": int(doc.get("failures") or 0) + 1}
+        return {**saved_released(doc, when, cannot_start=cannot_start), **spent}
 
     FencedLease.write = write  # type: ignore[method-assign]
     if name == "expiry-on-worker-clock":
