@@ -27,6 +27,7 @@ from shardclaim.errors import (
 if TYPE_CHECKING:
     from shardclaim.dataset.build import create_sharded_dataset
     from shardclaim.dataset.read import iter_shard_records
+    from shardclaim.dataset.tasks import create_file_tasks, create_grid_tasks
     from shardclaim.fanin import finalize_once
     from shardclaim.lease.views import ClaimedShard
     from shardclaim.manager import ShardManager
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 # load the builder: the command line starts in a fraction of the time.
 _LAZY = {
     "create_sharded_dataset": "shardclaim.dataset.build",
+    "create_file_tasks": "shardclaim.dataset.tasks",
+    "create_grid_tasks": "shardclaim.dataset.tasks",
     "ClaimedShard": "shardclaim.lease.views",
     "ShardStatusEntry": "shardclaim.status",
     "ShardManager": "shardclaim.manager",
@@ -81,6 +84,8 @@ __all__ = [
     "StoreError",
     "TransientStoreError",
     "UnknownShardError",
+    "create_file_tasks",
+    "create_grid_tasks",
     "create_sharded_dataset",
     "finalize_once",
     "iter_shard_records",

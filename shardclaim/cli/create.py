@@ -19,8 +19,10 @@ def register(sub: Any) -> None:
     """The ``create`` command, on the subparsers ``sub`` of the ``shardclaim`` parser."""
     parser = sub.add_parser(
         "create",
-        help="build a sharded dataset from JSONL",
-        description="Stream JSONL into N shards of chunk files; master_metadata.json is written last.",
+        help="build a sharded dataset from JSONL, files or a grid",
+        description="Stream JSONL into N shards of chunk files (or ranges of the inputs, --by-reference), "
+        "or make a task of every file (--files) or grid point (--grid); master_metadata.json is written "
+        "last.",
     )
     add_create_arguments(parser)
     parser.set_defaults(handler=run_create)
@@ -28,9 +30,19 @@ def register(sub: Any) -> None:
 
 def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     """The builder's flags: the seed's spellings (``--input_file``) and dashed ones both work."""
-    parser.add_argument(
-        "--input_file", "--input-file", dest="input_file", nargs="+", required=True, metavar="INPUT",
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--input_file", "--input-file", dest="input_file", nargs="+", metavar="INPUT",
         help="JSONL path(s) or URL(s); globs allowed; .gz/.zst/.bz2/.xz decompressed by suffix",
+    )  # fmt: skip
+    what.add_argument(
+        "--files", nargs="+", metavar="GLOB",
+        help="every matching file or object is one task (not copied); shards balanced by bytes",
+    )  # fmt: skip
+    what.add_argument(
+        "--grid", metavar="GRID.json",
+        help='a JSON object of lists, {"lr": [0.1, 0.01], "fold": [0, 1]}: '
+        "one record per point of their product",
     )  # fmt: skip
     parser.add_argument(
         "--output_dir", "--output-dir", dest="output_dir", required=True, metavar="DIR",
@@ -44,8 +56,13 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest chunk file in MiB; fractions such as 0.1 allowed (default 100)",
     )  # fmt: skip
     parser.add_argument(
-        "--strategy", choices=["round_robin", "contiguous"], default="round_robin",
-        help="round_robin: record i to shard i mod N (default); contiguous: consecutive runs",
+        "--strategy", choices=["blocks", "round_robin", "contiguous"], default="blocks",
+        help="blocks: runs of whole lines dealt in rotation, balanced by bytes (default, fastest); "
+        "round_robin: record i to shard i mod N; contiguous: consecutive runs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--by-reference", "--by_reference", dest="by_reference", action="store_true",
+        help="write no chunks: each is a byte range of an (uncompressed) input, pinned and checksummed",
     )  # fmt: skip
     valid = parser.add_mutually_exclusive_group()
     valid.add_argument("--skip-invalid", action="store_true", help="skip and count malformed lines")
@@ -66,23 +83,40 @@ def run_create(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    master = create_sharded_dataset(
-        args.input_file if len(args.input_file) > 1 else args.input_file[0],
-        args.output_dir,
-        num_shards=args.num_shards,
-        chunk_size_mb=args.chunk_size_mb,
-        strategy=args.strategy,
-        validate=not args.no_validate,
-        skip_invalid=args.skip_invalid,
-        overwrite=args.overwrite,
-        progress=True if args.verbose else None,
-    )
+    if args.files:
+        from shardclaim.dataset.tasks import create_file_tasks
+
+        master = create_file_tasks(args.files, args.output_dir, args.num_shards, overwrite=args.overwrite)
+    elif args.grid:
+        from shardclaim.dataset.tasks import create_grid_tasks
+
+        master = create_grid_tasks(
+            args.grid, args.output_dir, args.num_shards,
+            overwrite=args.overwrite, strategy=args.strategy, chunk_size_mb=args.chunk_size_mb,
+        )  # fmt: skip
+    else:
+        master = create_sharded_dataset(
+            args.input_file if len(args.input_file) > 1 else args.input_file[0],
+            args.output_dir,
+            num_shards=args.num_shards,
+            chunk_size_mb=args.chunk_size_mb,
+            strategy=args.strategy,
+            validate=not args.no_validate,
+            skip_invalid=args.skip_invalid,
+            overwrite=args.overwrite,
+            progress=True if args.verbose else None,
+            by_reference=args.by_reference,
+        )
     elapsed = time.perf_counter() - t0
     if args.json:
         sys.stdout.write(orjson.dumps(master).decode() + "\n")
         return 0
     chunks = sum(s["num_chunks"] for s in master["shards"])
     mb = master["total_bytes"] / (1 << 20)
+    if master.get("kind") == "files":
+        shards = master["num_shards"]
+        print(f"{master['total_tasks']} files ({mb:.1f} MiB) -> {shards} shards in {args.output_dir}")
+        return 0
     print(
         f"{master['total_tasks']} records -> {master['num_shards']} shards, {chunks} chunks in "
         f"{args.output_dir}; skipped {master['skipped_invalid']} invalid, {master['blank_lines']} blank; "

@@ -189,7 +189,7 @@ class _RemoteOutput(Output):
     def publish(self, shards: list[dict[str, Any]], master: dict[str, Any]) -> None:
         self.fs.invalidate_cache()
         staged = sorted(c for c in self.fs.find(self.chunk_base) if c.endswith(".jsonl"))
-        expected = sum(len(doc["chunks"]) for doc in shards)
+        expected = sum(len(doc["chunks"]) for doc in shards if "kind" not in doc)  # files, ranges: none
         if len(staged) != expected:  # never publish over chunks that are not all there
             raise ShardclaimError(
                 f"{len(staged)} chunk objects staged, {expected} expected; nothing published"
@@ -200,7 +200,8 @@ class _RemoteOutput(Output):
         if MASTER_KEY in self._old:
             _rm(self.fs, f"{self._base}/{MASTER_KEY}")
         _rm(self.fs, [f"{self._base}/{k}" for k in self._old if k != MASTER_KEY])
-        self.fs.copy(staged, [f"{self._base}/{c[len(self.chunk_base) + 1 :]}" for c in staged])
+        if staged:
+            self.fs.copy(staged, [f"{self._base}/{c[len(self.chunk_base) + 1 :]}" for c in staged])
         write_metadata(self._store, shards, master)
         _rm(self.fs, self.chunk_base, recursive=True)
 

@@ -1,4 +1,5 @@
-"""Reading a shard back, chunk by chunk, with every chunk's size and CRC32C checked."""
+"""Reading a shard back, chunk by chunk, with every chunk's size and CRC32C checked, for every kind of
+dataset (copied records, byte ranges of sources, file tasks)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import crc32c
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.records import record_reader
 from shardclaim.errors import ChunkCorruptError
-from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, parse_json
+from shardclaim.layout import (
+    MASTER_KEY,
+    SHARD_METADATA,
+    check_master,
+    check_shard,
+    check_sources_match,
+    chunk_locations,
+    parse_json,
+)
 from shardclaim.store import open_store
 
-__all__ = ["iter_shard_records"]
+__all__ = ["iter_shard_records", "open_shard", "verify_chunk"]
 
 _BLOCK = 8 << 20
 
@@ -35,7 +44,38 @@ def iter_shard_records(
     raises :class:`ChunkCorruptError` instead of feeding bad records to the caller.
     With ``parse`` records are parsed JSON values (integers beyond 64 bits as exact ints), else the raw
     line bytes (newline stripped).
+
+    Every kind of dataset: copied records; byte ranges of the sources (``by_reference``: each range's
+    CRC32C checked the same way, and the sources' pins first, so a source rewritten since the build is
+    refused with :class:`~shardclaim.errors.ChunkCorruptError`); file tasks (``files``: each record is
+    a file's path or URL, a ``str``, whatever ``parse``).
     """
+    master, meta, fs, shard_url = open_shard(dataset, shard_id)
+    kind = meta.get("kind")
+    entries = meta["chunks"][start_chunk:stop_chunk]
+    if kind == "files":  # each chunk is one task: the file's path or URL
+        yield from chunk_locations({**meta, "chunks": entries}, shard_url)
+        return
+    loads = record_reader(master)
+    if kind == "by_reference":
+        from shardclaim.dataset.byref import range_lines
+
+        for line in range_lines(meta, entries, verify=verify):
+            yield loads(line) if parse else line
+        return
+    for chunk in entries:
+        path = f"{shard_url}/{chunk['file']}"
+        if verify:
+            verify_chunk(fs, path, chunk)
+        with fs.open(path, "rb") as f:
+            for raw in f:
+                line = raw.rstrip(b"\n")
+                yield loads(line) if parse else line
+
+
+def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, Any], Any, str]:
+    """``(master, shard metadata, filesystem, shard directory URL)``, both documents checked, the shard's
+    sources against the master's."""
     store = open_store(dataset)
     master = check_master(MASTER_KEY, parse_json(MASTER_KEY, store.read(MASTER_KEY).data))
     if not isinstance(shard_id, int) or not 0 <= shard_id < master["num_shards"]:
@@ -43,19 +83,13 @@ def iter_shard_records(
     directory = master["shards"][shard_id]["directory"]
     key = f"{directory}/{SHARD_METADATA}"
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
+    if "kind" in master or "kind" in meta:
+        check_sources_match(key, meta, master)
     fs, base = filesystem(store.url)
-    loads = record_reader(master)
-    for chunk in meta["chunks"][start_chunk:stop_chunk]:
-        path = f"{base.rstrip('/')}/{directory}/{chunk['file']}"
-        if verify:
-            _verify_chunk(fs, path, chunk)
-        with fs.open(path, "rb") as f:
-            for raw in f:
-                line = raw.rstrip(b"\n")
-                yield loads(line) if parse else line
+    return master, meta, fs, f"{base.rstrip('/')}/{directory}"
 
 
-def _verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:
+def verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:
     crc = 0
     size = 0
     with fs.open(path, "rb") as f:
