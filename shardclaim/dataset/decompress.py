@@ -11,6 +11,9 @@ checked:
   decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
   when it has one; skippable frames are skipped.
 
+gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; every format is
+decompressed in a background thread a few 8 MiB blocks ahead of the builder (:class:`_ReadAhead`).
+
 Zero bytes between or after gzip, bz2 and xz streams are padding (as gzip(1) and xz(1) accept); any other
 byte after a stream must start another stream. A file with no stream at all is refused.
 """
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import queue
+import threading
 import zlib
 from collections.abc import Callable
 from typing import IO, Any
@@ -39,18 +44,42 @@ def _truncated(kind: str) -> CompressedStreamError:
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     """A reader of the decompressed bytes of ``raw`` (which it closes) that raises
     :class:`CompressedStreamError` rather than ending early."""
+    reader: _Reader
     if compression == "zstd":
-        return _ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
-    factories: dict[str, Callable[[], Any]] = {
-        "gzip": lambda: zlib.decompressobj(wbits=31),
-        "bz2": bz2.BZ2Decompressor,
-        "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO),
-    }
-    return _StreamReader(raw, compression, factories[compression])  # type: ignore[return-value]
+        reader = _ZstdReader(raw)
+    else:
+        factories: dict[str, Callable[[], Any]] = {
+            "gzip": _gzip_decoder_factory(),
+            "bz2": bz2.BZ2Decompressor,
+            "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO),
+        }
+        reader = _StreamReader(raw, compression, factories[compression])
+    return _ReadAhead(reader)  # type: ignore[return-value]  # the read()/readinto() subset
+
+
+def _gzip_decoder_factory() -> Callable[[], Any]:
+    """ISA-L's inflate where python-isal is installed (about 3x zlib's speed, the same API, trailers
+    checked the same way), else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency; a platform without a wheel falls back
+        return lambda: zlib.decompressobj(wbits=31)
+    return lambda: isal_zlib.decompressobj(wbits=31)
+
+
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (zlib.error, OSError, lzma.LZMAError, EOFError)
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover
+        return errors
+    return (*errors, getattr(isal_zlib, "error"))  # noqa: B009 - typed as an instance in its stubs
 
 
 class _Reader:
     """The part of a binary file the builder uses: ``readinto``, ``read``, a context manager."""
+
+    _raw: Any
 
     kind = ""
 
@@ -76,6 +105,73 @@ class _Reader:
         self.close()
 
 
+class _ReadAhead(_Reader):
+    """Decompresses in a background thread, a few blocks ahead of the reader, so that inflating overlaps
+    with the builder's own work (the decoders release the GIL). Errors reach the reader in order, at
+    the point of the stream where they happened."""
+
+    _BLOCK = 8 << 20
+    _AHEAD = 2
+
+    def __init__(self, inner: _Reader) -> None:
+        super().__init__(inner)  # type: ignore[arg-type]  # closed through close()
+        self.kind = inner.kind
+        self._ready: queue.Queue[tuple[bytearray | None, int, BaseException | None]] = queue.Queue()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(self._AHEAD + 1):
+            self._free.put(bytearray(self._BLOCK))
+        self._stopping = threading.Event()
+        self._current: bytearray | None = None
+        self._pos = self._len = 0
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="shardclaim-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        inner: _Reader = self._raw
+        try:
+            while not self._stopping.is_set():
+                try:
+                    buf = self._free.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                n = 0
+                with memoryview(buf) as view:
+                    while n < len(buf) and (got := inner.readinto(view[n:])):
+                        n += got
+                self._ready.put((buf, n, None))
+                if n == 0:
+                    return
+        except BaseException as e:  # handed to the reader, raised there
+            self._ready.put((None, 0, e))
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        if self._current is None or self._pos == self._len:
+            if self._done:
+                return 0
+            if self._current is not None:
+                self._free.put(self._current)
+                self._current = None
+            buf, n, error = self._ready.get()
+            if error is not None:
+                self._done = True
+                raise error
+            if n == 0:
+                self._done = True
+                return 0
+            self._current, self._pos, self._len = buf, 0, n
+        assert self._current is not None
+        take = min(len(buffer), self._len - self._pos)
+        buffer[:take] = self._current[self._pos : self._pos + take]
+        self._pos += take
+        return take
+
+    def close(self) -> None:
+        self._stopping.set()  # it finishes the block it is on (the queue of ready blocks never blocks it)
+        self._thread.join()
+        self._raw.close()
+
+
 class _StreamReader(_Reader):
     """gzip (zlib), bz2 and xz: one decompressor per stream, output bounded by the caller's buffer."""
 
@@ -86,7 +182,8 @@ class _StreamReader(_Reader):
         self._decoder: Any = None  # None between streams
         self._pending = b""  # compressed bytes not yet given to a decoder
         self._streams = 0
-        self._zlib = kind == "gzip"  # zlib keeps what it did not take in unconsumed_tail
+        self._zlib = kind == "gzip"  # zlib (and isal) keep what they did not take in unconsumed_tail
+        self._errors = _decoder_errors()
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
         want = len(buffer)
@@ -117,7 +214,7 @@ class _StreamReader(_Reader):
             out = self._decoder.decompress(self._pending, want)
             self._pending = b""
             return out
-        except (zlib.error, OSError, lzma.LZMAError, EOFError) as e:
+        except self._errors as e:
             raise CompressedStreamError(self.kind, f"corrupt {self.kind} data ({e})", truncated=False) from e
 
     def _next_stream(self) -> bool:
