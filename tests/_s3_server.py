@@ -1,18 +1,31 @@
-"""Start and stop the S3 test server: moto's standalone server (the pinned ``moto[server]`` from the test
-extra), on a loopback port, in a process of its own, logging to a file.
+"""Start and stop the S3 test server: moto's server (the pinned ``moto[server]`` from the test extra) on a
+loopback port, in a process of its own, logging to a file — with one change: requests are *handled* one
+at a time.
+
+moto checks a PutObject's ``If-Match`` / ``If-None-Match`` and then stores the object, with nothing held
+between the two, on a threaded server: two racing creates can both pass the check. Measured with the
+stock ``python -m moto.server`` here: 16 processes racing ``If-None-Match: *`` creates, one round in 300
+had two winners. S3 itself makes the pair atomic, so this launcher does too: connections are still
+accepted and request bodies read in parallel (a stopped client cannot stall the server), then each
+request runs through moto under one lock. tests/store/test_s3_guard.py races creates to check it.
 
 moto keeps its objects in that process's memory: every test makes a bucket of its own, and the session's
-end takes them all.
+end takes them all. Run as a script: ``python tests/_s3_server.py PORT``.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 class S3TestServer:
@@ -26,7 +39,7 @@ class S3TestServer:
         log_path = self._workdir / "server.log"
         with log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, __file__, str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -55,3 +68,43 @@ class S3TestServer:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class OneAtATime:
+    """A WSGI app that reads each request's body first, then runs ``app`` on it under one lock."""
+
+    def __init__(self, app: WSGIApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        if environ.get("wsgi.input_terminated"):  # chunked: werkzeug ends the stream at the last chunk
+            body = stream.read()
+        else:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = stream.read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+def main(port: int) -> None:
+    import werkzeug.serving
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+
+    werkzeug.serving.LISTEN_QUEUE = 1024  # bursts of connections from many test processes
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
+    app = OneAtATime(DomainDispatcherApplication(create_backend_app))
+    werkzeug.serving.run_simple("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

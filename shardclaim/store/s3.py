@@ -84,8 +84,19 @@ def default_client(endpoint: str | None = None, *, pool: int = _HEAD_THREADS) ->
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=pool,
     )
-    session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint or endpoint_url(), config=config)
+    with _session_lock:
+        return _session(os.getpid()).client("s3", endpoint_url=endpoint or endpoint_url(), config=config)
+
+
+# One boto3 session per process: a client made from a new session loads the service model again (0.19 s
+# against 0.03 s here), and the dataset reader opens a store per call. Sessions are not thread-safe
+# (hence the lock) nor fork-safe (hence the pid in the key).
+_session_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _session(pid: int) -> Any:
+    return boto3.session.Session()
 
 
 def chunk_filesystem(url: str) -> tuple[Any, str]:

@@ -1,0 +1,142 @@
+"""What the S3 store adds to the contract: listings that fill in metadata S3 does not list (at a counted
+cost), its endpoint and credentials, and chunk data through s3fs — on moto's server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardclaim import iter_shard_records, open_store
+from shardclaim.errors import StoreError
+from shardclaim.store.s3 import S3Store
+from shardclaim.testing import build_dataset
+
+pytestmark = pytest.mark.s3
+
+
+class Requests:
+    """Every S3 operation a client sends (by name), and the most HEADs it had in flight at once."""
+
+    def __init__(self, client: Any) -> None:
+        self.sent: Counter[str] = Counter()
+        self.max_heads = 0
+        self._heads = 0
+        self._lock = threading.Lock()
+        client.meta.events.register("before-call.s3", self._before)
+        client.meta.events.register("after-call.s3", self._after)
+        client.meta.events.register("after-call-error.s3", self._after)
+
+    def _before(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.sent[model.name] += 1
+            if model.name == "HeadObject":
+                self._heads += 1
+                self.max_heads = max(self.max_heads, self._heads)
+
+    def _after(self, model: Any = None, **_: Any) -> None:
+        if model is not None and model.name == "HeadObject":
+            with self._lock:
+                self._heads -= 1
+
+    def take(self) -> dict[str, int]:
+        with self._lock:
+            sent, self.sent = dict(self.sent), Counter()
+        return sent
+
+
+def test_a_listing_reads_the_metadata_of_each_object_it_has_not_seen_once(s3_bucket: str) -> None:
+    writer = S3Store(s3_bucket, "ds")
+    for i in range(25):
+        writer.write(f"shard_{i:03d}/metadata.json", b"{%d}" % i, metadata={"status": "available"})
+    reader = S3Store(s3_bucket, "ds", list_page_size=10, head_threads=4)
+    count = Requests(reader.client)
+
+    listed = reader.list(suffix="/metadata.json")
+    assert [dict(o.metadata) for o in listed] == [{"status": "available"}] * 25
+    assert count.take() == {"ListObjectsV2": 3, "HeadObject": 25}
+    assert 1 < count.max_heads <= 4
+    assert reader.list(suffix="/metadata.json") == listed
+    assert count.take() == {"ListObjectsV2": 3}  # nothing changed: the pages alone
+
+    in_use = {"status": "in_use", "holder": "w"}
+    moved = writer.write("shard_007/metadata.json", b"{7, again}", metadata=in_use)
+    writer.client.delete_object(Bucket=s3_bucket, Key="ds/shard_011/metadata.json")
+    now = {o.key: o for o in reader.list(suffix="/metadata.json")}
+    assert count.take() == {"ListObjectsV2": 3, "HeadObject": 1}  # the one that changed
+    assert len(now) == 24
+    assert "shard_011/metadata.json" not in now
+    changed = now["shard_007/metadata.json"]
+    assert (changed.generation, changed.size) == (moved.generation, len(b"{7, again}"))
+    assert dict(changed.metadata) == in_use
+
+
+def test_the_stores_own_writes_and_reads_cost_no_head_in_its_listings(s3_bucket: str) -> None:
+    store = S3Store(s3_bucket, "p")
+    other = S3Store(s3_bucket, "p")
+    other.write("b", b"written elsewhere", metadata={"status": "failed"})
+    count = Requests(store.client)
+    store.write("a", b"mine", metadata={"status": "completed"})
+    store.read("b")
+    count.take()
+    assert [dict(o.metadata) for o in store.list()] == [{"status": "completed"}, {"status": "failed"}]
+    assert count.take() == {"ListObjectsV2": 1}
+
+
+def test_an_object_deleted_between_the_listing_and_its_head_is_left_out(s3_bucket: str) -> None:
+    writer = S3Store(s3_bucket, "p")
+    writer.write("stays", b"1", metadata={"status": "available"})
+    writer.write("goes", b"2", metadata={"status": "available"})
+    reader = S3Store(s3_bucket, "p", head_threads=1)
+
+    def delete_first(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == "p/goes":
+            writer.client.delete_object(Bucket=s3_bucket, Key="p/goes")
+
+    reader.client.meta.events.register("before-parameter-build.s3.HeadObject", delete_first)
+    assert [o.key for o in reader.list()] == ["stays"]
+
+
+def test_s3_urls_open_the_s3_store_at_the_environments_endpoint(s3_bucket: str) -> None:
+    store = open_store(f"s3://{s3_bucket}/runs/one/")
+    assert isinstance(store.inner, S3Store)
+    assert store.url == f"s3://{s3_bucket}/runs/one"
+    store.write("k", b"v", metadata={"status": "available"})
+    listed = open_store(f"s3://{s3_bucket}/runs").list()
+    assert [(o.key, o.metadata["status"]) for o in listed] == [("one/k", "available")]
+
+
+def test_missing_credentials_are_one_clear_line_from_the_cli(s3_bucket: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    done = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "status", f"s3://{s3_bucket}/ds"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no AWS credentials" in done.stderr
+    assert "AWS_ACCESS_KEY_ID" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_bucket_is_not_a_missing_object(s3_server: str) -> None:
+    store = S3Store("no-such-bucket-here")
+    for op in (lambda: store.read("k"), store.list, store.now, lambda: store.write("k", b"v")):
+        with pytest.raises(StoreError, match="bucket not found"):
+            op()
+
+
+def test_a_dataset_of_many_shards_is_built_on_s3_and_read_back(s3_bucket: str, tmp_path: Path) -> None:
+    """64 shards share the builder's upload memory in blocks smaller than S3's smallest part (5 MiB):
+    the chunk files' blocks are raised to it, and every record comes back."""
+    url = build_dataset(f"s3://{s3_bucket}/ds", tmp_path, shards=64, records=640, chunk_size_mb=1)
+    got = sorted(r["id"] for s in range(64) for r in iter_shard_records(url, s))
+    assert got == list(range(640))
