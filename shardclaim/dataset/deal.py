@@ -59,6 +59,18 @@ def excluded_blanks(data: bytes | bytearray, start: int, end: int) -> list[tuple
     return found
 
 
+def run_counts(data: bytes | bytearray, start: int, end: int, num_shards: int) -> list[int]:
+    """The newlines in each run of ``data[start:end]``, cut as :func:`deal_block` cuts them."""
+    share = (end - start) // (RUNS_PER_SHARD * num_shards)
+    counts = []
+    pos = start
+    while pos < end:
+        cut = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
+        counts.append(data.count(b"\n", pos, cut))
+        pos = cut
+    return counts
+
+
 def deal_block(
     writer: ChunkWriter,
     data: bytes | bytearray,
@@ -67,30 +79,37 @@ def deal_block(
     *,
     turn: int,
     excluded: list[tuple[int, int]],
+    counts: list[int] | None = None,
 ) -> tuple[int, int, int]:
     """Deal ``data[start:end]`` (whole lines) in runs from shard ``turn mod N`` on, leaving out the
-    ``excluded`` line ranges (sorted). Returns ``(next turn, records, bytes)``."""
+    ``excluded`` line ranges (sorted). ``counts``, each run's newlines (:func:`run_counts`, worked out
+    ahead by a :mod:`~shardclaim.dataset.plan` process), spares counting them here. Returns
+    ``(next turn, records, bytes)``."""
     n = writer.num_shards
     share = (end - start) // (RUNS_PER_SHARD * n)
     view = memoryview(data)
     records = nbytes = 0
     skip = iter(excluded)
     hole = next(skip, None)
+    run = 0
     try:
         pos = start
         while pos < end:
             cut = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
             shard = turn % n
             turn += 1
+            known = counts[run] if counts is not None else None
+            run += 1
             a = pos
             while hole is not None and hole[0] < cut:  # the run's pieces between excluded lines
+                known = None
                 if hole[0] > a:
-                    r, b = _add_piece(writer, shard, data, view, (a, hole[0]))
+                    r, b = _add_piece(writer, shard, data, view, (a, hole[0]), None)
                     records, nbytes = records + r, nbytes + b
                 a = hole[1]
                 hole = next(skip, None)
             if a < cut:
-                r, b = _add_piece(writer, shard, data, view, (a, cut))
+                r, b = _add_piece(writer, shard, data, view, (a, cut), known)
                 records, nbytes = records + r, nbytes + b
             pos = cut
     finally:
@@ -98,10 +117,16 @@ def deal_block(
     return turn, records, nbytes
 
 
-def _add_piece(
-    writer: ChunkWriter, shard: int, data: bytes | bytearray, view: memoryview, piece: tuple[int, int]
+def _add_piece(  # noqa: PLR0917 - the inner loop's arguments, positional for speed
+    writer: ChunkWriter,
+    shard: int,
+    data: bytes | bytearray,
+    view: memoryview,
+    piece: tuple[int, int],
+    known: int | None = None,
 ) -> tuple[int, int]:
-    """Lines ``data[a:b]`` (``piece``) to ``shard``, split where its current chunk would overflow."""
+    """Lines ``data[a:b]`` (``piece``; ``known`` of them, if known) to ``shard``, split where its
+    current chunk would overflow."""
     a, b = piece
     limit = writer.limit
     state = writer.shards[shard]
@@ -111,19 +136,20 @@ def _add_piece(
     while a < b:
         room = limit - state.bytes
         if b - a <= room:
-            count = data.count(b"\n", a, b)
+            count = data.count(b"\n", a, b) if known is None else known
             add(shard, view[a:b], count)
             records += count
             break
         cut = data.rfind(b"\n", a, a + room) + 1 if room > 0 else 0
         if cut <= a:  # not one line fits in what is left: the first line alone, in a new chunk
             cut = data.index(b"\n", a, b) + 1
-            add(shard, view[a:cut], 1)
-            records += 1
+            count = 1
         else:
             count = data.count(b"\n", a, cut)
-            add(shard, view[a:cut], count)
-            records += count
+        add(shard, view[a:cut], count)
+        records += count
+        if known is not None:
+            known -= count
         a = cut
         state = writer.shards[shard]
     return records, b - start
