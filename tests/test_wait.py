@@ -3,6 +3,7 @@ the timeout ran out; the loop on an injected clock, the command with real proces
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,11 +136,9 @@ def test_options_take_both_spellings_and_help_shows_defaults(tmp_path: Path) -> 
     assert shardclaim("wait", ds, "--timeout", "0.2", "--interval", "0.1").returncode == 124
     assert shardclaim("report", ds, "--html", str(tmp_path / "a.html"), "--workers", "2").returncode == 0
     assert shardclaim("report", ds, "--html", str(tmp_path / "b.html"), "--workers=2").returncode == 0
-    for command, default in (
-        ("wait", "(default: 5.0)"),
-        ("report", "(default: 16)"),
-        ("status", "(default: 2.0)"),
-    ):
-        assert default in shardclaim(command, "--help").stdout
+    for command, default in (("wait", r"\(default: 5(\.0)?\)"), ("report", r"\(default: 16\)"),
+                             ("status", r"\(default: 2(\.0)?\)")):  # fmt: skip
+        assert re.search(default, shardclaim(command, "--help").stdout)
+    assert "(default: never)" in shardclaim("wait", "--help").stdout
     assert "one list request per 1,000 shards" in " ".join(shardclaim("status", "--help").stdout.split())
     assert "N + 5 requests" in " ".join(shardclaim("report", "--help").stdout.split())

@@ -6,6 +6,7 @@ The page is drawn by :mod:`shardclaim.view.html` from the job document of :mod:`
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,18 +28,15 @@ REPORT_COST = (
 
 def register(sub: Any) -> None:
     """The ``report`` command, on the subparsers ``sub`` of the ``shardclaim`` parser."""
-    import argparse
-
     p = sub.add_parser(
         "report",
         help="write the job as one self-contained HTML page (opens offline)",
-        description=(
+        description=textwrap.fill(
             "Write one HTML file with inline CSS, JS and SVG (nothing fetched from the network): the "
             "summary, the shard grid, attempts per worker over time, throughput, shard durations "
             "with the slowest named, and every failed shard with its error tail and where its full log is. "
             + REPORT_COST
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset_dir", metavar="DATASET", help="dataset directory or URL")
     p.add_argument("--html", metavar="FILE", required=True, help="where to write the page (a path or URL)")

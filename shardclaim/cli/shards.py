@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -34,14 +35,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "status",
         help="every shard's state and an aggregate line; --watch: live, until the job settles",
-        description=(
+        description=textwrap.fill(
             "Without options: one line per shard, the aggregate, and the shards in each state as compact "
             "ranges (one listing). --json: the job as one JSON document (schema in the README; one read per "
             "shard on top of the listing, 16 in flight). --watch: a live view that ends by itself when "
             "every shard is completed or failed or the job is halted (exit 0 if all completed, else 1); "
             "a line per refresh when the output is not a terminal. " + WATCH_COST
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     dataset(p)
     shown = p.add_mutually_exclusive_group()

@@ -5,6 +5,7 @@ scripts. Exit 0 when every shard completed, 1 when some failed (or are invalid) 
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,13 +29,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "wait",
         help="block until every shard is completed or failed (exit 0 / 1, 124 on --timeout)",
-        description=(
+        description=textwrap.fill(
             "Block until the job is settled: every shard completed or failed, or the job halted. Exit 0 when "
             "every shard completed; 1 when some failed or are invalid, or the job was halted (or the dataset "
             "cannot be read); 124 when --timeout ran out first. Each look is one listing of the shards and "
             "one read of the store's clock; an unreachable store is retried until the timeout."
         ),
-        formatter_class=_defaults_formatter(),
     )
     p.add_argument("dataset_dir", metavar="DATASET", help="dataset directory or URL")
     p.add_argument(
@@ -42,12 +42,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--interval", type=positive_float, default=5.0, help="seconds between looks")
     p.set_defaults(handler=run_wait)
-
-
-def _defaults_formatter() -> type[Any]:
-    import argparse
-
-    return argparse.ArgumentDefaultsHelpFormatter
 
 
 def run_wait(args: argparse.Namespace) -> int:
