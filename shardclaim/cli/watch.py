@@ -33,7 +33,9 @@ WATCH_COST = (
     "Each refresh is one listing of the shards' metadata objects, which carry each shard's state "
     "(a local directory: one walk of the dataset's directories; GCS: one list request per 1,000 shards), "
     "and one read of the store's clock; plus, once per failure, one read of a failed shard the view "
-    "names (at most 5 a refresh). An S3 listing carries no metadata: there a refresh would read every shard."
+    "names (at most 5 a refresh). An S3 listing carries no metadata: there the store asks for it (HEAD) of "
+    "each shard written since the previous refresh, so the first refresh costs one request per shard and "
+    "each later one a request per shard that changed."
 )
 
 _HOME, _ERASE_LINE, _ERASE_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
