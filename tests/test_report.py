@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -24,9 +24,9 @@ from shardclaim.view.document import SCHEMA_VERSION, job_document
 FETCHES = re.compile(r"""(?:\bsrc|\bhref)\s*=\s*["']?\s*(?:https?:)?//|@import""", re.IGNORECASE)
 
 
-def job(shards: int, *, failures: int = 0, completed: int = 0, store_wrapper: type | None = None) -> tuple:
+def job(shards: int, *, failures: int = 0, completed: int = 0, chunks: int = 1) -> tuple:
     clock = FakeClock()
-    store = memory_dataset(shards, clock=clock)
+    store = memory_dataset(shards, clock=clock, chunks_per_shard=chunks)
     worker = ShardManager("memory://r", "w1", store=store, max_attempts=1)
     failed = []
     for i in range(failures):
@@ -121,35 +121,47 @@ def test_the_page_names_every_failed_shard_with_its_error_tail_and_its_log() -> 
 
 
 def test_status_json_is_the_documented_schema_with_attempts_and_ranges() -> None:
-    clock, store, worker, failed = job(4, failures=1, completed=1)
+    clock, store, worker, failed = job(4, failures=1, completed=1, chunks=4)
     held = worker.claim_shard()
     assert held is not None
-    # A split shard (chunk-range stealing) records its ranges; a view shows them as its document has them.
-    key = f"{shard_dir(3, 4)}/{SHARD_METADATA}"
+    # A split shard (chunk-range stealing, shardclaim/lease/ranges.py) lists its parts in `ranges`.
+    doc0 = job_document(ShardManager("memory://r", "reader", store=store))
+    split_id = next(s["shard_id"] for s in doc0["shards"] if s["status"] == "available")
+    key = f"{shard_dir(split_id, 4)}/{SHARD_METADATA}"
     obj = store.read(key)
-    split = {**orjson.loads(obj.data), "ranges": [{"start_chunk": 0, "end_chunk": 1, "holder": "w9"}]}
+    when = clock.now
+    iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat()  # noqa: E731
+    ranges = [
+        {"start": 0, "end": 1, "status": "in_use", "assigned_to": "w1", "resume_chunk": 0, "attempt": 1,
+         "started_at": iso(when), "lease": {"token": "SECRET-TOKEN", "worker": "w1", "lease_seconds": 60}},
+        {"start": 1, "end": 4, "status": "completed", "assigned_to": "w9", "resume_chunk": 4, "attempt": 1,
+         "attempts": [{"attempt": 1, "worker": "w9", "started": iso(when - 4), "ended": iso(when),
+                       "outcome": "completed", "duration_s": 4.0}]},
+    ]  # fmt: skip
+    split = {**orjson.loads(obj.data), "ranges": ranges, "write_token": "SECRET-TOKEN"}
     store.write(key, orjson.dumps(split), if_generation_match=obj.generation, metadata=obj.metadata)
     clock.advance(7)
     reader = ShardManager("memory://r", "reader", store=store)
     doc = job_document(reader)
     assert doc["schema_version"] == SCHEMA_VERSION == 1
     assert datetime.fromisoformat(doc["generated_at"]).timestamp() == clock.now
-    assert doc["summary"]["ids"] == {
-        "completed": str(doc["summary"]["ids"]["completed"]),
-        "in_use": str(held["shard_id"]),
-        "available": doc["summary"]["ids"]["available"],
-        "failed": str(failed[0]),
-    }
+    ids = doc["summary"]["ids"]
+    assert (ids["in_use"], ids["failed"]) == (str(held["shard_id"]), str(failed[0]))
     by_id = {s["shard_id"]: s for s in doc["shards"]}
     assert by_id[failed[0]]["last_error"].endswith("OSError: disk 0 <b>")
     assert [a["outcome"] for a in by_id[failed[0]]["attempts"]] == ["failed"]
     running = by_id[held["shard_id"]]
     assert running["started_at"] is not None
     assert running["heartbeat_age_s"] == 7.0
-    assert {s["shard_id"]: s["ranges"] for s in doc["shards"]}[3] == split["ranges"]
-    assert all(s["ranges"] == [] for s in doc["shards"] if s["shard_id"] != 3)
+    assert by_id[split_id]["ranges"][1] == ranges[1]
+    assert by_id[split_id]["ranges"][0]["lease"] == {"worker": "w1", "lease_seconds": 60}  # no token
+    assert all(s["ranges"] == [] for s in doc["shards"] if s["shard_id"] != split_id)
+    assert "SECRET-TOKEN" not in json.dumps(doc)
     page, _ = build_report(reader)
-    assert "start_chunk=0, end_chunk=1, holder=w9" in page
+    assert "SECRET-TOKEN" not in page
+    assert f"<tr><td>{split_id}</td><td>1-3</td><td>completed</td><td>w9</td><td>4</td>" in page
+    assert f"<title>shard {split_id} chunks 1-3 attempt 1: completed, 4.0 s on w9" in page  # on the timeline
+    assert f"<title>shard {split_id} chunks 0-0 attempt 1: running for 7.0 s on w1" in page
     worker.close()
 
 

@@ -120,7 +120,7 @@ def gantt_svg(bars: Sequence[Bar], t0: float, t1: float) -> str:
 
 
 def throughput_svg(
-    spans: Sequence[tuple[float, float, int]], t0: float, t1: float, *, buckets: int = 60
+    spans: Sequence[tuple[float, float, float]], t0: float, t1: float, *, buckets: int = 60
 ) -> str:
     """Records per second over time: each ``(start, end, records)`` spread evenly over its span; a line
     of cumulative records on the same axes (scaled to the chart's height)."""

@@ -27,6 +27,17 @@ SCHEMA_VERSION = 1
 _FROM_DOCUMENT = ("num_chunks", "started_at", "completed_at", "resume_chunk", "last_error")
 
 
+def _public(part: Any) -> Any:
+    """A range as its document records it, without the write and lease tokens (a fencing token says
+    nothing to a reader, and a report may be mailed)."""
+    if not isinstance(part, dict):
+        return part
+    out = {k: v for k, v in part.items() if k != "write_token"}
+    if isinstance(out.get("lease"), dict):
+        out["lease"] = {k: v for k, v in out["lease"].items() if k != "token"}
+    return out
+
+
 def read_documents(
     manager: ShardManager, statuses: Sequence[Any], *, workers: int = 16
 ) -> list[dict[str, Any] | str | None]:
@@ -60,7 +71,7 @@ def job_document(
             shard[key] = found.get(key)
         shard["attempts"] = list(found.get("attempts") or [])
         # Chunk ranges of a split shard (work stealing, issue 12): [] for a shard that was never split.
-        shard["ranges"] = list(found.get("ranges") or [])
+        shard["ranges"] = [_public(r) for r in found.get("ranges") or []]
         if isinstance(doc, str):
             shard["document_error"] = doc
         shards.append(shard)

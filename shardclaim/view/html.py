@@ -58,37 +58,62 @@ def _ts(value: object) -> float | None:
     return None
 
 
-def _attempts(shard: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [a for a in shard.get("attempts") or [] if isinstance(a, dict)]
+def _attempts(unit: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in unit.get("attempts") or [] if isinstance(a, dict)]
+
+
+def _parts(shard: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any], float]]:
+    """What was held on its own: the shard, or each chunk range of a split shard (work stealing), as
+    (name, its document, the share of the shard's records it holds)."""
+    name = f"shard {shard['shard_id']}"
+    ranges = [r for r in shard.get("ranges") or [] if isinstance(r, dict)]
+    chunks = shard.get("num_chunks")
+    if not ranges or not isinstance(chunks, int) or chunks < 1:
+        return [(name, shard, 1.0)]
+    out: list[tuple[str, Mapping[str, Any], float]] = []
+    for r in ranges:
+        start, end = r.get("start"), r.get("end")
+        if isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= chunks:
+            out.append((f"{name} chunks {start}-{end - 1}", r, (end - start) / chunks))
+    return out or [(name, shard, 1.0)]
 
 
 def _bars(shards: list[dict[str, Any]], now: float) -> list[Bar]:
     bars = []
     for s in shards:
-        for a in _attempts(s):
+        held = _parts(s)
+        history = [(f"shard {s['shard_id']}", a) for a in _attempts(s)]  # a split shard's, before its split
+        if len(held) > 1 or held[0][1] is not s:
+            history += [(name, a) for name, part, _ in held for a in _attempts(part)]
+        for name, a in history:
             start, end = _ts(a.get("started")), _ts(a.get("ended"))
             if start is None or end is None:
                 continue
             bars.append(Bar(str(a.get("worker") or "?"), start, end, str(a.get("outcome")),
-                            f"shard {s['shard_id']} attempt {a.get('attempt')}: {a.get('outcome')}, "
+                            f"{name} attempt {a.get('attempt')}: {a.get('outcome')}, "
                             f"{end - start:,.1f} s on {a.get('worker')} ({a.get('host')})"))  # fmt: skip
-        start = _ts(s.get("started_at"))
-        if s["status"] == "in_use" and start is not None:
-            bars.append(Bar(str(s.get("assigned_to") or "?"), start, max(now, start), "running",
-                            f"shard {s['shard_id']} attempt {s.get('attempt')}: running for "
-                            f"{now - start:,.1f} s on {s.get('assigned_to')}"))  # fmt: skip
+        for name, part, _ in held:
+            start = _ts(part.get("started_at"))
+            if part.get("status") == "in_use" and start is not None:
+                bars.append(Bar(str(part.get("assigned_to") or "?"), start, max(now, start), "running",
+                                f"{name} attempt {part.get('attempt')}: running for "
+                                f"{now - start:,.1f} s on {part.get('assigned_to')}"))  # fmt: skip
     return bars
 
 
-def _completing(shard: Mapping[str, Any]) -> tuple[float, float, str] | None:
-    """The span of the attempt that completed the shard, and its worker."""
-    for a in reversed(_attempts(shard)):
-        if a.get("outcome") == "completed":
-            start, end = _ts(a.get("started")), _ts(a.get("ended"))
-            if start is None or end is None:
-                return None
-            return start, end, str(a.get("worker") or "?")
-    return None
+def _completions(shard: Mapping[str, Any]) -> list[tuple[float, float, str, float, str]]:
+    """For each part of the shard that completed: the span of the attempt that completed it, its worker,
+    its records and its name."""
+    out = []
+    for name, part, share in _parts(shard):
+        for a in reversed(_attempts(part)):
+            if a.get("outcome") == "completed":
+                start, end = _ts(a.get("started")), _ts(a.get("ended"))
+                if start is not None and end is not None:
+                    records = share * float(shard.get("total_tasks") or 0)
+                    out.append((start, end, str(a.get("worker") or "?"), records, name))
+                break
+    return out
 
 
 def _table(head: list[str], rows: list[list[str]], *, ident: str = "") -> str:
@@ -130,9 +155,18 @@ def _failures(doc: Mapping[str, Any], logs: Mapping[str, int], store_url: str) -
     for s in doc["shards"]:
         if s["status"] not in ("failed", "invalid") and "document_error" not in s:
             continue
-        error = str(s.get("last_error") or s.get("error") or s.get("document_error") or "(no error recorded)")
-        tail = "\n".join(error.strip().splitlines()[-ERROR_TAIL_LINES:])
-        failed = [a for a in _attempts(s) if a.get("outcome") in _FAILED_OUTCOMES and a.get("attempt")]
+        error = str(s.get("last_error") or s.get("error") or s.get("document_error") or "")
+        held = _parts(s)
+        if not error and held[0][1] is not s:  # a split shard: its failed parts' errors
+            error = "\n".join(f"{name}: {p.get('last_error')}" for name, p, _ in held if p.get("last_error"))
+        tail = "\n".join((error or "(no error recorded)").strip().splitlines()[-ERROR_TAIL_LINES:])
+        units = [s, *(p for _, p, _ in held if p is not s)]
+        failed = [
+            a
+            for u in units
+            for a in _attempts(u)
+            if a.get("outcome") in _FAILED_OUTCOMES and a.get("attempt")
+        ]
         where = "no attempt recorded"
         if failed:
             attempt = int(failed[-1]["attempt"])
@@ -158,14 +192,22 @@ def _failures(doc: Mapping[str, Any], logs: Mapping[str, int], store_url: str) -
 
 
 def _ranges(doc: Mapping[str, Any]) -> str:
+    """The chunk ranges of split shards (work stealing): who holds which chunks, how far each got."""
     rows = []
     for s in doc["shards"]:
         for r in s.get("ranges") or []:
-            text = ", ".join(f"{k}={v}" for k, v in r.items()) if isinstance(r, dict) else str(r)
-            rows.append([str(s["shard_id"]), escape(text)])
+            if not isinstance(r, dict):
+                continue
+            start, end = r.get("start"), r.get("end")
+            chunks = f"{start}-{end - 1}" if isinstance(start, int) and isinstance(end, int) else "?"
+            error = str(r.get("last_error") or "").strip().splitlines()
+            rows.append([str(s["shard_id"]), chunks, escape(str(r.get("status"))),
+                         escape(str(r.get("assigned_to") or "")), escape(str(r.get("resume_chunk", ""))),
+                         escape(str(r.get("attempt", ""))), escape(error[-1] if error else "")])  # fmt: skip
     if not rows:
         return ""
-    return "<h2>Split shards (chunk ranges)</h2>" + _table(["shard", "range"], rows)
+    head = ["shard", "chunks", "state", "holder", "done up to chunk", "attempt", "last error"]
+    return "<h2>Split shards (chunk ranges)</h2>" + _table(head, rows)
 
 
 def render_report(doc: Mapping[str, Any], *, logs: Mapping[str, int], store_url: str) -> str:
@@ -178,9 +220,8 @@ def render_report(doc: Mapping[str, Any], *, logs: Mapping[str, int], store_url:
     labels = [f"shard {s['shard_id']}: {'expired lease' if st == 'expired' else st}"
               + (f" ({s.get('assigned_to')})" if st in ("in_use", "expired") else "")
               for s, st in zip(shards, states, strict=True)]  # fmt: skip
-    completing = [(s, c) for s in shards if (c := _completing(s)) is not None]
-    by_duration = sorted(completing, key=lambda p: p[0]["shard_id"])
-    by_duration.sort(key=lambda p: p[1][0] - p[1][1])  # longest first
+    completing = [c for s in shards for c in _completions(s)]
+    by_duration = sorted(completing, key=lambda c: c[0] - c[1])  # longest first (stable: shard order)
     failures, n_failed = _failures(doc, logs, store_url)
     names = {"in_use": "running", "expired": "expired lease"}
     legend = "".join(
@@ -207,15 +248,15 @@ def render_report(doc: Mapping[str, Any], *, logs: Mapping[str, int], store_url:
         parts += ["<h2>Attempts per worker</h2><p class=muted>one row per worker, one bar per attempt, "
                   "coloured by how it ended (hover for details)</p>", gantt_svg(bars, *span)]  # fmt: skip
     if completing and span is not None:
-        spans = [(c[0], c[1], int(s.get("total_tasks") or 0)) for s, c in completing]
+        spans = [(c[0], c[1], c[3]) for c in completing]
         parts += [
             "<h2>Throughput</h2><p class=muted>records per second (bars; each completed shard's records "
             "spread over the attempt that completed it) and records done (line)</p>",
             throughput_svg(spans, *span),
         ]
-        slow = [[str(s["shard_id"]), f"{c[1] - c[0]:,.1f} s", escape(c[2])] for s, c in by_duration[:10]]
+        slow = [[escape(c[4]), f"{c[1] - c[0]:,.1f} s", escape(c[2])] for c in by_duration[:10]]
         parts += ["<h2>Shard durations</h2><p class=muted>the attempt that completed each shard</p>",
-                  histogram_svg([c[1] - c[0] for _, c in completing]), "<p>slowest:</p>",
+                  histogram_svg([c[1] - c[0] for c in completing]), "<p>slowest:</p>",
                   _table(["shard", "duration", "worker"], slow)]  # fmt: skip
     parts += [
         f"<h2>Failed shards ({n_failed})</h2>",
