@@ -208,6 +208,17 @@ def store(case: StoreCase) -> Store:
     return case.store
 
 
+#: Tests on ``shared_url`` that do not run on S3, and why: moto's server answers a few hundred requests a
+#: second on one core, so the heaviest process tests cost several times what they cost on the GCS server.
+NOT_ON_S3 = {
+    "test_16_workers_drain_200_shards_through_sigkills_exactly_once": (
+        "80 s on moto's server against 27 s on the GCS test server; what it asks of a store (racing claims, "
+        "leases reclaimed after expiry, fencing) runs on S3 in the 24-process race for 8 shards and the "
+        "paused-holder test"
+    ),
+}
+
+
 @pytest.fixture(
     params=["local", pytest.param("gcs", marks=pytest.mark.gcs), pytest.param("s3", marks=pytest.mark.s3)]
 )
@@ -216,5 +227,7 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "shared")
     if request.param == "s3":
+        if request.node.originalname in NOT_ON_S3:
+            pytest.skip(f"not on S3: {NOT_ON_S3[request.node.originalname]}")
         return f"s3://{request.getfixturevalue('s3_bucket')}/race"
     return f"gs://{request.getfixturevalue('gcs_bucket')}/race"
