@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 
 import orjson
@@ -20,8 +21,40 @@ from shardclaim.store.base import Store, StoredObject
 from shardclaim.testing import FakeClock, HookStore, build_dataset, memory_dataset
 from shardclaim.view.document import SCHEMA_VERSION, job_document
 
-#: What a page may never do: fetch something (src=, href= or @import of a network URL).
-FETCHES = re.compile(r"""(?:\bsrc|\bhref)\s*=\s*["']?\s*(?:https?:)?//|@import""", re.IGNORECASE)
+
+class _Fetches(HTMLParser):
+    """What a page would fetch: network URLs in src/href attributes, @import or url() in its styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._style = tag == "style"
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href", "srcset", "poster", "data") and re.search(
+                r"(https?:)?//", value or "", re.IGNORECASE
+            ):
+                self.found.append(f"{tag} {name}={value}")
+            if name == "style" and re.search(r"@import|url\(", value or "", re.IGNORECASE):
+                self.found.append(f"{tag} style={value}")
+        if tag in ("link", "iframe", "object", "embed", "img"):
+            self.found.append(f"<{tag}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._style and re.search(r"@import|url\(", data, re.IGNORECASE):
+            self.found.append(f"style: {data[:80]}")
+
+
+def fetches(page: str) -> list[str]:
+    """What in ``page`` would make a browser fetch something (nothing, for a self-contained page)."""
+    parser = _Fetches()
+    parser.feed(page)
+    return parser.found
 
 
 def job(shards: int, *, failures: int = 0, completed: int = 0, chunks: int = 1) -> tuple:
@@ -112,7 +145,7 @@ def test_the_page_names_every_failed_shard_with_its_error_tail_and_its_log() -> 
     assert f"shardclaim logs memory://r --shard_id {failed[0]} --attempt 1" in page
     assert f"{shard_dir(failed[1], num)}/attempt_001.log</code>; not run by `run`" in page
     assert "disk 0 <b>" not in page  # what a document says is text, never markup
-    assert not FETCHES.search(page)
+    assert fetches(page) == []
     assert "<link" not in page
     assert page.count("<script>") == 1
     # The timeline: one bar per attempt (3 failed, 6 completed), each coloured by how it ended.
@@ -184,3 +217,36 @@ def test_status_json_and_report_from_the_command_line(tmp_path: Path) -> None:
     assert "succeeded, 3 shards, 0 failed" in made.stdout
     assert html.read_text().startswith("<!DOCTYPE html>")
     assert [p.name for p in html.parent.iterdir()] == ["report.html"]  # written whole, nothing left over
+
+
+def test_a_hostile_shard_document_is_shown_not_obeyed() -> None:
+    _, store, _, _ = job(3)
+    key = f"{shard_dir(1, 3)}/{SHARD_METADATA}"
+    obj = store.read(key)
+    hostile = {
+        **orjson.loads(obj.data), "status": "failed", "failures": 3,
+        "last_error": "</pre><script>alert(1)</script>",
+        "attempts": [
+            {"attempt": [1], "outcome": "failed", "started": "garbage", "ended": 5},
+            {"attempt": 2, "outcome": "completed", "worker": "<img src=http://x/>",
+             "started": "0001-01-01T00:00:00+00:00", "ended": "9999-12-31T00:00:00+00:00"},
+        ],
+        "ranges": [{"start": "a"}, 5, {"start": 0, "end": 1, "status": "failed", "last_error": ["x"]}],
+    }  # fmt: skip
+    store.write(key, orjson.dumps(hostile), if_generation_match=obj.generation, metadata={"status": "failed"})
+    page, doc = build_report(ShardManager("memory://r", "reader", store=store))
+    assert "document_error" not in doc["shards"][1]  # the document passed the checks: the page copes
+    assert '<b id="shard-1">1</b>' in page
+    assert "&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img" not in page
+    assert fetches(page) == []
+    assert page.count("<script>") == 1
+
+
+def test_the_fetch_check_finds_what_a_browser_would_fetch() -> None:
+    assert fetches('<img src="x.png"><script src="//cdn/x.js"></script>') == [
+        "<img>",
+        "script src=//cdn/x.js",
+    ]
+    assert fetches("<style>@import 'https://x/y.css';</style>") != []
+    assert fetches('<p>src="http://x" is text</p><a href="#shard-1">1</a>') == []

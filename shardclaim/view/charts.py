@@ -71,7 +71,10 @@ def grid_svg(states: Sequence[str], *, labels: Sequence[str] | None = None) -> s
 
 def _clock(t: float, span: float = 3600.0) -> str:
     """A time of day, to the tenth of a second when the axis spans less than a minute."""
-    when = datetime.fromtimestamp(t, UTC)
+    try:
+        when = datetime.fromtimestamp(t, UTC)
+    except (OverflowError, OSError, ValueError):  # a hostile document's year 1 or 9999
+        return "?"
     return when.strftime("%H:%M:%S") + (f".{when.microsecond // 100_000}" if span < 60 else "")
 
 

@@ -165,7 +165,7 @@ def _failures(doc: Mapping[str, Any], logs: Mapping[str, int], store_url: str) -
             a
             for u in units
             for a in _attempts(u)
-            if a.get("outcome") in _FAILED_OUTCOMES and a.get("attempt")
+            if a.get("outcome") in _FAILED_OUTCOMES and type(a.get("attempt")) is int and a["attempt"] > 0
         ]
         where = "no attempt recorded"
         if failed:
