@@ -225,3 +225,14 @@ def test_status_prints_the_shards_in_each_state_as_compact_ranges(tmp_path: Path
     assert "  available: 3,5,7\n" in out.stdout
     assert "  failed: 6\n" in out.stdout
     m.close()
+
+
+def test_escape_sequences_in_an_error_are_drawn_as_text_not_sent_to_the_terminal() -> None:
+    job = Job(3, max_attempts=1)
+    job.fail("\x1b[31mERROR\x1b[0m: boom\x07\x1b]0;pwned\x07 \x1b[2J")
+    lines = frame(Follower(job.watcher).look(), 80, 24, color=False)
+    assert not any("\x1b" in text or "\x07" in text for text in lines)
+    assert any(text.rstrip().endswith(": ERROR: boom?") for text in lines)
+    colored = "\n".join(frame(Follower(job.watcher).look(), 80, 24, color=True))
+    assert "\x1b[2J" not in colored
+    assert "pwned" not in colored

@@ -10,6 +10,7 @@ as well as a colour, so the grid reads without colour too (``NO_COLOR``, a dumb 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from datetime import UTC
 
@@ -60,10 +61,20 @@ def cell_states(states: Sequence[Shown], per_cell: int) -> list[Shown]:
     return out
 
 
+#: Escape sequences and control characters in what documents say (a command's coloured stderr, a hostile
+#: worker id): drawn as text, never sent to the terminal.
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|.)?")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(text: str) -> str:
+    return _CONTROLS.sub("?", _ESCAPES.sub("", text))
+
+
 def _render(segments: Sequence[Segment], width: int, color: bool) -> str:
     out, room = [], width
     for whole, sgr in segments:
-        text = whole[:room]
+        text = _clean(whole)[:room]
         room -= len(text)
         if text:
             out.append(f"\x1b[{sgr}m{text}\x1b[0m" if color and sgr else text)
