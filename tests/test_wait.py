@@ -105,6 +105,10 @@ def test_the_command_exits_0_1_and_124_on_a_real_job(shared_url: str, tmp_path: 
     assert waiter.returncode == 1, err
     assert "failed: 4 shards (3 completed, 1 failed)" in out
     assert "  failed: 2\n" in out
+    piped = shardclaim("status", ds, "--watch", "--interval", "0.1")  # not a terminal: a line a refresh
+    assert piped.returncode == 1, piped.stderr
+    assert piped.stdout.count("\n") == 1
+    assert piped.stdout.endswith("failed: 3/4 completed, 1 failed; records 30/40; failed: 2\n")
     reset = shardclaim("reset", ds, "--failed")
     assert reset.returncode == 0, reset.stderr
     assert shardclaim("run", ds, "--", "true").returncode == 0
