@@ -231,7 +231,6 @@ def test_a_hostile_shard_document_is_shown_not_obeyed() -> None:
             {"attempt": 2, "outcome": "completed", "worker": "<img src=http://x/>",
              "started": "0001-01-01T00:00:00+00:00", "ended": "9999-12-31T00:00:00+00:00"},
         ],
-        "ranges": [{"start": "a"}, 5, {"start": 0, "end": 1, "status": "failed", "last_error": ["x"]}],
     }  # fmt: skip
     store.write(key, orjson.dumps(hostile), if_generation_match=obj.generation, metadata={"status": "failed"})
     page, doc = build_report(ShardManager("memory://r", "reader", store=store))
