@@ -145,8 +145,9 @@ def test_blocks_is_round_robin_on_a_small_input(tmp_path: Path) -> None:
     assert dataset_lines(tmp_path / "blocks") == dataset_lines(tmp_path / "round_robin")
 
 
-def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path) -> None:
-    lines = records(6000, size=600)
+@pytest.mark.parametrize("size", [600, 12_000])  # lines counted byte by byte, or walked line to line
+def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path, size: int) -> None:
+    lines = records(6000, size=size)
     body = bytearray()
     for i, line in enumerate(lines):
         body += line
@@ -155,6 +156,7 @@ def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_bytes(bytes(body))
     master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=0.1)
+    assert master["strategy"] == "blocks"
     assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
     assert master["blank_lines"] == sum(2 if i % 4 == 3 else 1 for i in range(0, 6000, 997))
     assert master["total_tasks"] == 6000
@@ -484,3 +486,23 @@ def test_the_planner_process_changes_the_speed_of_a_blocks_build_never_its_resul
         assert load(tmp_path / "a" / shard / "metadata.json") == load(
             tmp_path / "b" / shard / "metadata.json"
         )
+
+
+def test_both_ways_of_counting_lines_and_finding_blank_ones_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from shardclaim.dataset import deal
+
+    rng = random.Random(3)
+    for _ in range(200):
+        kinds = [b"\n", b"  \n", b"\t\r\n", b" x\n", b'{"a": 1}\n', b"y" * rng.randint(1, 5000) + b"\n"]
+        parts = [rng.choice(kinds) for _ in range(rng.randint(1, 40))]
+        data = b"".join(parts)
+        monkeypatch.setattr(deal, "_LONG_LINE", 1 << 30)  # always counted byte by byte
+        counted = deal.lines_and_blanks(data, 0, len(data))
+        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # always walked line to line
+        walked = deal.lines_and_blanks(data, 0, len(data))
+        blanks = [i for i, p in enumerate(parts) if not p.strip()]
+        assert counted == walked
+        assert counted[0] == len(parts)
+        assert len(counted[1]) == len(blanks)

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from shardclaim.dataset.chunks import ChunkWriter
-from shardclaim.dataset.deal import deal_block, excluded_blanks, runs_suit
+from shardclaim.dataset.deal import deal_block, plan_block, runs_suit
 from shardclaim.dataset.inputs import (
     blocks_of,
     input_names,
@@ -265,7 +265,7 @@ def _distribute(
             if runs and parse is None:  # no Python code per line: see deal
                 plan = planner.plan((planned, index, start, end)) if planner is not None else None
                 planned += 1
-                holes, counts = plan if plan is not None else (excluded_blanks(data, start, end), None)
+                holes, counts = plan if plan is not None else plan_block(data, start, end, opts.num_shards)
                 stats["blank"] += len(holes)  # (line numbers: only inline validation needs them)
             else:
                 holes = walk.lines(name, data, start, end, stats, deal=not runs)

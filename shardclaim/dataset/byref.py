@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import crc32c
 
-from shardclaim.dataset.deal import excluded_blanks
+from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import input_name, input_names, is_blank, secrets_of
 from shardclaim.dataset.localfs import is_local
 from shardclaim.dataset.records import BOM
@@ -221,8 +221,8 @@ class _Scan:
 
     def _range(self, index: int, data: bytearray, base: int, a: int, b: int) -> None:
         whole = b if data[b - 1] == 0x0A else data.rfind(b"\n", a, b) + 1  # the last line may lack "\n"
-        holes = excluded_blanks(data, a, whole) if whole > a else []
-        records = data.count(b"\n", a, whole) - len(holes)
+        lines, holes = lines_and_blanks(data, a, whole) if whole > a else (0, [])
+        records = lines - len(holes)
         if whole < b:
             if is_blank(bytes(data[whole:b]) + b"\n"):
                 self.blank += 1

@@ -31,6 +31,7 @@ RUNS_PER_SHARD = 4
 # A line that may be blank: a newline followed by JSON whitespace (the block's first line is apart).
 _MAYBE_BLANK = re.compile(rb"\n(?=[\n \t\r])")
 _WHITESPACE = b" \t\r\n"
+_LONG_LINE = 2048  # bytes: from this mean length on, walking line to line beats counting byte by byte
 
 
 def runs_suit(length: int, num_shards: int) -> bool:
@@ -59,16 +60,49 @@ def excluded_blanks(data: bytes | bytearray, start: int, end: int) -> list[tuple
     return found
 
 
-def run_counts(data: bytes | bytearray, start: int, end: int, num_shards: int) -> list[int]:
-    """The newlines in each run of ``data[start:end]``, cut as :func:`deal_block` cuts them."""
+def lines_and_blanks(data: bytes | bytearray, a: int, b: int) -> tuple[int, list[tuple[int, int]]]:
+    """The newlines in ``data[a:b]`` (whole lines) and its blank lines as ``(begin, end)`` ranges.
+
+    Two ways, chosen by the lines' length in a 64 KiB sample: short lines are counted by ``bytes.count``
+    and blank ones found by one regular-expression scan (both about a byte per cycle, whatever the
+    lines); long ones are walked line to line with ``find`` (``memchr``, many bytes per cycle, plus about
+    0.3 microseconds of interpreter per line: on 10 KB records a tenth of the scans' cost)."""
+    probe = min(b, a + 65536)
+    sampled = data.count(b"\n", a, probe)
+    if probe - a < sampled * _LONG_LINE:  # short lines (a sample without a line end: very long ones)
+        return data.count(b"\n", a, b), excluded_blanks(data, a, b)
+    holes = []
+    count = 0
+    pos = a
+    find = data.find
+    with memoryview(data) as view:
+        while pos < b:
+            nl = find(b"\n", pos, b) + 1
+            if nl == 0:
+                break
+            if data[pos] in _WHITESPACE and is_blank(view[pos:nl]):
+                holes.append((pos, nl))
+            count += 1
+            pos = nl
+    return count, holes
+
+
+def plan_block(
+    data: bytes | bytearray, start: int, end: int, num_shards: int
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """The blank lines of ``data[start:end]`` and the newlines in each of its runs, cut as
+    :func:`deal_block` cuts them."""
     share = (end - start) // (RUNS_PER_SHARD * num_shards)
-    counts = []
+    counts: list[int] = []
+    holes: list[tuple[int, int]] = []
     pos = start
     while pos < end:
         cut = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
-        counts.append(data.count(b"\n", pos, cut))
+        count, blank = lines_and_blanks(data, pos, cut)
+        counts.append(count)
+        holes += blank
         pos = cut
-    return counts
+    return holes, counts
 
 
 def deal_block(

@@ -17,7 +17,7 @@ import os
 from multiprocessing.connection import Connection
 from typing import Any
 
-from shardclaim.dataset.deal import excluded_blanks, run_counts, runs_suit
+from shardclaim.dataset.deal import plan_block, runs_suit
 from shardclaim.dataset.inputs import blocks_of, open_inputs, size_of
 from shardclaim.dataset.localfs import is_local
 
@@ -35,7 +35,7 @@ def _plan(paths: list[str], num_shards: int, conn: Connection) -> None:
         seq = 0
         for index, _, data, start, end in blocks_of(open_inputs(paths), None):
             if runs_suit(end - start, num_shards):
-                plan = (excluded_blanks(data, start, end), run_counts(data, start, end, num_shards))
+                plan = plan_block(data, start, end, num_shards)
                 conn.send(((seq, index, start, end), plan))
                 seq += 1
     except Exception:  # noqa: S110 - the builder scans for itself; it reports any real problem
