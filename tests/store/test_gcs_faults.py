@@ -133,7 +133,7 @@ def test_read_write_and_now_are_one_request_each(raw: Store, proxy: FaultProxy) 
 
 def test_list_costs_one_request_per_page_of_1000(backend: Backend) -> None:
     if backend.name == "s3":
-        pytest.skip("an S3 listing also reads unseen objects' metadata: counted in test_s3_listing.py")
+        pytest.skip("an S3 listing also reads unseen objects' metadata: counted in test_s3_store.py")
     for i in range(1001):
         backend.direct.write(f"s/{i:04d}", b"x")  # fill the bucket without the proxy: faster
     assert len(backend.raw.list("s/")) == 1001
