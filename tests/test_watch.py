@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
@@ -236,3 +237,20 @@ def test_escape_sequences_in_an_error_are_drawn_as_text_not_sent_to_the_terminal
     colored = "\n".join(frame(Follower(job.watcher).look(), 80, 24, color=True))
     assert "\x1b[2J" not in colored
     assert "pwned" not in colored
+
+
+def test_a_split_shard_that_failed_is_named_by_its_failed_range_s_error() -> None:
+    clock = FakeClock()
+    store = memory_dataset(2, clock=clock, chunks_per_shard=4)
+    key = "shard_001/metadata.json"
+    obj = store.read(key)
+    parts = [
+        {"start": 0, "end": 2, "status": "completed", "resume_chunk": 2, "attempt": 1},
+        {"start": 2, "end": 4, "status": "failed", "attempt": 1, "failures": 1,
+         "last_error": "Traceback (most recent call last):\n  File x\nKeyError: 'text'"},
+    ]  # fmt: skip
+    split = {**json.loads(obj.data), "status": "failed", "failures": 1, "ranges": parts}
+    store.write(key, json.dumps(split).encode(), if_generation_match=obj.generation,
+                metadata={"status": "failed", "failures": "1"})  # fmt: skip
+    look = Follower(ShardManager("memory://s", "watcher", store=store)).look()
+    assert [(f.shard_id, f.error) for f in look.failures] == [(1, "KeyError: 'text'")]

@@ -155,12 +155,19 @@ class Follower:
             key = (v.shard_id, v.generation)
             if key not in self._errors:
                 try:
-                    self._errors[key] = first_line(self.manager.read_shard(v.shard_id).get("last_error"))
+                    self._errors[key] = first_line(_last_error(self.manager.read_shard(v.shard_id)))
                 except ShardclaimError as e:  # it changed or broke since the listing: say so, read again
                     out.append(Failure(v.shard_id, f"(its document could not be read: {e})", v.failures))
                     continue
             out.append(Failure(v.shard_id, self._errors[key], v.failures))
         return out
+
+
+def _last_error(doc: dict[str, object]) -> object:
+    """A shard's last error; for a split shard (chunk ranges) without one, that of a failed range."""
+    ranges = doc.get("ranges")
+    parts = [p for p in ranges if isinstance(p, dict)] if isinstance(ranges, list) else []
+    return doc.get("last_error") or next((p["last_error"] for p in parts if p.get("last_error")), None)
 
 
 def first_line(text: object) -> str:
