@@ -144,18 +144,24 @@ class StoreCase:
     #: Which versions the backend gives: "ordered" (increasing integers: GCS, local, memory) or "etag"
     #: (a hash of the bytes, unordered; equal bytes, equal version — as S3 does).
     versions: str = "ordered"
+    #: Where a listing's metadata comes from: "listed" (the listing carries it: GCS, local, memory) or
+    #: "fetched" (S3 lists none: the store reads it per object version it has not seen, HEAD).
+    listing: str = "listed"
+    #: Another client of the same objects (what another process would open).
+    peer: Callable[[], Store] | None = None
 
 
 def _local_case(tmp_path: Path) -> StoreCase:
     root = tmp_path / "store"
-    return StoreCase("local", LocalStore(root), str(root), lambda k: (root / k).unlink())
+    return StoreCase(
+        "local", LocalStore(root), str(root), lambda k: (root / k).unlink(), peer=lambda: LocalStore(root)
+    )
 
 
 def _memory_case(versions: Literal["ordered", "etag"] = "ordered") -> StoreCase:
     store = MemoryStore("contract", versions=versions)
-    return StoreCase(
-        "memory" if versions == "ordered" else "memory-etag", store, store.url, store.delete, versions
-    )
+    name = "memory" if versions == "ordered" else "memory-etag"
+    return StoreCase(name, store, store.url, store.delete, versions, peer=lambda: store)  # one dict
 
 
 def _gcs_case(bucket: str) -> StoreCase:
@@ -164,7 +170,11 @@ def _gcs_case(bucket: str) -> StoreCase:
     store = GCSStore(bucket, "some/prefix")
     bkt = store.client.bucket(bucket)
     return StoreCase(
-        "gcs", store, f"gs://{bucket}/some/prefix", lambda k: bkt.blob(f"some/prefix/{k}").delete()
+        "gcs",
+        store,
+        f"gs://{bucket}/some/prefix",
+        lambda k: bkt.blob(f"some/prefix/{k}").delete(),
+        peer=lambda: GCSStore(bucket, "some/prefix"),
     )
 
 
@@ -177,7 +187,9 @@ def _s3_case(bucket: str) -> StoreCase:
         store,
         f"s3://{bucket}/some/prefix",
         lambda k: store.client.delete_object(Bucket=bucket, Key=f"some/prefix/{k}"),
-        "etag",
+        versions="etag",
+        listing="fetched",
+        peer=lambda: S3Store(bucket, "some/prefix"),
     )
 
 

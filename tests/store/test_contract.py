@@ -1,4 +1,7 @@
-"""The store contract, once, on every backend (memory, local directory, GCS test server)."""
+"""The store contract, once, on every backend (memory, local directory, GCS test server, S3 test server).
+
+Each backend's case says which properties it has where they differ (``StoreCase.versions``: ordered
+generations or content ETags; ``StoreCase.listing``: metadata in the listing or fetched by the store)."""
 
 from __future__ import annotations
 
@@ -107,6 +110,22 @@ def test_list_returns_generation_time_size_and_metadata(store: Store) -> None:
         assert o.updated.tzinfo is not None
         # Store clocks report whole seconds on GCS (HTTP Date): allow that much slack.
         assert before - timedelta(seconds=2) <= o.updated <= after + timedelta(seconds=2)
+
+
+def test_a_listing_shows_the_metadata_another_client_wrote_and_rewrote(case: StoreCase) -> None:
+    """Also where the listing carries no metadata (``case.listing == "fetched"``, S3): the store reads
+    what it has not seen, and a new version of an object is never shown with its old metadata."""
+    assert case.peer is not None
+    peer = case.peer()
+    assert case.store.list() == []
+    peer.write("ds/shard_000/metadata.json", b"{1}", metadata={"status": "available"})
+    first = case.store.list("ds/")
+    assert [dict(o.metadata) for o in first] == [{"status": "available"}]
+    in_use = {"status": "in_use", "holder": "w"}
+    again = peer.write("ds/shard_000/metadata.json", b"{2}", metadata=in_use)
+    (listed,) = case.store.list("ds/")
+    assert (listed.generation, dict(listed.metadata)) == (again.generation, in_use)
+    assert listed.size == 3
 
 
 def test_list_filters_by_prefix_and_sorts_by_key(store: Store) -> None:
