@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from shardclaim import iter_shard_records, open_store
-from shardclaim.errors import StoreError
-from shardclaim.store.s3 import S3Store
+from shardclaim.errors import GenerationMismatchError, StoreError, TransientStoreError
+from shardclaim.store.s3 import S3Store, default_client
 from shardclaim.testing import build_dataset
 
 pytestmark = pytest.mark.s3
@@ -140,3 +140,30 @@ def test_a_dataset_of_many_shards_is_built_on_s3_and_read_back(s3_bucket: str, t
     url = build_dataset(f"s3://{s3_bucket}/ds", tmp_path, shards=64, records=640, chunk_size_mb=1)
     got = sorted(r["id"] for s in range(64) for r in iter_shard_records(url, s))
     assert got == list(range(640))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "raised"),
+    [
+        (412, "PreconditionFailed", GenerationMismatchError),
+        (409, "ConditionalRequestConflict", GenerationMismatchError),  # a concurrent write won the key
+        (404, "NoSuchKey", GenerationMismatchError),  # If-Match on an object that is not there
+        (503, "SlowDown", TransientStoreError),
+        (500, "InternalError", TransientStoreError),
+        (400, "RequestTimeout", TransientStoreError),  # S3 says 400 for a request body that came too slowly
+        (403, "AccessDenied", StoreError),
+    ],
+)
+def test_s3_answers_to_a_conditional_write_map_to_the_store_errors(
+    status: int, code: str, raised: type[StoreError]
+) -> None:
+    from botocore.stub import Stubber
+
+    store = S3Store("bucket", "p", client=default_client("http://127.0.0.1:9"))
+    with Stubber(store.client) as stub:
+        stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+        with pytest.raises(raised) as err:
+            store.write("k", b"v", if_generation_match="0123abcd")
+    assert type(err.value) is raised
+    if raised is GenerationMismatchError:
+        assert (err.value.key, err.value.expected) == ("k", "0123abcd")  # type: ignore[attr-defined]
