@@ -174,22 +174,16 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
     """The fields the lease protocol writes: counters, the lease, the holder."""
     for field in (
         "attempt", "failures", "heartbeats", "resume_chunk", "expired_leases", "expiries_without_progress",
-        "progress_at_expiry", "cannot_start",
+        "progress_at_expiry", "cannot_start", "reserved_chunk",
     ):  # fmt: skip
         if doc.get(field) is not None:
             _int(key, doc, field)
-    resume = doc.get("resume_chunk") or 0
-    if resume > doc["num_chunks"]:  # a checkpoint past the end would complete a shard nobody processed
-        raise MetadataError(key, f"resume_chunk is {resume} but the shard has {doc['num_chunks']} chunks")
+    for field in ("resume_chunk", "reserved_chunk"):  # past the end would complete chunks nobody did
+        if (doc.get(field) or 0) > doc["num_chunks"]:
+            raise MetadataError(key, f"{field} is {doc[field]} but the shard has {doc['num_chunks']} chunks")
     lease = doc.get("lease")
     if lease is not None:
-        if not isinstance(lease, dict):
-            raise MetadataError(key, f"'lease' must be an object or null, got {lease!r}")
-        for field in ("token", "worker"):
-            value = lease.get(field)
-            if not isinstance(value, str) or not value:
-                raise MetadataError(key, f"lease {field!r} must be a non-empty string, got {value!r}")
-        check_lease_seconds(key, lease.get("lease_seconds"))
+        _check_lease(key, lease)
     attempts = doc.get("attempts")
     if attempts is not None and (
         not isinstance(attempts, list)
@@ -201,8 +195,46 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
         duration = attempt.get("duration_s", 0)
         if not isinstance(duration, int | float) or isinstance(duration, bool) or not 0 <= duration < 1e12:
             raise MetadataError(key, f"an attempt's duration_s must be a number of seconds, got {duration!r}")
-    if doc["status"] == "in_use" and lease is None and not isinstance(doc.get("assigned_to"), str):
+    if doc.get("ranges") is not None:
+        _check_ranges(key, doc)
+    elif doc["status"] == "in_use" and lease is None and not isinstance(doc.get("assigned_to"), str):
         raise MetadataError(key, "status is in_use but the shard names no holder")
+
+
+def _check_lease(key: str, lease: object) -> None:
+    if not isinstance(lease, dict):
+        raise MetadataError(key, f"'lease' must be an object or null, got {lease!r}")
+    for field in ("token", "worker"):
+        value = lease.get(field)
+        if not isinstance(value, str) or not value:
+            raise MetadataError(key, f"lease {field!r} must be a non-empty string, got {value!r}")
+    check_lease_seconds(key, lease.get("lease_seconds"))
+
+
+def _check_ranges(key: str, doc: dict[str, Any]) -> None:
+    """A split shard's parts (lease.ranges): each a sound state of its own, in order, covering every
+    chunk exactly once; a part's cursor and reservation inside it."""
+    parts, num = doc["ranges"], doc["num_chunks"]
+    if not isinstance(parts, list) or not 1 <= len(parts) <= max(1, num):
+        raise MetadataError(key, f"'ranges' must be a list of 1 to {max(1, num)} parts")
+    at = 0
+    for i, part in enumerate(parts):
+        where = f"{key} part {i}"
+        if not isinstance(part, dict) or part.get("status") not in STATUSES or "ranges" in part:
+            raise MetadataError(key, f"part {i} must be an object with a known status")
+        start, end = _int(where, part, "start"), _int(where, part, "end")
+        if start != at or end <= start:
+            raise MetadataError(
+                key, f"part {i} covers [{start}, {end}); the parts must cover chunks in order"
+            )
+        for field in ("resume_chunk", "reserved_chunk"):
+            if part.get(field) is not None and not start <= _int(where, part, field) <= end:
+                raise MetadataError(key, f"part {i}'s {field} is outside its chunks [{start}, {end})")
+        _opt_str(where, part, "renewed_at")
+        _check_state(where, {**part, "num_chunks": num})
+        at = end
+    if at != num:
+        raise MetadataError(key, f"the parts cover {at} of {num} chunks")
 
 
 def check_lease_seconds(key: str, value: object) -> float:

@@ -32,13 +32,14 @@ from shardclaim.errors import (
 )
 from shardclaim.fanin import wait_for_shards
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
-from shardclaim.lease import halt
+from shardclaim.lease import halt, ranges
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
-from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, describe, read_listing
+from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, read_listing
 from shardclaim.operations import Operations
+from shardclaim.stealing import Stealing
 from shardclaim.store import Generation, RetryPolicy, Store, StoredObject, open_store
 from shardclaim.worker import Claim
 from shardclaim.worker import claims as worker_loop
@@ -50,7 +51,7 @@ log = logging.getLogger("shardclaim.manager")
 DEFAULT_MAX_OUTAGE_SECONDS = 600.0  #: how long a worker waits out an unreachable store (10 minutes)
 
 
-class ShardManager(Operations):
+class ShardManager(Operations, Stealing):
     """Claims and settles the shards of the dataset at ``dataset_dir`` (path or URL) for one worker.
 
     ``max_outage_seconds``: how long a store request is retried through an outage (timeouts, 429, 5xx);
@@ -104,7 +105,7 @@ class ShardManager(Operations):
         self._invalid = InvalidShards()
         self._candidates = Candidates(max_age=self.heartbeat_seconds)
         self._tried_launcher_index = False
-        self._adoptable = False
+        self._adoptable = self._parts = False
 
     @property
     def store(self) -> Store:
@@ -125,16 +126,19 @@ class ShardManager(Operations):
         """One shard's metadata as stored now (checked: MetadataError names a corrupt object)."""
         return self._read(shard_id)[1]
 
-    def _new_lease(self, shard_id: int, generation: Generation, doc: Mapping[str, Any]) -> FencedLease:
+    def _new_lease(
+        self, shard_id: int, generation: Generation, doc: Mapping[str, Any], token: str | None = None
+    ) -> FencedLease:
+        token = token or (doc.get("lease") or {}).get("token")
         return FencedLease(
             self._store, self._key(shard_id), generation, doc,
-            holder=self.worker_id, encode=transitions.encode, shard_id=shard_id,
+            holder=self.worker_id, encode=transitions.encode, shard_id=shard_id, token=token,
         )  # fmt: skip
 
     # -- claiming ---------------------------------------------------------------------------------
 
     def claim_shard(
-        self, preferred_shard_id: int | None = None, *, adoptable: bool = False
+        self, preferred_shard_id: int | None = None, *, adoptable: bool = False, parts: bool = False
     ) -> ClaimedShard | None:
         """Claim one shard: ``preferred_shard_id`` (else the launcher's index) first, then the others
         in random order. Returns the shard (``shard_id``, ``chunks`` as URLs, ``status``,
@@ -144,9 +148,10 @@ class ShardManager(Operations):
         reused until three candidates in a row turn out taken, so a worker mostly pays two. A shard
         whose metadata is corrupt or hostile is skipped (and reported by status), never raised.
         ``adoptable``: another process may complete or fail the shard for this worker id (the seed's
-        CLI); without it only this manager can.
+        CLI); without it only this manager can. ``parts``: a free part of a split shard may be claimed
+        too (the claim then names its chunks as ``range``; see :mod:`shardclaim.stealing`).
         """
-        self._adoptable = adoptable
+        self._adoptable, self._parts = adoptable, parts
         if preferred_shard_id is not None:
             self._key(preferred_shard_id)
         elif not self._tried_launcher_index:  # the launcher's index is worth one try per worker
@@ -209,6 +214,8 @@ class ShardManager(Operations):
             if self._invalid.note(shard_id, obj.generation, str(e)):
                 log.warning("skipping shard %d: %s", shard_id, e)
             return None
+        if ranges.is_split(doc):
+            return self._claim_part(shard_id, obj, doc, now) if self._parts else None
         if doc["status"] == "in_use":
             now = now or self._store.now()
             if not self._expired_and_not_poison(shard_id, obj, doc, now):
@@ -221,13 +228,7 @@ class ShardManager(Operations):
             started_at=now or obj.read_at or obj.updated, reclaimed_from=reclaimed_from,
             adoptable=self._adoptable,
         )  # fmt: skip
-        lease = self._new_lease(shard_id, obj.generation, doc)
-        try:
-            doc = lease.write(lambda d: d, kind="claim")  # conditioned on the generation just read
-        except LeaseLostError:
-            return None  # a peer got there first: try another shard
-        self._holdings.add(shard_id, lease)
-        return describe(doc, f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}", self.dataset_dir)
+        return self._take(shard_id, obj.generation, doc, doc["lease"]["token"])
 
     def _expired_and_not_poison(
         self, shard_id: int, obj: StoredObject, doc: dict[str, Any], now: datetime

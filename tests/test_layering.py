@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shardclaim"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "_identity", "layout", "idranges", "console", "store"),
     ("lease", "dataset", "status", "attempt_log", "reader"),
-    ("worker", "fanin", "operations"),
+    ("worker", "fanin", "operations", "stealing"),
     ("manager",),
     ("attempt", "run", "_selftest", "view"),
     ("cli", "__main__", "testing", ""),  # "" is the package itself (its lazy exports)

@@ -10,6 +10,13 @@ share a worker id are still two leases.
 A write that failed without an answer (a store error after the retry budget) may have landed. The
 lease then remembers that write's ``write_token`` (stored in the document itself) and, before its next
 write, reads the object: if the token is there, the write did land and the lease carries on from it.
+
+A shard lease also knows its lease ``token`` (the one in the shard's ``lease``). A refused write is then
+not the end by itself: the lease re-reads the document and carries on — applying its change to what it
+read — if the token still holds (a part of) the shard in use, since a split of the shard by an idle
+worker (:mod:`shardclaim.lease.ranges`) must not fence the holder of the other part. Whatever must fence
+a holder (a reclaim, an operator's reset, a failure, another process settling it) replaces or removes its
+token. Its change then applies to its own part of a split shard.
 """
 
 from __future__ import annotations
@@ -17,14 +24,24 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from shardclaim.errors import GenerationMismatchError, LeaseLostError
+from shardclaim.errors import (
+    GenerationMismatchError,
+    LeaseLostError,
+    ObjectNotFoundError,
+    TransientStoreError,
+)
+from shardclaim.lease import ranges
 from shardclaim.store import Generation, Store
 
 __all__ = ["Encoder", "FencedLease"]
+
+#: Refusals in a row after which a write gives up for now (each one means another writer got in first).
+_MAX_REBASES = 16
 
 #: How a document becomes bytes and cached object metadata.
 Encoder = Callable[[Mapping[str, Any]], tuple[bytes, dict[str, str]]]
@@ -47,11 +64,15 @@ class FencedLease:
         holder: str,
         encode: Encoder,
         shard_id: int | None = None,
+        token: str | None = None,
+        written_at: datetime | None = None,
     ) -> None:
         self.store = store
         self.key = key
         self.holder = holder
         self.shard_id = shard_id
+        self.token = token  #: the lease token in the shard's document (None: fenced by generation alone)
+        self._written_at = written_at  # the store's time of this holder's last write, once known
         self._encode = encode
         self._generation = generation
         self._doc: dict[str, Any] = dict(doc)
@@ -104,24 +125,32 @@ class FencedLease:
                     return dict(self._settled[1])
                 if self._ended is not None:
                     raise self._error(self._ended)
-                doc = change(dict(self._doc))
-                token = uuid.uuid4().hex
-                doc["write_token"] = token  # also makes every write's bytes unique (no ABA on ETags)
-                data, metadata = self._encode(doc)
-                try:
-                    info = self.store.write(
-                        self.key, data, if_generation_match=self._generation, metadata=metadata
-                    )
-                except GenerationMismatchError:
-                    self._ended = "the object was written by someone else"
-                    self.lost.set()
-                    callbacks = self._on_lost
-                    raise self._error(self._ended) from None
-                except BaseException:
-                    self._pending = (token, final, kind)
-                    raise
+                for _ in range(_MAX_REBASES):
+                    doc = self._changed(change)
+                    token = uuid.uuid4().hex
+                    doc["write_token"] = token  # also makes every write's bytes unique (no ABA on ETags)
+                    data, metadata = self._encode(doc)
+                    try:
+                        info = self.store.write(
+                            self.key, data, if_generation_match=self._generation, metadata=metadata
+                        )
+                    except GenerationMismatchError:
+                        if self._rebased():
+                            continue  # written by someone else, but this lease still holds: again
+                        self._ended = "the object was written by someone else"
+                        self.lost.set()
+                        callbacks = self._on_lost
+                        raise self._error(self._ended) from None
+                    except BaseException:
+                        self._pending = (token, final, kind)
+                        raise
+                    break
+                else:
+                    # Nothing was written and the lease still holds: a fault worth retrying, like a 429.
+                    raise TransientStoreError("write", f"{self.key}: {_MAX_REBASES} concurrent writes won")
                 self._pending = None
                 self._generation, self._doc = info.generation, doc
+                self._written_at = info.updated
                 if final:
                     self._ended = "it settled the object"
                     self._settled = (kind, doc)
@@ -129,6 +158,26 @@ class FencedLease:
         finally:
             for callback in callbacks:
                 callback()
+
+    def _changed(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        if self.token is None:
+            return change(dict(self._doc))
+        return ranges.with_part(dict(self._doc), self.token, change, written_at=self._written_at)
+
+    def _rebased(self) -> bool:
+        """After a refusal: whether the lease token still holds in the document now stored (which the
+        lease then carries on from)."""
+        if self.token is None:
+            return False
+        try:
+            obj = self.store.read(self.key)
+            current = orjson.loads(obj.data)
+        except (ObjectNotFoundError, orjson.JSONDecodeError):
+            return False
+        if not isinstance(current, dict) or not ranges.owns(current, self.token):
+            return False
+        self._generation, self._doc = obj.generation, current
+        return True
 
     def end(self, why: str) -> None:
         """Forget the lease without writing (an operator reset it; the holder is shutting down)."""

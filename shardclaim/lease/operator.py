@@ -17,6 +17,7 @@ import orjson
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, ShardclaimError
 from shardclaim.lease import finalizer as marker
+from shardclaim.lease import ranges
 from shardclaim.lease import shard as transitions
 from shardclaim.store import Store, StoredObject
 
@@ -40,22 +41,30 @@ def reset_shard(
     retried only while that state still holds — a renewed heartbeat, say; if the shard changed state
     meanwhile (its holder completed it), the reset was judged on a state that is gone: not reset.
     """
-    judged: tuple[object, object] | None = None
+    judged: object = None
     for _ in range(_ROUNDS):
         obj, doc = read()
-        state = (doc["status"], (doc.get("lease") or {}).get("token"))
+        parts = tuple((p.get("status"), (p.get("lease") or {}).get("token")) for p in doc.get("ranges") or [])
+        state = (doc["status"], (doc.get("lease") or {}).get("token"), parts)
         if judged is None:
             judged = state
         elif state != judged:
             return False
         if only == "failed" and doc["status"] != "failed":
             return False
-        if only == "stale":
+        if only == "stale" and ranges.is_split(doc):  # only its parts whose leases expired
+            new = ranges.reset_expired(doc, store.now(), default_lease)
+            if new is None:
+                return False
+        elif only == "stale":
             held_for = float((doc.get("lease") or {}).get("lease_seconds", default_lease))
             if doc["status"] != "in_use" or not transitions.lease_expired(obj.updated, store.now(), held_for):
                 return False
-        when = store.now() if doc["status"] == "in_use" else None  # the attempt it cuts short ends now
-        data, meta = transitions.encode({**transitions.reset(doc, when), "write_token": uuid.uuid4().hex})
+            new = transitions.reset(doc, store.now())
+        else:
+            when = store.now() if doc["status"] == "in_use" else None  # the attempt it cuts short ends now
+            new = transitions.reset(doc, when)
+        data, meta = transitions.encode({**new, "write_token": uuid.uuid4().hex})
         try:
             store.write(key, data, if_generation_match=obj.generation, metadata=meta)
         except GenerationMismatchError:

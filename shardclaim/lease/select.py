@@ -4,8 +4,8 @@ One listing gives the candidates: the available shards in random order (so that 
 stampede shard 0) and the held ones, whose leases a claim may take over once they expired on the
 store's clock. The listing is reused while it serves: a worker refreshes it only after three candidates
 in a row turned out taken, or once it is older than a heartbeat interval (so that a fleet-wide halt is
-seen within one). Straggler stealing (taking over the untouched tail of a running shard) will
-choose its victims here too.
+seen within one). A split shard with a free part counts as available (only a caller that handles parts
+claims it). Straggler stealing picks its victims from the same listing (:mod:`shardclaim.stealing`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Candidates:
 
     def refresh(self, views: Sequence[ShardView]) -> None:
         self._listed_at = self._clock()
-        available = [v.shard_id for v in views if v.status == "available"]
+        available = [v.shard_id for v in views if v.status == "available" or v.open_part]
         self._random.shuffle(available)
         self._available = available
         self._busy = [v for v in views if v.status == "in_use"]

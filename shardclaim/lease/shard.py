@@ -205,10 +205,16 @@ def released(doc: Doc, when: datetime | None = None, *, cannot_start: bool = Fal
 
 
 def reset(doc: Mapping[str, Any], when: datetime | None = None) -> Doc:
-    """Operator action: available, with a fresh retry budget and no checkpoint."""
+    """Operator action: available, with a fresh retry budget and no checkpoint; a split shard is whole
+    again (its parts' attempts join the shard's own history; their holders are fenced)."""
+    parts = doc.get("ranges") or []
+    attempts = list(doc.get("attempts") or []) if parts else history(doc, "lost (reset by an operator)", when)
+    for part in parts:
+        attempts += history(part, "lost (reset by an operator)", when)
+    whole = {k: v for k, v in doc.items() if k not in ("ranges", "reserved_chunk", "end")}
     return {
-        **doc,
-        "attempts": history(doc, "lost (reset by an operator)", when),
+        **whole,
+        "attempts": attempts[-MAX_HISTORY:],
         "status": "available",
         "assigned_to": None,
         "completed_at": None,
@@ -231,6 +237,7 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     document is read.
     """
     lease = doc.get("lease") or {}
+    parts = doc.get("ranges") or []
     meta = {
         "status": str(doc["status"]),
         "attempt": str(doc.get("attempt") or 0),
@@ -241,19 +248,59 @@ def encode(doc: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
     if lease.get("token"):
         meta["token"] = _ascii(str(lease["token"]))
         meta["lease-seconds"] = repr(float(lease["lease_seconds"]))
-    compute = sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or [] if isinstance(a, dict))
+    compute = sum(
+        float(a.get("duration_s") or 0)
+        for holder in (doc, *parts)
+        for a in holder.get("attempts") or []
+        if isinstance(a, dict)
+    )
     if compute:
         meta["compute-s"] = f"{compute:.3f}"
     if doc["status"] != "completed" and (done := records_checkpointed(doc)):
         meta["records-done"] = str(done)
+    num_chunks = len(doc.get("chunks") or [])
+    steal = max((hi - lo for lo, hi in (untouched(p, num_chunks) for p in parts or [doc])), default=0)
+    if steal > 0:
+        meta["steal"] = str(steal)  # untouched chunks an idle worker may take (lease.ranges)
+    if parts:  # a split shard: its parts' leases are judged on their renewed_at, not the object's time
+        held = [p for p in parts if p.get("status") == "in_use"]
+        meta["parts"] = str(len(parts))
+        if held:
+            meta["renewed-min"] = _ascii(min(str(p.get("renewed_at") or "") for p in held) or "-")
+            meta["lease-seconds"] = repr(min(float((p.get("lease") or {}).get("lease_seconds", 0) or 0)
+                                              for p in held) or 60.0)  # fmt: skip
+        if any(p.get("status") == "available" for p in parts):
+            meta["open"] = "1"
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2), meta
 
 
+def untouched(part: Mapping[str, Any], num_chunks: int) -> tuple[int, int]:
+    """``(lo, hi)``: the chunks of a shard (or of a part of a split one) in use that nobody has started
+    or reserved (none when lo >= hi). A holder that never reserved is never split: (0, 0)."""
+    if part.get("status") != "in_use" or "reserved_chunk" not in part:
+        return 0, 0
+    lo = max(int(part.get("resume_chunk") or 0), int(part["reserved_chunk"]))
+    end = part.get("end")
+    return lo, int(end) if end is not None else num_chunks
+
+
 def records_checkpointed(doc: Mapping[str, Any]) -> int:
-    """The records of the chunks the shard's checkpoint says are done (0 when it has none)."""
+    """The records of the chunks the shard's checkpoint says are done (0 when it has none); for a split
+    shard, those of its completed parts and of its parts' checkpoints."""
     chunks = doc.get("chunks") or []
-    done = int(doc.get("resume_chunk") or 0)
-    return sum(int(c.get("num_tasks") or 0) for c in chunks[:done] if isinstance(c, dict))
+
+    def count(lo: int, hi: int) -> int:
+        return sum(int(c.get("num_tasks") or 0) for c in chunks[lo:hi] if isinstance(c, dict))
+
+    parts = doc.get("ranges") or []
+    if not parts:
+        return count(0, int(doc.get("resume_chunk") or 0))
+    done = 0
+    for p in parts:
+        start = int(p.get("start") or 0)
+        stop = int(p.get("end") or 0) if p.get("status") == "completed" else int(p.get("resume_chunk") or 0)
+        done += count(start, max(start, stop))
+    return done
 
 
 def _ascii(text: str) -> str:

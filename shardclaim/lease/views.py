@@ -27,7 +27,7 @@ from shardclaim.layout import (
     parse_json,
 )
 from shardclaim.lease.halt import HALT_KEY, halted
-from shardclaim.lease.shard import lease_expired, records_checkpointed
+from shardclaim.lease.shard import encode, lease_expired
 from shardclaim.store import Generation, ObjectInfo, Store
 
 __all__ = [
@@ -58,11 +58,17 @@ class ShardView:
     error: str | None = None  #: why the shard is invalid
     compute_seconds: float = 0.0  #: the durations of its ended attempts, summed
     records_done: int = 0  #: records of checkpointed chunks (a shard not completed)
+    steal: int = 0  #: untouched chunks of its holders that an idle worker may take (lease.ranges)
+    parts: int = 0  #: the parts of a split shard (0: whole)
+    renewed: datetime | None = None  #: a split shard: the oldest renewal of a part in use
+    open_part: bool = False  #: a split shard with a part to claim (released, failed with attempts left)
 
     def expired(self, now: datetime) -> bool:
-        if self.status != "in_use" or self.updated is None or self.lease_seconds is None:
+        """Whether a lease on it expired (a split shard: the lease of one of its parts)."""
+        if self.status != "in_use" or self.lease_seconds is None:
             return False
-        return lease_expired(self.updated, now, self.lease_seconds)
+        when = self.renewed if self.parts else self.updated
+        return when is None or lease_expired(when, now, self.lease_seconds)
 
 
 def read_views(store: Store, directories: list[str], default_lease: float) -> list[ShardView]:
@@ -105,19 +111,14 @@ def read_view(store: Store, shard_id: int, directory: str, default_lease: float)
         doc = check_shard(key, parse_json(key, obj.data), expect_id=shard_id)
     except MetadataError as e:
         return ShardView(shard_id, "invalid", updated=obj.updated, generation=obj.generation, error=str(e))
-    lease = doc.get("lease") or {}
-    return ShardView(
-        shard_id,
-        doc["status"],
-        holder=doc.get("assigned_to"),
-        attempt=int(doc.get("attempt") or 0),
-        failures=int(doc.get("failures") or 0),
-        lease_seconds=float(lease.get("lease_seconds", default_lease)) if doc["status"] == "in_use" else None,
-        updated=obj.updated,
-        generation=obj.generation,
-        compute_seconds=sum(float(a.get("duration_s") or 0) for a in doc.get("attempts") or []),
-        records_done=records_checkpointed(doc) if doc["status"] != "completed" else 0,
-    )
+    # The view a listing would give of it: the same cache, computed from the document itself.
+    cached = ObjectInfo(key, obj.generation, obj.updated, len(obj.data), encode(doc)[1])
+    view = _from_cache(shard_id, cached, default_lease)
+    if view is None:  # the document passed its checks, so its own cache is sound; defensive only
+        return ShardView(
+            shard_id, "invalid", updated=obj.updated, generation=obj.generation, error="unreadable"
+        )
+    return view
 
 
 def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardView | None:
@@ -132,13 +133,15 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         lease = float(meta["lease-seconds"]) if "lease-seconds" in meta else default_lease
         compute = float(meta.get("compute-s", "0"))
         records = int(meta.get("records-done", "0"))
+        steal, parts = int(meta.get("steal", "0")), int(meta.get("parts", "0"))
+        renewed = datetime.fromisoformat(meta["renewed-min"]) if "renewed-min" in meta else None
     except ValueError:
         return None
-    if not 0 <= compute < math.inf or records < 0:
+    if not 0 <= compute < math.inf or records < 0 or (renewed is not None and renewed.tzinfo is None):
         return None
     if attempt < 0 or failures < 0 or not (0 < lease <= MAX_LEASE_SECONDS) or math.isnan(lease):
         return None
-    if status == "in_use" and "holder" not in meta:
+    if status == "in_use" and ("holder" not in meta or (parts and renewed is None)):
         return None
     return ShardView(
         shard_id,
@@ -151,6 +154,10 @@ def _from_cache(shard_id: int, info: ObjectInfo, default_lease: float) -> ShardV
         generation=info.generation,
         compute_seconds=compute,
         records_done=records if status != "completed" else 0,
+        steal=max(0, steal),
+        parts=max(0, parts),
+        renewed=renewed,
+        open_part=meta.get("open") == "1",
     )
 
 
@@ -178,6 +185,7 @@ class ClaimedShard(TypedDict):
     reclaimed_from: NotRequired[str | None]
     last_error: NotRequired[str | None]
     write_token: NotRequired[str]
+    range: NotRequired[list[int]]  #: a part of a split shard: its chunks [start, end)
 
 
 def describe(doc: Mapping[str, Any], base_url: str, dataset_dir: str) -> ClaimedShard:
