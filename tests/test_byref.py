@@ -222,3 +222,25 @@ def test_run_serves_ranges_and_every_record_is_processed_once(shared_url: str, t
     done = [tuple(x) for f in out.iterdir() for x in json.loads(f.read_text())]
     expected = [(r.get("seed"), r.get("id")) for r in map(orjson.loads, want)]
     assert sorted(done, key=str) == sorted(expected, key=str)
+
+
+def test_scanning_in_two_processes_gives_the_same_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardclaim.dataset import ranges
+
+    awkward_input(tmp_path / "a.jsonl", lines(20_000))
+    masters = []
+    for name, parallel_from in (("two", 0), ("one", 1 << 60)):
+        monkeypatch.setattr(ranges, "PARALLEL_FROM", parallel_from)
+        create_sharded_dataset(
+            str(tmp_path / "a.jsonl"),
+            str(tmp_path / name),
+            num_shards=3,
+            chunk_size_mb=0.2,
+            by_reference=True,
+        )
+        masters.append([orjson.loads((tmp_path / name / f"shard_{s:03d}" / "metadata.json").read_bytes())
+                        for s in range(3)])  # fmt: skip
+    assert masters[0] == masters[1]
+    assert sum(len(s["chunks"]) for s in masters[0]) > 6

@@ -14,12 +14,14 @@ the ranges (a range is the source's bytes) and are skipped by the readers; the B
 left out of its first range. Lines cannot be skipped out of a range, so ``skip_invalid`` is refused;
 compressed inputs cannot be ranged, and are refused too.
 
-Inputs are scanned in windows of 64 MiB (local files without fsspec), a range never spanning two
-windows: ranges are at most ``chunk_size_mb`` and 64 MiB (a longer line gets a range of its own).
+Local inputs are cut by small reads and scanned in two processes (:mod:`.ranges`); remote ones in
+windows of 64 MiB, a range never spanning two windows. A range is at most ``chunk_size_mb`` (and 64 MiB
+on a remote input); a longer line gets a range of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -84,8 +86,11 @@ def build_by_reference(
     validator = _validator(files) if opts.validate else None
     scan = _Scan(opts.num_shards, opts.limit, sum(s["size"] for s in sources))
     try:
-        for index, f in enumerate(files):
-            scan.source(index, f, sources[index]["size"])
+        if all(is_local(f.fs) for f in files):
+            scan.local_files(files, sources)
+        else:
+            for index, f in enumerate(files):
+                scan.source(index, f, sources[index]["size"])
         invalid = validator.result() if validator is not None else None
         if invalid is not None:
             name, lineno, reason = invalid
@@ -167,6 +172,48 @@ class _Scan:
         """Where (in the concatenated inputs) the current shard ends."""
         return self.total * (self.shard + 1) // self.n
 
+    def local_files(self, files: list[Any], sources: list[dict[str, Any]]) -> None:
+        """Local inputs: cut by small reads, then scanned in two processes (:mod:`.ranges`)."""
+        from shardclaim.dataset.ranges import PARALLEL_FROM, cut_file, scan_ranges
+
+        cuts = []
+        for index, f in enumerate(files):
+            size = sources[index]["size"]
+            if size == 0:
+                continue
+            with open(f.path, "rb", buffering=0) as handle:
+                found, self.shard = cut_file(
+                    handle.fileno(), size, index=index, limit=self.limit, shard=self.shard,
+                    target=functools.partial(self._target_in, done=self.done), last=self.n - 1,
+                )  # fmt: skip
+            cuts += found
+            self.done += size
+        parallel = self.total >= PARALLEL_FROM and (os.cpu_count() or 1) > 1
+        scans = scan_ranges([(files[index].path, a, b) for _, index, a, b in cuts], parallel=parallel)
+        for (shard, index, a, b), (records, blanks, crc) in zip(cuts, scans, strict=True):
+            self.blank += blanks
+            if records:
+                self._add(shard, index, a, b - a, records, crc)
+
+    def _target_in(self, shard: int, *, done: int) -> int:
+        """Where ``shard`` ends, counted from the start of an input that begins at ``done``."""
+        return self.total * (shard + 1) // self.n - done
+
+    def _add(self, shard: int, index: int, offset: int, length: int, records: int, crc: int) -> None:  # noqa: PLR0917
+        chunks = self.shards[shard]
+        chunks.append(
+            {
+                "chunk_id": len(chunks),
+                "file": chunk_name(len(chunks)),
+                "source": index,
+                "offset": offset,
+                "num_tasks": records,
+                "size_mb": round(length / _MiB, 6),
+                "size_bytes": length,
+                "crc32c": f"{crc:08x}",
+            }
+        )
+
     def source(self, index: int, f: Any, size: int) -> None:
         """Scan one input in windows of whole lines (a window grows for a line longer than it)."""
         if size == 0:
@@ -233,19 +280,7 @@ class _Scan:
             return
         with memoryview(data) as view:
             crc = crc32c.crc32c(view[a:b])
-        chunks = self.shards[self.shard]
-        chunks.append(
-            {
-                "chunk_id": len(chunks),
-                "file": chunk_name(len(chunks)),
-                "source": index,
-                "offset": base + a,
-                "num_tasks": records,
-                "size_mb": round((b - a) / _MiB, 6),
-                "size_bytes": b - a,
-                "crc32c": f"{crc:08x}",
-            }
-        )
+        self._add(self.shard, index, base + a, b - a, records, crc)
 
 
 # -- read -------------------------------------------------------------------------------------------
