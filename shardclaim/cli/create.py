@@ -62,7 +62,8 @@ def add_create_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--by-reference", "--by_reference", dest="by_reference", action="store_true",
-        help="write no chunks: each is a byte range of an (uncompressed) input, pinned and checksummed",
+        help="write no chunks: each is a byte range of an (uncompressed) input, pinned and checksummed; "
+        "each shard is one consecutive run of about 1/N of the bytes (--strategy does not apply)",
     )  # fmt: skip
     valid = parser.add_mutually_exclusive_group()
     valid.add_argument("--skip-invalid", action="store_true", help="skip and count malformed lines")
