@@ -251,7 +251,7 @@ def _distribute(
     walk = _Walk(writer, opts, total, parse)
     blocks = opts.strategy == "blocks"
     planner = None
-    if blocks and parse is None:
+    if blocks and parse is None and background is None:  # validators already take the other cores
         from shardclaim.dataset.plan import Planner
 
         planner = Planner(files, opts.num_shards) if Planner.suits(files) else None
