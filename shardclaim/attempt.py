@@ -240,6 +240,9 @@ def _wait_and_checkpoint(
                 # Said once: the completion will be refused too; no point re-reading every poll.
                 print(f"shardclaim run: {e}; progress is no longer recorded", file=sys.stderr)
                 done = sys.maxsize
+            except ValueError as e:  # past the shard's chunks: recording it would skip unprocessed work
+                print(f"shardclaim run: checkpoint file says {value}: {e}; not recorded", file=sys.stderr)
+                done = value
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

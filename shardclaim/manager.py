@@ -271,7 +271,7 @@ class ShardManager(Operations, Stealing):
         self._holdings.close()
 
     def claims(self, *, sleep: Callable[[float], None] = time.sleep, handle_sigterm: bool = True,
-               max_consecutive_failures: int = 3) -> Iterator[Claim]:  # fmt: skip
+               max_consecutive_failures: int = 3, steal: bool = False) -> Iterator[Claim]:  # fmt: skip
         """The worker loop (:mod:`shardclaim.worker`): a Claim per shard until all are settled (its options:
         :func:`shardclaim.worker.claims`)."""
         return worker_loop(
@@ -279,6 +279,7 @@ class ShardManager(Operations, Stealing):
             sleep=sleep,
             handle_sigterm=handle_sigterm,
             max_consecutive_failures=max_consecutive_failures,
+            steal=steal,
         )
 
     def wait(

@@ -129,7 +129,6 @@ class Stealing:
                 part, worker=self.worker_id, token=token, lease_seconds=self.lease_seconds, started_at=when,
                 reclaimed_from=reclaimed_from, adoptable=self._adoptable,
             )  # fmt: skip
-            new.pop("reserved_chunk", None)  # splittable again once its new holder reserves
             return {**new, "renewed_at": when.isoformat()}
 
         return take

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import signal
 import threading
@@ -43,14 +44,21 @@ __all__ = ["Claim", "Preempted", "claims", "sigterm_raises"]
 
 log = logging.getLogger("shardclaim.worker")
 
+_WRITE_EVERY = 1.0  #: seconds of work per progress write that records() aims for (GCS: ~1 update/s)
+_MAX_BATCH = 64  #: chunks reserved at once at most
+
 
 class Claim:
     """One claimed shard; a context manager that settles it on exit."""
 
-    def __init__(self, manager: ShardManager, shard: ClaimedShard) -> None:
+    def __init__(self, manager: ShardManager, shard: ClaimedShard, *, steal: bool = False) -> None:
         self.manager = manager
         self.shard = shard
         self.shard_id: int = shard["shard_id"]
+        #: The chunks this claim holds, [start, end): the whole shard, or a part of it. With stealing on,
+        #: ``end`` moves down when an idle worker takes the tail (``records()`` stops there).
+        self.range: tuple[int, int] = tuple(shard.get("range") or (0, shard["num_chunks"]))  # type: ignore[assignment]
+        self._steal = steal
         self.outcome: str | None = None  #: completed, available (to retry), failed, released or lost
         self.error_line = ""  #: the exception that failed the shard, in one line
 
@@ -59,11 +67,38 @@ class Claim:
         """Chunks before this one were checkpointed as done by an earlier holder."""
         return int(self.shard.get("resume_chunk") or 0)
 
+    @property
+    def name(self) -> str:
+        """A name for this claim's output that no other part of the shard shares: ``shard_007``, or
+        ``shard_007-c0012`` for a part that starts at chunk 12 (name results by it when stealing)."""
+        start = self.range[0]
+        return f"shard_{self.shard_id:03d}" + (f"-c{start:04d}" if start else "")
+
     def records(self, *, parse: bool = True) -> Iterator[Any]:
-        """The shard's records from ``resume_chunk`` on, chunk by chunk, each chunk verified first."""
-        return iter_shard_records(
-            self.manager.dataset_dir, self.shard_id, parse=parse, start_chunk=self.resume_chunk
-        )
+        """The claim's records from ``resume_chunk`` on, chunk by chunk, each chunk verified first. With
+        stealing on (``claims(steal=True)``), it reserves the next chunks before it starts them and
+        records its progress in the same write, about one write a second however short the chunks; it
+        stops where its range ends, which an idle worker's split may have moved."""
+        if not self._steal:
+            return iter_shard_records(
+                self.manager.dataset_dir, self.shard_id, parse=parse, start_chunk=self.resume_chunk
+            )
+        return self._reserving(parse)
+
+    def _reserving(self, parse: bool) -> Iterator[Any]:
+        cursor, batch = self.resume_chunk, 1
+        while True:
+            reserved, end = self.manager.reserve(self.shard_id, cursor, batch)
+            self.range = (self.range[0], end)
+            if reserved <= cursor:
+                return
+            started = time.monotonic()
+            yield from iter_shard_records(
+                self.manager.dataset_dir, self.shard_id, parse=parse, start_chunk=cursor, stop_chunk=reserved
+            )
+            per_chunk = (time.monotonic() - started) / (reserved - cursor)
+            batch = max(1, min(_MAX_BATCH, math.ceil(_WRITE_EVERY / max(per_chunk, 1e-3))))
+            cursor = reserved
 
     def checkpoint(self, chunks_done: int) -> None:
         """The first ``chunks_done`` chunks are done: a holder after a crash resumes after them."""
@@ -103,18 +138,21 @@ def claims(
     sleep: Callable[[float], None] = time.sleep,
     handle_sigterm: bool = True,
     max_consecutive_failures: int = 3,
+    steal: bool = False,
 ) -> Iterator[Claim]:
     """Claim shards until every shard is terminal; see the module docstring. After
     ``max_consecutive_failures`` shards failed in a row with no success in between, the loop stops with
-    :class:`ShardclaimError`: a bug or a broken environment must not fail every shard of the job."""
+    :class:`ShardclaimError`: a bug or a broken environment must not fail every shard of the job.
+    ``steal``: claims may be parts of shards, and a worker with nothing to claim takes the untouched tail
+    of a running shard (:mod:`shardclaim.stealing`); name outputs by :attr:`Claim.name`."""
     with sigterm_raises(handle_sigterm), _release_on_interrupt(manager):
         idle = 0
         in_a_row: set[int] = set()  # distinct shards: one bad shard's retries count once
         while True:
-            shard = manager.claim_shard()
+            shard = manager.claim_shard(parts=steal) or (manager.steal() if steal else None)
             if shard is not None:
                 idle = 0
-                claim = Claim(manager, shard)
+                claim = Claim(manager, shard, steal=steal)
                 yield claim
                 _check_settled(manager, shard["shard_id"])
                 in_a_row = in_a_row | {claim.shard_id} if claim.outcome in ("available", "failed") else set()

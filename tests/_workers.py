@@ -94,3 +94,18 @@ def hold_until_lost_then_complete(url: str, worker_id: str, lease_seconds: float
         outcome = "LeaseLostError"
     (log / "outcome").write_text(outcome)
     m.close()
+
+
+def steal_loop(url: str, worker_id: str, out_dir: str, seconds_per_record: float) -> None:
+    """The documented loop with stealing on: each claim's record ids go to a file named by the claim,
+    written whole once the claim completed (a claim that lost its lease leaves its file aside)."""
+    out = Path(out_dir)
+    with ShardManager(url, worker_id, lease_seconds=30, heartbeat_seconds=5) as m:
+        for claim in m.claims(steal=True):
+            ids = []
+            with claim:
+                for record in claim.records():
+                    time.sleep(seconds_per_record)
+                    ids.append(record["id"])
+            suffix = "ids" if claim.outcome == "completed" else f"{claim.outcome}-ids"
+            (out / f"{claim.name}.{worker_id}.{suffix}").write_text("".join(f"{i}\n" for i in ids))

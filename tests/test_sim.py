@@ -7,10 +7,11 @@ import pytest
 
 from shardclaim.testing.sim import MUTATIONS, Violation, main, run_schedule, run_schedules
 
-#: Schedules in the suite: about 30 s on these 2 cores unloaded (bench/sim_speed.py: ~95/s).
+#: Schedules in the suite: about a minute on these 2 cores (bench/sim_speed.py measures the rate).
 SUITE_SCHEDULES = 3000
-#: Each planted bug must be reported within this many schedules (all are, today, within the first 2).
-CATCH_WITHIN = 20
+#: Each planted bug must be reported within this many schedules. Most are within the first 10; a split
+#: that takes reserved chunks needs a holder that reserved and an idle stealer at once (first at 73).
+CATCH_WITHIN = {"split-takes-reserved": 150}
 
 
 def test_three_thousand_seeded_schedules_with_faults_keep_every_invariant() -> None:
@@ -25,8 +26,9 @@ def test_a_schedule_replays_exactly_from_its_seed() -> None:
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_a_planted_bug_is_caught(mutation: str) -> None:
-    violation = run_schedules(CATCH_WITHIN, seed=0, mutation=mutation)
-    assert isinstance(violation, Violation), f"{mutation} was not caught in {CATCH_WITHIN} schedules"
+    budget = CATCH_WITHIN.get(mutation, 20)
+    violation = run_schedules(budget, seed=0, mutation=mutation)
+    assert isinstance(violation, Violation), f"{mutation} was not caught in {budget} schedules"
     assert violation.trace  # a readable trace comes with it
 
 

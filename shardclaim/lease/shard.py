@@ -113,7 +113,7 @@ def claimed(
     if adoptable:
         lease["adoptable"] = True
     new = {
-        **doc,
+        **{k: v for k, v in doc.items() if k != "reserved_chunk"},  # a new holder splittable once it reserves
         "status": "in_use",
         "assigned_to": worker,
         "started_at": started_at.isoformat(),
@@ -164,7 +164,14 @@ def renewed(doc: Doc) -> Doc:
 
 
 def checkpointed(doc: Doc, chunks_done: int) -> Doc:
-    return {**doc, "resume_chunk": int(chunks_done)}
+    """Chunks before ``chunks_done`` are done. A value outside the holder's chunks (the shard's, or its
+    part's ``[start, end]``) is refused: written, it would skip chunks nobody processed."""
+    start = int(doc.get("start") or 0)
+    end = int(doc["end"]) if doc.get("end") is not None else len(doc.get("chunks") or []) or None
+    if type(chunks_done) is not int or chunks_done < start or (end is not None and chunks_done > end):
+        msg = f"chunks_done must be a whole number in [{start}, {end}], got {chunks_done!r}"
+        raise ValueError(msg)
+    return {**doc, "resume_chunk": chunks_done}
 
 
 def completed(doc: Doc, when: datetime) -> Doc:

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+from shardclaim.lease import ranges
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease
 from shardclaim.testing import FakeClock
@@ -53,6 +54,8 @@ MUTATIONS: dict[str, str] = {
     "expiry-on-worker-clock": "a lease's expiry is judged on the worker's own (skewed) clock",
     "complete-without-fence": "a completion is written without the generation precondition",
     "release-spends-attempt": "a release (preemption) spends an attempt",
+    "split-takes-reserved": "a split takes chunks the holder reserved (in work)",
+    "rebase-ignores-token": "a holder whose write was refused carries on without its lease token",
 }
 
 
@@ -69,6 +72,7 @@ def _mutation(name: str | None, sim_clock: FakeClock) -> Iterator[None]:
         transitions.lease_expired,
         transitions.released,
     )
+    saved_untouched, saved_owns = ranges.untouched, ranges.owns
     unfenced = {"claim-without-precondition": "claim", "complete-without-fence": "complete"}.get(name)
 
     def write(self: FencedLease, change: Any, *, final: bool = False, kind: str = "write") -> dict[str, Any]:
@@ -86,7 +90,18 @@ def _mutation(name: str | None, sim_clock: FakeClock) -> Iterator[None]:
         spent = {"failures": int(doc.get("failures") or 0) + 1}
         return {**saved_released(doc, when, cannot_start=cannot_start), **spent}
 
+    def untouched(part: Any, num_chunks: int) -> tuple[int, int]:
+        lo, hi = saved_untouched(part, num_chunks)
+        return (int(part.get("resume_chunk") or 0), hi) if hi else (lo, hi)
+
+    def owns(doc: Any, token: str) -> bool:
+        return True
+
     FencedLease.write = write  # type: ignore[method-assign]
+    if name == "split-takes-reserved":
+        ranges.untouched = untouched
+    if name == "rebase-ignores-token":
+        ranges.owns = owns
     if name == "expiry-on-worker-clock":
         transitions.lease_expired = expired
     if name == "release-spends-attempt":
@@ -96,6 +111,7 @@ def _mutation(name: str | None, sim_clock: FakeClock) -> Iterator[None]:
     finally:
         FencedLease.write = saved_write  # type: ignore[method-assign]
         transitions.lease_expired, transitions.released = saved_expired, saved_released
+        ranges.untouched, ranges.owns = saved_untouched, saved_owns
 
 
 @contextlib.contextmanager

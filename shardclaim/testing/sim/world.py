@@ -91,7 +91,9 @@ class Sim:
         self.steps = steps
         # Odd seeds version objects as S3 does (content hashes, unordered, equal bytes → equal version).
         self.versions: Literal["ordered", "etag"] = "etag" if seed % 2 else "ordered"
-        inner = memory_dataset(shards, clock=self.clock, name=f"sim-{seed}", versions=self.versions)
+        inner = memory_dataset(
+            shards, chunks_per_shard=6, clock=self.clock, name=f"sim-{seed}", versions=self.versions
+        )
         self.oracle = Oracle(inner, self.clock, self._violation)
         self.workers: list[Worker] = []
         self.finalized: Counter[tuple[str, int]] = Counter()
@@ -123,7 +125,7 @@ class Sim:
 
     def _spawn(self, name: str, worker_id: str) -> None:
         skew = self.rng.choice([-LEASE, 0.0, LEASE])
-        worker = Worker(name, worker_id, None, skew)  # type: ignore[arg-type]
+        worker = Worker(name, worker_id, None, skew, stealer=self.rng.random() < 0.5)  # type: ignore[arg-type]
         worker.manager = self._manager(worker_id, worker)
         self.workers.append(worker)
 
@@ -168,9 +170,16 @@ class Sim:
         elif self.rng.random() < 0.15:
             self._finalize(worker, nested=True)
         else:
-            shard = self._act(worker, "claim", worker.manager.claim_shard)
-            if shard is not None:
-                worker.holding[shard["shard_id"]] = shard["lease"]["token"]
+            self._claim(worker)
+
+    def _claim(self, worker: Worker) -> None:
+        m = worker.manager
+        shard = self._act(worker, "claim", lambda: m.claim_shard(parts=worker.stealer))
+        if shard is None and worker.stealer:
+            shard = self._act(worker, "steal", m.steal)
+        if shard is not None:
+            worker.holding[shard["shard_id"]] = shard["lease"]["token"]
+            worker.cursor[shard["shard_id"]] = int(shard.get("resume_chunk") or 0)
 
     def _act(self, worker: Worker, op: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -202,8 +211,17 @@ class Sim:
         shard_id = self.rng.choice(sorted(worker.holding))
         m = worker.manager
         r = self.rng.random()
-        if r < 0.25:
-            self._act(worker, "checkpoint", lambda: m.checkpoint(shard_id, 1))
+        if r < 0.3 and worker.stealer:  # a reservation: it will work on the chunks it reserved
+
+            def reserve() -> None:
+                reserved, _ = m.reserve(shard_id, worker.cursor[shard_id], self.rng.randint(1, 2))
+                worker.cursor[shard_id] = reserved
+
+            self._act(worker, "reserve", reserve)
+            return
+        if r < 0.3:
+            cursor = worker.cursor[shard_id] = min(worker.cursor[shard_id] + 1, 6)
+            self._act(worker, "checkpoint", lambda: m.checkpoint(shard_id, cursor))
             return
         op, fn = (
             ("complete", lambda: m.mark_completed(shard_id)) if r < 0.75
@@ -279,6 +297,7 @@ class Sim:
         live = [w for w in self.workers if not w.dead]
         for w in live:
             w.paused_until = 0.0
+            w.stealer = True  # parts of split shards are claimed only by workers that handle parts
         start = self.clock.now
         bound = 4 * LEASE + self.shards * 2 * HEARTBEAT
         while True:
@@ -314,6 +333,4 @@ class Sim:
                     self._lost(w, shard_id, "complete")
                 w.holding.pop(shard_id, None)
             else:
-                shard = self._act(w, "claim", w.manager.claim_shard)
-                if shard is not None:
-                    w.holding[shard["shard_id"]] = shard["lease"]["token"]
+                self._claim(w)

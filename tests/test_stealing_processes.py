@@ -1,0 +1,44 @@
+"""Stealing with real processes on a real directory and on the GCS test server: four workers, one of
+them eight times slower, run the documented loop with ``steal=True``; every record is processed by
+exactly one claim that completed, the idle workers take parts of running shards, every shard completes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import orjson
+
+from shardclaim import ShardManager
+from shardclaim.testing import build_dataset
+from tests._workers import steal_loop
+
+
+def test_idle_workers_take_the_tail_and_every_record_is_processed_once(
+    shared_url: str, tmp_path: Path
+) -> None:
+    records = 240
+    ds = build_dataset(shared_url, tmp_path, shards=4, records=records, chunk_size_mb=0.0005)
+    m = ShardManager(ds, "observer")
+    assert all(m.read_shard(i)["num_chunks"] >= 6 for i in range(4))
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.get_context("spawn")
+    speeds = [0.04, 0.005, 0.005, 0.005]  # worker 0 is the straggler
+    procs = [ctx.Process(target=steal_loop, args=(ds, f"w{i}", str(out), s)) for i, s in enumerate(speeds)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+        assert p.exitcode == 0
+    done = [int(line) for f in out.glob("*.ids") for line in f.read_text().split()]
+    assert sorted(done) == list(range(records))  # each record once, in completed claims only
+    parts = [f.name for f in out.glob("*-c*.ids")]
+    assert parts, "no worker took part of a running shard"
+    docs = [m.read_shard(i) for i in range(4)]
+    assert all(d["status"] == "completed" for d in docs)
+    split = [d for d in docs if d.get("ranges")]
+    assert split
+    for d in split:
+        assert all(p["status"] == "completed" for p in d["ranges"])
+        assert orjson.dumps(d)  # a sound document
