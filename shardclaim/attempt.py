@@ -8,6 +8,7 @@ fault, not the shard's: the shard is released without spending an attempt.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,16 +41,21 @@ _CHECKPOINT_POLL = 0.2
 
 
 def shard_environment(shard: dict[str, Any], dataset: str, worker_id: str) -> dict[str, str]:
-    """The variables CMD gets for one claimed shard."""
+    """The variables CMD gets for one claimed shard, or part of one (``range``: then only its chunks,
+    the resume point and checkpoints counted from its first, and ``SHARDCLAIM_CHUNK_RANGE`` =
+    ``start-end`` in the shard's numbering, end excluded)."""
+    start, end = shard.get("range") or (0, len(shard["chunks"]))
+    chunks = readable_chunks(shard)[start:end]
     return {
         "SHARDCLAIM_SHARD_ID": str(shard["shard_id"]),
         "SHARDCLAIM_TOTAL_SHARDS": str(shard["total_shards"]),
-        "SHARDCLAIM_CHUNKS": "\n".join(readable_chunks(shard)),
-        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(readable_chunks(shard)).decode(),
+        "SHARDCLAIM_CHUNKS": "\n".join(chunks),
+        "SHARDCLAIM_CHUNKS_JSON": orjson.dumps(chunks).decode(),
+        "SHARDCLAIM_CHUNK_RANGE": f"{start}-{end}",
         "SHARDCLAIM_DATASET": dataset,
         "SHARDCLAIM_ATTEMPT": str(shard["attempt"]),
         "SHARDCLAIM_WORKER_ID": worker_id,
-        "SHARDCLAIM_RESUME_CHUNK": str(shard.get("resume_chunk") or 0),
+        "SHARDCLAIM_RESUME_CHUNK": str(max(0, int(shard.get("resume_chunk") or 0) - start)),
         "VELDA_SHARD_ID": str(shard["shard_id"]),
         "VELDA_TOTAL_SHARDS": str(shard["total_shards"]),
     }
@@ -139,13 +146,66 @@ def run_attempt(
     timeout: float | None,
     running: list[subprocess.Popen[bytes]],
     tag: bool = False,
+    per_chunk: bool = False,
 ) -> str:
-    """Run CMD on one claimed shard and settle it; the outcome: ``completed``, ``failed``, ``lost`` or
-    ``cannot start`` (a worker fault, not the shard's: the shard is released without spending an attempt)."""
-    env = {**os.environ, **shard_environment(claim.shard, dataset, worker_id)}
+    """Run CMD on one claimed shard (or part of one) and settle it; the outcome: ``completed``,
+    ``failed``, ``lost`` or ``cannot start`` (a worker fault, not the shard's: the shard is released
+    without spending an attempt). ``per_chunk``: CMD runs once per chunk, each run a reservation of its
+    chunk, so that an idle worker may take the chunks not started yet (:mod:`shardclaim.stealing`)."""
+    record = AttemptLog(m.store, log_key(claim.shard_id, m.num_shards, int(claim.shard["attempt"])))
+    label = f"[shard {claim.shard_id}] ".encode() if tag else b""
+    invoke = functools.partial(
+        _invoke, m, claim, dataset=dataset, command=command, worker_id=worker_id, timeout=timeout,
+        running=running, record=record, label=label,
+    )  # fmt: skip
+    try:
+        code, tail = _each_chunk(m, claim, invoke) if per_chunk else invoke(claim.shard)
+        if code == _NOT_STARTED:
+            return _cannot_start(m, claim, tail)
+        if code in _CANNOT_RUN:
+            why = "not executable" if code == 126 else "not found"
+            last = tail.strip().splitlines()
+            detail = f"; it said: {last[-1]}" if last else ""
+            return _cannot_start(m, claim, f"{command[0]!r} exited {code} ({why}){detail}")
+        if code == 0:
+            m.mark_completed(claim.shard_id)
+            return "completed"
+        error = f"timed out after {timeout:g} s" if code == _TIMED_OUT else f"{command[0]} exited with {code}"
+        m.mark_failed(claim.shard_id, error + "\n" + tail)
+    except LeaseLostError as e:
+        print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
+        return "lost"
+    finally:
+        record.close()
+    return "failed"
+
+
+def _each_chunk(
+    m: ShardManager, claim: Any, invoke: Callable[[dict[str, Any]], tuple[int, str]]
+) -> tuple[int, str]:
+    """``--per-chunk``: reserve the next chunk, run CMD on it alone, and so on until the claim's range
+    (which a split may shorten) has no chunk left; the first failing run ends the attempt."""
+    cursor = claim.resume_chunk
+    while True:
+        reserved, _ = m.reserve(claim.shard_id, cursor, 1)
+        if reserved <= cursor:
+            return 0, ""
+        code, tail = invoke({**claim.shard, "range": [cursor, reserved], "resume_chunk": cursor})
+        if code != 0:
+            return code, tail
+        cursor = reserved
+
+
+def _invoke(
+    m: ShardManager, claim: Any, shard: dict[str, Any], *, dataset: str, command: list[str], worker_id: str,
+    timeout: float | None, running: list[subprocess.Popen[bytes]], record: AttemptLog, label: bytes,
+) -> tuple[int, str]:  # fmt: skip
+    """One run of CMD on ``shard`` (the claim, or one chunk of it); its exit code and stderr's tail."""
+    env = {**os.environ, **shard_environment(shard, dataset, worker_id)}
     scratch = Path(tempfile.mkdtemp(prefix="shardclaim-"))
     progress = scratch / "checkpoint"
     env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
+    offset = int((shard.get("range") or [0])[0])
     try:
         try:
             # Its own process group: stopping the attempt stops everything the command started.
@@ -153,42 +213,26 @@ def run_attempt(
                 command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0
             )
         except OSError as e:
-            return _cannot_start(m, claim, f"cannot start {command[0]!r}: {e.strerror or e}")
+            return _NOT_STARTED, f"cannot start {command[0]!r}: {e.strerror or e}"
         running.append(proc)
         assert proc.stdout is not None
         assert proc.stderr is not None
-        record = AttemptLog(m.store, log_key(claim.shard_id, m.num_shards, int(claim.shard["attempt"])))
-        label = f"[shard {claim.shard_id}] ".encode() if tag else b""
         out_pump = _Pump(proc.stdout, sys.stdout.buffer, record, label)
         pump = _Pump(proc.stderr, sys.stderr.buffer, record, label)
         try:
+            resume = int(shard.get("resume_chunk") or 0)
             code = _wait_and_checkpoint(
-                proc, progress, m, claim.shard_id, claim.resume_chunk, timeout=timeout
+                proc, progress, m, claim.shard_id, resume, offset=offset, timeout=timeout
             )
         finally:
             out_pump.join()
             pump.join()
             proc.stdout.close()
             proc.stderr.close()
-            record.close()
         running.remove(proc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if code in _CANNOT_RUN:
-        why = "not executable" if code == 126 else "not found"
-        tail = pump.tail().strip().splitlines()
-        detail = f"; it said: {tail[-1]}" if tail else ""
-        return _cannot_start(m, claim, f"{command[0]!r} exited {code} ({why}){detail}")
-    try:
-        if code == 0:
-            m.mark_completed(claim.shard_id)
-            return "completed"
-        error = f"timed out after {timeout:g} s" if code == _TIMED_OUT else f"{command[0]} exited with {code}"
-        m.mark_failed(claim.shard_id, error + "\n" + pump.tail())
-    except LeaseLostError as e:
-        print(f"shardclaim run: {e}; the result is not committed", file=sys.stderr)
-        return "lost"
-    return "failed"
+    return code, pump.tail()
 
 
 def _cannot_start(m: ShardManager, claim: Any, reason: str) -> str:
@@ -211,14 +255,17 @@ def _cannot_start(m: ShardManager, claim: Any, reason: str) -> str:
 
 #: What _wait_and_checkpoint returns for a command it stopped at its timeout.
 _TIMED_OUT = -1000
+#: What _invoke returns for a command that could not be started at all (its tail says why).
+_NOT_STARTED = -1001
 
 
 def _wait_and_checkpoint(
     proc: subprocess.Popen[bytes], progress: Path, m: ShardManager, shard_id: int, done: int, *,
-    timeout: float | None = None,
+    offset: int = 0, timeout: float | None = None,
 ) -> int:  # fmt: skip
-    """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file, record it. Past
-    ``timeout`` seconds, stop it (SIGTERM, SIGKILL after the grace period) and return ``_TIMED_OUT``."""
+    """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file (counted from the
+    first chunk it was given, ``offset``), record it. Past ``timeout`` seconds, stop it (SIGTERM, SIGKILL
+    after the grace period) and return ``_TIMED_OUT``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
@@ -229,7 +276,7 @@ def _wait_and_checkpoint(
             stop(proc)
             return _TIMED_OUT
         try:
-            value = int(progress.read_text().strip() or 0)
+            value = offset + int(progress.read_text().strip() or 0)
         except (OSError, ValueError):
             continue
         if value > done:

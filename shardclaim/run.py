@@ -62,6 +62,7 @@ class _Options:
     max_failed_shards: int | None = None
     workers: int = 1
     screen: SharedLine | None = None  #: the progress line the worker's output must not collide with
+    per_chunk: bool = False  #: CMD once per chunk, each a reservation: the rest may be stolen
 
 
 def _worker(opts: _Options, index: int) -> int:
@@ -74,10 +75,10 @@ def _worker(opts: _Options, index: int) -> int:
         try:
             while True:
                 failed_in_a_row: set[int] = set()  # distinct shards: one bad shard's retries count once
-                for claim in m.claims():
+                for claim in m.claims(steal=True):  # parts of shards too: CMD gets the part's chunks
                     outcome = run_attempt(
                         m, claim, dataset=opts.dataset, command=opts.command, worker_id=worker_id,
-                        timeout=opts.timeout, running=running, tag=opts.workers > 1,
+                        timeout=opts.timeout, running=running, tag=opts.workers > 1, per_chunk=opts.per_chunk,
                     )  # fmt: skip
                     if outcome == "cannot start":
                         return 3
@@ -251,6 +252,7 @@ def run_workers(
     max_expiries: int = 3,
     max_consecutive_failures: int = 3,
     max_failed_shards: int | None = None,
+    per_chunk: bool = False,
 ) -> int:
     """Run ``workers`` local worker processes until every shard is terminal; the exit status is 0 when
     every shard completed, 1 when some shard failed, 143 after SIGTERM/SIGINT. ``progress`` (default:
@@ -273,6 +275,7 @@ def run_workers(
     options = _Options(
         dataset, list(command), lease_seconds, max_attempts, on_complete, timeout, max_expiries,
         max_consecutive_failures, max_failed_shards, workers, show.screen if show is not None else None,
+        per_chunk,
     )  # fmt: skip
     procs = [ctx.Process(target=_child, args=(options, i, os.getpid())) for i in range(workers)]
     interrupted = False

@@ -42,3 +42,29 @@ def test_idle_workers_take_the_tail_and_every_record_is_processed_once(
     for d in split:
         assert all(p["status"] == "completed" for p in d["ranges"])
         assert orjson.dumps(d)  # a sound document
+
+
+def test_run_per_chunk_lets_idle_workers_take_the_chunks_of_a_slow_shard(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    records = 160
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=4, records=records, chunk_size_mb=0.0005)
+    out = tmp_path / "out"
+    out.mkdir()
+    # Shard 0 is slow (as if its machine were); every run writes the records it got, tagged with its worker.
+    cmd = (
+        f'[ "$SHARDCLAIM_SHARD_ID" = 0 ] && sleep 0.4; '
+        f'cat $SHARDCLAIM_CHUNKS > "{out}/$SHARDCLAIM_SHARD_ID.$SHARDCLAIM_CHUNK_RANGE.$SHARDCLAIM_WORKER_ID"'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "run", ds, "-N", "4", "--per-chunk", "--", "sh", "-c", cmd],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ids = [orjson.loads(line)["id"] for f in out.iterdir() for line in f.read_bytes().splitlines()]
+    assert sorted(ids) == list(range(records))  # every record once
+    slow = {f.name.split(".", 2)[2] for f in out.glob("0.*")}
+    assert len(slow) > 1, f"shard 0's chunks were all run by {slow}"
+    ranges = sorted(tuple(int(x) for x in f.name.split(".")[1].split("-")) for f in out.glob("0.*"))
+    assert all(b - a == 1 for a, b in ranges)  # one chunk per run

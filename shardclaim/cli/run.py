@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
         "--progress", action="store_true", default=None, help="progress line (default: on a tty)"
     )
     run.add_argument(
+        "--per-chunk", action="store_true",
+        help="run CMD once per chunk (each run a reservation), so that idle workers may take the chunks "
+        "of a slow shard not started yet; without it a running CMD owns all of its shard's chunks",
+    )  # fmt: skip
+    run.add_argument(
         "--on-complete", metavar="SHELL_CMD", help="run once, fleet-wide, when all shards settle"
     )
     run.epilog = """\
@@ -54,6 +59,8 @@ The command's environment, for the shard it got:
   SHARDCLAIM_CHUNKS                              its chunk files (paths or URLs), one per line
   SHARDCLAIM_CHUNKS_JSON                         the same as a JSON list
   SHARDCLAIM_RESUME_CHUNK                        the first chunk not done yet (after a crash)
+  SHARDCLAIM_CHUNK_RANGE                         START-END: which of the shard's chunks these are
+                                                 (a part of a shard taken from a slow holder)
   SHARDCLAIM_CHECKPOINT_FILE                     write the number of chunks done into it
   SHARDCLAIM_DATASET, SHARDCLAIM_ATTEMPT, SHARDCLAIM_WORKER_ID
   VELDA_SHARD_ID, VELDA_TOTAL_SHARDS             the seed's names
@@ -80,4 +87,5 @@ def run_run(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds, max_attempts=args.max_attempts, on_complete=args.on_complete,
         progress=args.progress, timeout=args.timeout, max_expiries=args.max_expiries,
         max_consecutive_failures=args.max_consecutive_failures, max_failed_shards=args.max_failed_shards,
+        per_chunk=args.per_chunk,
     )  # fmt: skip
