@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shardclaim import ShardManager
 from shardclaim.testing import build_dataset
 from shardclaim.view.charts import STATE_COLOURS
 
@@ -118,6 +119,8 @@ def test_the_report_opens_in_a_browser_with_every_failure_and_fetches_nothing(
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert run.returncode == 1, run.stderr
+    statuses = ShardManager(ds, "check").get_shard_status()
+    assert [s["shard_id"] for s in statuses if s["status"] == "failed"] == [1, 4], run.stderr  # the job ran
     page = tmp_path / "report.html"
     made = subprocess.run([sys.executable, "-m", "shardclaim", "report", ds, "--html", str(page)],
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
