@@ -152,7 +152,8 @@ def run_attempt(
     ``failed``, ``lost`` or ``cannot start`` (a worker fault, not the shard's: the shard is released
     without spending an attempt). ``per_chunk``: CMD runs once per chunk, each run a reservation of its
     chunk, so that an idle worker may take the chunks not started yet (:mod:`shardclaim.stealing`)."""
-    record = AttemptLog(m.store, log_key(claim.shard_id, m.num_shards, int(claim.shard["attempt"])))
+    first = int((claim.shard.get("range") or [0])[0])
+    record = AttemptLog(m.store, log_key(claim.shard_id, m.num_shards, int(claim.shard["attempt"]), first))
     label = f"[shard {claim.shard_id}] ".encode() if tag else b""
     invoke = functools.partial(
         _invoke, m, claim, dataset=dataset, command=command, worker_id=worker_id, timeout=timeout,

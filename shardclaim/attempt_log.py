@@ -22,8 +22,11 @@ __all__ = ["AttemptLog", "log_key"]
 log = logging.getLogger("shardclaim.run")
 
 
-def log_key(shard_id: int, num_shards: int, attempt: int) -> str:
-    return f"_logs/{shard_dir(shard_id, num_shards)}/attempt_{attempt:03d}.log"
+def log_key(shard_id: int, num_shards: int, attempt: int, first_chunk: int = 0) -> str:
+    """Where an attempt's output goes; a part of a split shard that starts at chunk K has its own
+    attempts, kept as ``cKKKK_attempt_NNN.log``."""
+    part = f"c{first_chunk:04d}_" if first_chunk else ""
+    return f"_logs/{shard_dir(shard_id, num_shards)}/{part}attempt_{attempt:03d}.log"
 
 
 class AttemptLog:

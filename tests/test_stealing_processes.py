@@ -56,6 +56,7 @@ def test_run_per_chunk_lets_idle_workers_take_the_chunks_of_a_slow_shard(tmp_pat
     cmd = (
         f'[ "$SHARDCLAIM_SHARD_ID" = 0 ] && sleep 0.4; '
         f'cat $SHARDCLAIM_CHUNKS > "{out}/$SHARDCLAIM_SHARD_ID.$SHARDCLAIM_CHUNK_RANGE.$SHARDCLAIM_WORKER_ID"'
+        '; echo "ran $SHARDCLAIM_CHUNK_RANGE"'
     )
     result = subprocess.run(
         [sys.executable, "-m", "shardclaim", "run", ds, "-N", "4", "--per-chunk", "--", "sh", "-c", cmd],
@@ -68,3 +69,14 @@ def test_run_per_chunk_lets_idle_workers_take_the_chunks_of_a_slow_shard(tmp_pat
     assert len(slow) > 1, f"shard 0's chunks were all run by {slow}"
     ranges = sorted(tuple(int(x) for x in f.name.split(".")[1].split("-")) for f in out.glob("0.*"))
     assert all(b - a == 1 for a, b in ranges)  # one chunk per run
+    # Each part keeps its own attempts and logs: `shardclaim logs --part START` prints the taker's runs.
+    doc = ShardManager(ds, "observer").read_shard(0)
+    taken = [p for p in doc["ranges"] if p["start"] > 0]
+    assert taken
+    start = taken[0]["start"]
+    logs = subprocess.run(
+        [sys.executable, "-m", "shardclaim", "logs", ds, "--shard_id", "0", "--part", str(start)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert logs.returncode == 0, logs.stderr
+    assert f"ran {start}-{start + 1}" in logs.stdout

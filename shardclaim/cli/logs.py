@@ -19,6 +19,10 @@ def register(sub: Any) -> None:
     p.add_argument("dataset_dir", metavar="DATASET", help="dataset directory or URL")
     p.add_argument("--shard_id", "--shard-id", dest="shard_id", type=int, required=True)
     p.add_argument("--attempt", type=positive_int, help="which attempt (default: the latest)")
+    p.add_argument(
+        "--part", type=int, default=0, metavar="CHUNK",
+        help="the part of a split shard that starts at chunk CHUNK (stragglers: run --per-chunk)",
+    )  # fmt: skip
     p.add_argument("--follow", "-f", action="store_true", help="keep printing while the attempt runs")
     p.add_argument("--interval", type=positive_float, default=2.0, help="seconds between looks with --follow")
     p.set_defaults(handler=run_logs)
@@ -30,11 +34,20 @@ def run_logs(args: argparse.Namespace) -> int:
     from shardclaim.manager import ShardManager
 
     m = ShardManager(args.dataset_dir, "logs-reader", max_outage_seconds=None)
-    attempt = args.attempt or int(m.read_shard(args.shard_id).get("attempt") or 0)
+    doc = m.read_shard(args.shard_id)
+    holder = next(
+        (p for p in doc.get("ranges") or [] if p["start"] == args.part), doc if not args.part else None
+    )
+    if holder is None:
+        starts = ", ".join(str(p["start"]) for p in doc.get("ranges") or []) or "0 (it is whole)"
+        print(f"shardclaim: shard {args.shard_id} has no part starting at chunk {args.part}; parts: {starts}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    attempt = args.attempt or int(holder.get("attempt") or 0)
     if attempt < 1:
         print(f"shardclaim: shard {args.shard_id} has had no attempt yet", file=sys.stderr)
         return 1
-    key = log_key(args.shard_id, m.num_shards, attempt)
+    key = log_key(args.shard_id, m.num_shards, attempt, args.part)
     printed = 0
     while True:
         try:
@@ -50,7 +63,8 @@ def run_logs(args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         doc = m.read_shard(args.shard_id)
-        if doc["status"] != "in_use" or int(doc.get("attempt") or 0) != attempt:
+        now = next((p for p in doc.get("ranges") or [] if p["start"] == args.part), doc)
+        if now["status"] != "in_use" or int(now.get("attempt") or 0) != attempt:
             args.follow = False  # the attempt is over: one last look for its final upload
             continue
         time.sleep(args.interval)
