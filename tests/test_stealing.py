@@ -146,3 +146,43 @@ def test_hostile_ranges_are_refused(store: MemoryStore, change: Any, message: st
     change(bad["ranges"])
     with pytest.raises(MetadataError, match=message):
         check_shard(KEY, bad)
+
+
+def test_a_stolen_part_is_split_again_and_every_chunk_has_one_holder(store: MemoryStore) -> None:
+    holder, a, b = mgr(store, "holder"), mgr(store, "a"), mgr(store, "b")
+    holder.claim_shard()
+    holder.reserve(0, 0, 1)
+    taken = a.steal()
+    assert taken is not None
+    assert taken["range"] == [4, 8]
+    holder.reserve(0, 1, 2)  # the holder has reserved up to 3: one untouched chunk left (3)
+    a.reserve(0, 4, 1)  # a works on chunk 4; 5..7 untouched, the most of any part
+    again = b.steal()
+    assert again is not None
+    assert again["range"] == [6, 8]
+    parts = doc(store)["ranges"]
+    assert [(p["start"], p["end"], p["assigned_to"]) for p in parts] == [
+        (0, 4, "holder"),
+        (4, 6, "a"),
+        (6, 8, "b"),
+    ]
+    assert a.reserve(0, 5, 4) == (6, 6)  # a's range now ends at 6
+    assert holder.reserve(0, 3, 1) == (4, 4)
+    assert b.reserve(0, 6, 2) == (8, 8)
+    for m in (holder, a, b):
+        m.mark_completed(0)
+    assert doc(store)["status"] == "completed"
+
+
+def test_status_counts_the_records_of_every_part_from_one_listing(store: MemoryStore) -> None:
+    holder, idle = mgr(store, "holder"), mgr(store, "idle")
+    holder.claim_shard()
+    holder.reserve(0, 0, 1)
+    idle.steal()  # [0, 4) holder, [4, 8) idle
+    holder.reserve(0, 3, 1)  # chunks 0..2 done
+    idle.reserve(0, 4, 4)
+    idle.mark_completed(0)  # chunks 4..7 done
+    (entry,) = holder.get_shard_status()
+    assert (entry["status"], entry["records_done"]) == ("in_use", (3 + 4) * 5)
+    view = holder.shard_views()[0]
+    assert (view.parts, view.steal) == (2, 0)
