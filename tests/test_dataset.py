@@ -451,43 +451,6 @@ def test_inputs_from_an_fsspec_url(tmp_path: Path) -> None:
     assert master["inputs"] == ["memory:///shardclaim-test/in.jsonl"]  # as fsspec names it
 
 
-def test_the_planner_process_changes_the_speed_of_a_blocks_build_never_its_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from shardclaim.dataset import plan
-
-    lines = records(60_000, size=600)  # several 8 MiB blocks
-    body = b"".join(line + (b"\n  \n" if i % 5000 == 0 else b"") for i, line in enumerate(lines))
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(body)
-    used = []
-    real_plan = plan.Planner.plan
-
-    def spy(self: Any, key: Any) -> Any:
-        got = real_plan(self, key)
-        used.append(got is not None)
-        return got
-
-    monkeypatch.setattr(plan, "PLAN_FROM", 0)
-    monkeypatch.setattr(plan.Planner, "plan", spy)
-    planned = create_sharded_dataset(
-        str(src), str(tmp_path / "a"), num_shards=3, chunk_size_mb=1, validate=False
-    )
-    assert used
-    assert all(used)
-    monkeypatch.setattr(plan.Planner, "suits", staticmethod(lambda files: False))
-    alone = create_sharded_dataset(
-        str(src), str(tmp_path / "b"), num_shards=3, chunk_size_mb=1, validate=False
-    )
-    assert [s["total_tasks"] for s in planned["shards"]] == [s["total_tasks"] for s in alone["shards"]]
-    assert planned["blank_lines"] == alone["blank_lines"] == 24  # "\n" and "  \n", 12 times
-    assert dataset_lines(tmp_path / "a") == dataset_lines(tmp_path / "b")
-    for shard in ("shard_000", "shard_001", "shard_002"):
-        assert load(tmp_path / "a" / shard / "metadata.json") == load(
-            tmp_path / "b" / shard / "metadata.json"
-        )
-
-
 def test_both_ways_of_counting_lines_and_finding_blank_ones_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 

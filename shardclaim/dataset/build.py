@@ -250,36 +250,25 @@ def _distribute(
         parse = simdjson.Parser().parse
     walk = _Walk(writer, opts, total, parse)
     blocks = opts.strategy == "blocks"
-    planner = None
-    if blocks and parse is None and background is None:  # validators already take the other cores
-        from shardclaim.dataset.plan import Planner
-
-        planner = Planner(files, opts.num_shards) if Planner.suits(files) else None
-    current = planned = 0
-    try:
-        for index, name, data, start, end in blocks_of(files, bar):
-            if index != current:
-                current, walk.lineno = index, 0
-            runs = blocks and runs_suit(end - start, opts.num_shards)
-            counts = None
-            if runs and parse is None:  # no Python code per line: see deal
-                plan = planner.plan((planned, index, start, end)) if planner is not None else None
-                planned += 1
-                holes, counts = plan if plan is not None else plan_block(data, start, end, opts.num_shards)
-                stats["blank"] += len(holes)  # (line numbers: only inline validation needs them)
-            else:
-                holes = walk.lines(name, data, start, end, stats, deal=not runs)
-            if runs:
-                walk.turn, got, size = deal_block(
-                    writer, data, start, end, turn=walk.turn, excluded=holes, counts=counts
-                )
-                stats["records"] += got
-                stats["bytes"] += size
-            if background is not None and (bad := background.problem()) is not None:
-                _invalid(bad)
-    finally:
-        if planner is not None:
-            planner.close()
+    current = 0
+    for index, name, data, start, end in blocks_of(files, bar):
+        if index != current:
+            current, walk.lineno = index, 0
+        runs = blocks and runs_suit(end - start, opts.num_shards)
+        counts = None
+        if runs and parse is None:  # no Python code per line: see deal
+            holes, counts = plan_block(data, start, end, opts.num_shards)
+            stats["blank"] += len(holes)  # (line numbers: only inline validation needs them)
+        else:
+            holes = walk.lines(name, data, start, end, stats, deal=not runs)
+        if runs:
+            walk.turn, got, size = deal_block(
+                writer, data, start, end, turn=walk.turn, excluded=holes, counts=counts
+            )
+            stats["records"] += got
+            stats["bytes"] += size
+        if background is not None and (bad := background.problem()) is not None:
+            _invalid(bad)
     return stats
 
 

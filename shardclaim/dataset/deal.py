@@ -3,9 +3,10 @@
 Each block the builder reads (an 8 MiB window of an input, less the line it shares with the next
 window) is cut into about ``4 N`` runs of equal bytes, each ending at the first line end at or after its
 share; the runs go to the shards in rotation, the rotation carrying on from block to block. No Python
-code runs per line: a run's records are counted with ``bytes.count`` and blank lines found with one
-regular-expression scan, so the build goes at the speed of copying bytes (``round_robin`` spends about
-a microsecond of interpreter time per line, which on 470-byte records is most of the build).
+code runs per short line: a run's records are counted with ``bytes.count`` and blank lines found with
+one regular-expression scan (long lines are walked with ``find``, see :func:`lines_and_blanks`), so the
+build goes at the speed of scanning and copying bytes (``round_robin`` spends about a microsecond of
+interpreter time per line, which on 470-byte records is most of the build).
 
 Balance: every shard receives runs of the same size, so shards differ in bytes by about one run (an
 8 MiB block / 4 N: 256 KiB for 8 shards) and in records by the records such a run holds. A block too
@@ -116,9 +117,8 @@ def deal_block(
     counts: list[int] | None = None,
 ) -> tuple[int, int, int]:
     """Deal ``data[start:end]`` (whole lines) in runs from shard ``turn mod N`` on, leaving out the
-    ``excluded`` line ranges (sorted). ``counts``, each run's newlines (:func:`run_counts`, worked out
-    ahead by a :mod:`~shardclaim.dataset.plan` process), spares counting them here. Returns
-    ``(next turn, records, bytes)``."""
+    ``excluded`` line ranges (sorted). ``counts``, each run's newlines (:func:`plan_block`), spares
+    counting them again. Returns ``(next turn, records, bytes)``."""
     n = writer.num_shards
     share = (end - start) // (RUNS_PER_SHARD * n)
     view = memoryview(data)
