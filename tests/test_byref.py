@@ -244,3 +244,19 @@ def test_scanning_in_two_processes_gives_the_same_dataset(
                         for s in range(3)])  # fmt: skip
     assert masters[0] == masters[1]
     assert sum(len(s["chunks"]) for s in masters[0]) > 6
+
+
+def test_a_range_scan_carries_lines_across_reads_and_grows_for_long_ones(tmp_path: Path) -> None:
+    import crc32c
+
+    from shardclaim.dataset.ranges import scan_range
+
+    body = (
+        b"".join(r + b"\n" + (b"  \n" if i % 7 == 0 else b"") for i, r in enumerate(lines(300)))
+        + b'{"end": 1}'
+    )
+    (tmp_path / "x.jsonl").write_bytes(body)
+    start = body.index(b"\n") + 1  # a range starts at a line: after record 0, at its blank line
+    want = (300, len(range(0, 300, 7)), crc32c.crc32c(body[start:]))
+    for size in (8, 64, 1000, 1 << 20):  # smaller than one line: the buffer grows
+        assert scan_range(str(tmp_path / "x.jsonl"), start, len(body), buf=bytearray(size)) == want
