@@ -1,0 +1,106 @@
+"""Hostile tests of chunk-range stealing (issue 12): each test documents a bug found by attacking the
+feature with real processes, operator commands and hand-edited metadata. Each is ``xfail(strict=True)``:
+it fails because of the bug, and turns red (XPASS) once the bug is fixed so the marker can go."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shardclaim import ShardManager
+from shardclaim.testing import build_dataset
+from tests._workers import steal_loop
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardclaim", *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+
+
+def _split(ds: str) -> tuple[ShardManager, ShardManager]:
+    """Shard 0 held by w1 (which reserved its first chunk), its untouched tail taken by w2."""
+    a = ShardManager(ds, "w1", lease_seconds=60)
+    b = ShardManager(ds, "w2", lease_seconds=60)
+    assert a.claim_shard(0, parts=True) is not None
+    a.reserve(0, 0, 1)
+    taken = b.steal()
+    assert taken is not None and taken["range"][0] > 0
+    return a, b
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the adoption path judges a split shard by its top-level lease, which is always null: "
+    "`shardclaim complete` (no --worker_id: 'the current holder') completes a split shard whose parts are "
+    "held by live workers' leases, which it refuses for a whole shard",
+)
+def test_cli_complete_is_refused_on_a_split_shard_held_by_workers(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
+    a, _ = _split(ds)
+    result = _cli("complete", "--shard_id", "0", ds)  # a separate process, as an operator would run it
+    doc = a.read_shard(0)
+    # Whole shard, same situation: "refused: ... it is held by a worker's lease, not a CLI claim".
+    assert result.returncode != 0, f"the CLI completed it: {result.stdout.strip()}"
+    assert doc["status"] == "in_use", [(p["start"], p["end"], p["status"]) for p in doc["ranges"]]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a part's renewed_at is checked only as a string: a timezone-naive time passes check_shard and "
+    "then crashes the claim (TypeError in part_expired) instead of the shard being skipped as invalid",
+)
+def test_a_naive_renewed_at_is_refused_not_a_crash(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=100, chunk_size_mb=0.0005)
+    _split(ds)
+    path = tmp_path / "ds" / "shard_000" / "metadata.json"
+    doc = json.loads(path.read_text())
+    doc["ranges"][0]["renewed_at"] = "2020-01-01T00:00:00"  # hand-edited: no UTC offset
+    path.write_text(json.dumps(doc))
+    # A worker whose launcher index is 0 (RANK=0) tries shard 0 first; it must skip it, not die.
+    m = ShardManager(ds, "w9", lease_seconds=60)
+    claimed = m.claim_shard(0, parts=True)  # TypeError: can't subtract offset-naive and offset-aware
+    assert claimed is None or claimed["shard_id"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with claims(steal=True), claim.records() checkpoints every chunk it passes; a preempted "
+    "(SIGTERM) holder's successor resumes after them under the same claim.name, so the documented loop "
+    "(one output per claim, written when it completes) loses the preempted holder's records; without "
+    "steal the successor redoes the shard",
+)
+def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
+    records = 100
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=records, chunk_size_mb=0.0005)
+    m = ShardManager(ds, "observer")
+    assert m.read_shard(0)["num_chunks"] >= 6
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = mp.get_context("spawn")
+    slow = ctx.Process(target=steal_loop, args=(ds, "slow", str(out), 0.05))
+    slow.start()
+    deadline = time.monotonic() + 120
+    while int(m.read_shard(0).get("resume_chunk") or 0) < 2:  # it is past its first chunks
+        assert time.monotonic() < deadline and slow.is_alive()
+        time.sleep(0.02)
+    assert slow.pid is not None
+    os.kill(slow.pid, signal.SIGTERM)  # spot preemption: the shard is released, no attempt spent
+    slow.join(timeout=120)
+    assert m.read_shard(0)["status"] == "available"
+    fast = ctx.Process(target=steal_loop, args=(ds, "fast", str(out), 0.0))
+    fast.start()
+    fast.join(timeout=300)
+    assert fast.exitcode == 0
+    assert m.read_shard(0)["status"] == "completed"
+    done = sorted(int(line) for f in out.glob("*.ids") for line in f.read_text().split())
+    assert done == list(range(records)), f"{records - len(set(done))} records never in a completed claim"
