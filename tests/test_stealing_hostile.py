@@ -34,7 +34,8 @@ def _split(ds: str) -> tuple[ShardManager, ShardManager]:
     assert a.claim_shard(0, parts=True) is not None
     a.reserve(0, 0, 1)
     taken = b.steal()
-    assert taken is not None and taken["range"][0] > 0
+    assert taken is not None
+    assert taken["range"][0] > 0
     return a, b
 
 
@@ -91,7 +92,8 @@ def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     slow.start()
     deadline = time.monotonic() + 120
     while int(m.read_shard(0).get("resume_chunk") or 0) < 2:  # it is past its first chunks
-        assert time.monotonic() < deadline and slow.is_alive()
+        assert time.monotonic() < deadline
+        assert slow.is_alive()
         time.sleep(0.02)
     assert slow.pid is not None
     os.kill(slow.pid, signal.SIGTERM)  # spot preemption: the shard is released, no attempt spent
