@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shardclaim import ShardManager
-from shardclaim.testing import build_dataset
+from shardclaim import LeaseLostError, ShardManager
+from shardclaim.testing import FakeClock, build_dataset, memory_dataset
 from tests._workers import steal_loop
 
 
@@ -39,12 +39,6 @@ def _split(ds: str) -> tuple[ShardManager, ShardManager]:
     return a, b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the adoption path judges a split shard by its top-level lease, which is always null: "
-    "`shardclaim complete` (no --worker_id: 'the current holder') completes a split shard whose parts are "
-    "held by live workers' leases, which it refuses for a whole shard",
-)
 def test_cli_complete_is_refused_on_a_split_shard_held_by_workers(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
     a, _ = _split(ds)
@@ -55,11 +49,6 @@ def test_cli_complete_is_refused_on_a_split_shard_held_by_workers(tmp_path: Path
     assert doc["status"] == "in_use", [(p["start"], p["end"], p["status"]) for p in doc["ranges"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a part's renewed_at is checked only as a string: a timezone-naive time passes check_shard and "
-    "then crashes the claim (TypeError in part_expired) instead of the shard being skipped as invalid",
-)
 def test_a_naive_renewed_at_is_refused_not_a_crash(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=100, chunk_size_mb=0.0005)
     _split(ds)
@@ -73,13 +62,6 @@ def test_a_naive_renewed_at_is_refused_not_a_crash(tmp_path: Path) -> None:
     assert claimed is None or claimed["shard_id"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with claims(steal=True), claim.records() checkpoints every chunk it passes; a preempted "
-    "(SIGTERM) holder's successor resumes after them under the same claim.name, so the documented loop "
-    "(one output per claim, written when it completes) loses the preempted holder's records; without "
-    "steal the successor redoes the shard",
-)
 def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     records = 100
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=records, chunk_size_mb=0.0005)
@@ -106,3 +88,25 @@ def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     assert m.read_shard(0)["status"] == "completed"
     done = sorted(int(line) for f in out.glob("*.ids") for line in f.read_text().split())
     assert done == list(range(records)), f"{records - len(set(done))} records never in a completed claim"
+
+
+def test_a_part_renewed_on_schedule_is_not_reclaimed() -> None:
+    clock = FakeClock()
+    store = memory_dataset(1, chunks_per_shard=8, tasks_per_chunk=5, clock=clock, name="hb")
+
+    def mgr(worker: str) -> ShardManager:
+        return ShardManager("memory://hb", worker, store=store, lease_seconds=60, heartbeat_seconds=40)
+
+    holder, idle, late = mgr("holder"), mgr("idle"), mgr("late")
+    assert holder.claim_shard() is not None
+    holder.reserve(0, 0, 1)
+    assert idle.steal() is not None
+    clock.now += 40  # one heartbeat interval: both holders renew, on schedule
+    holder.renew_leases()
+    idle.renew_leases()
+    clock.now += 21  # 21 s after their last writes, well inside a 60 s lease
+    assert late.claim_shard(parts=True) is None  # reclaims [0, 4) from its live holder
+    try:
+        holder.reserve(0, 1, 1)
+    except LeaseLostError as e:
+        pytest.fail(f"a live holder renewing on schedule was fenced: {e}")
