@@ -157,3 +157,41 @@ def test_a_manager_does_not_take_a_second_part_of_a_shard_it_holds() -> None:
     again = a.claim_shard(0, parts=True)  # a worker thread of the same manager asks for work
     assert again is None or again["shard_id"] != 0, f"took {again and again.get('range')} of shard 0 too"
     assert a.reserve(0, 1, 1) == (2, 4)  # the first claim still writes to its own part [0, 4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a part's expiry trusts its renewed_at: a hand-edited time in the future passes check_shard, "
+    "and the part of a dead holder then never expires (no claim takes it, reset --stale skips it), so the "
+    "job never ends; a whole shard's expiry is on the object's update time, which no edit can forge",
+)
+def test_a_part_with_a_renewed_at_in_the_future_is_refused_or_expires() -> None:
+    from shardclaim.layout import MetadataError, check_shard
+    from shardclaim.lease import shard as transitions
+
+    clock = FakeClock()
+    store = memory_dataset(1, chunks_per_shard=8, tasks_per_chunk=5, clock=clock, name="fut")
+
+    def mgr(worker: str) -> ShardManager:
+        return ShardManager("memory://fut", worker, store=store, lease_seconds=60)
+
+    holder, idle = mgr("holder"), mgr("idle")
+    assert holder.claim_shard() is not None
+    holder.reserve(0, 0, 1)
+    assert idle.steal() is not None
+    key = "shard_000/metadata.json"
+    obj = store.read(key)
+    doc = json.loads(obj.data)
+    doc["ranges"][0]["renewed_at"] = "9999-12-31T00:00:00+00:00"  # hand-edited
+    data, meta = transitions.encode(doc)
+    store.write(key, data, if_generation_match=obj.generation, metadata=meta)
+    try:
+        check_shard(key, json.loads(store.read(key).data))
+    except MetadataError:
+        return  # refused as hostile: what the promise asks
+    holder.close()  # both holders die
+    idle.close()
+    clock.now += 7 * 24 * 3600  # a week later
+    taken = [mgr("late").claim_shard(parts=True), mgr("later").claim_shard(parts=True)]
+    ranges = sorted(tuple(c["range"]) for c in taken if c is not None)
+    assert (0, 4) in ranges, f"the dead holder's part [0, 4) was never taken back (got {ranges})"
