@@ -195,3 +195,45 @@ def test_a_part_with_a_renewed_at_in_the_future_is_refused_or_expires() -> None:
     taken = [mgr("late").claim_shard(parts=True), mgr("later").claim_shard(parts=True)]
     ranges = sorted(tuple(c["range"]) for c in taken if c is not None)
     assert (0, 4) in ranges, f"the dead holder's part [0, 4) was never taken back (got {ranges})"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run --per-chunk records a command's checkpoint up to its part's end, not its own chunks: a "
+    "command given chunk 0 alone that writes 5 moves the shard's checkpoint to 5, so after a preemption "
+    "chunks 0-4 are never run (the whole-shard mode refuses values past the chunks it was given)",
+)
+def test_per_chunk_checkpoint_past_the_given_chunk_is_not_recorded(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
+    m = ShardManager(ds, "observer")
+    num_chunks = m.read_shard(0)["num_chunks"]
+    assert num_chunks >= 6
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    # The run on chunk 0 (alone: SHARDCLAIM_CHUNK_RANGE=0-1) claims 5 chunks done, then is preempted.
+    cmd = (
+        f'touch "{ran}/$SHARDCLAIM_CHUNK_RANGE"; '
+        'if [ "$SHARDCLAIM_CHUNK_RANGE" = 0-1 ]; then '
+        'echo 5 > "$SHARDCLAIM_CHECKPOINT_FILE"; exec sleep 60; fi'
+    )
+    argv = [sys.executable, "-m", "shardclaim", "run", ds, "--per-chunk", "--", "sh", "-c", cmd]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    try:
+        while not (ran / "0-1").exists():  # chunk 0's run has started
+            assert first.poll() is None
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # The worker reads the checkpoint file every 0.2 s; give it ample time to record (or refuse) it.
+        settle = time.monotonic() + 10
+        while int(m.read_shard(0).get("resume_chunk") or 0) == 0 and time.monotonic() < settle:
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGTERM)  # preempted: CMD stopped, the shard released
+        first.wait(timeout=60)
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr
+    assert m.read_shard(0)["status"] == "completed"
+    done = sorted(int(f.name.split("-")[0]) for f in ran.iterdir())
+    # Chunks 1-4 were never given to any run (and chunk 0's run never finished).
+    assert done == list(range(num_chunks)), f"chunks {sorted(set(range(num_chunks)) - set(done))} never ran"
