@@ -187,8 +187,8 @@ def _each_chunk(
     """``--per-chunk``: reserve the next chunk, run CMD on it alone, and so on until the claim's range
     (which a split may shorten) has no chunk left; the first failing run ends the attempt."""
     cursor = claim.resume_chunk
-    while True:
-        reserved, _ = m.reserve(claim.shard_id, cursor, 1)
+    while True:  # each successful run is a checkpoint: a later holder resumes after its chunk
+        reserved, _ = m.reserve(claim.shard_id, cursor, 1, done=True)
         if reserved <= cursor:
             return 0, ""
         code, tail = invoke({**claim.shard, "range": [cursor, reserved], "resume_chunk": cursor})

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -201,6 +202,20 @@ def _check_state(key: str, doc: dict[str, Any]) -> None:
         raise MetadataError(key, "status is in_use but the shard names no holder")
 
 
+def _check_time(key: str, doc: dict[str, Any], field: str) -> None:
+    """An optional time written by the protocol: ISO 8601 with its UTC offset (a naive time compares
+    with nothing)."""
+    value = doc.get(field)
+    if value is None:
+        return
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise MetadataError(key, f"{field} must be an ISO 8601 time with its UTC offset, got {value!r}")
+
+
 def _check_lease(key: str, lease: object) -> None:
     if not isinstance(lease, dict):
         raise MetadataError(key, f"'lease' must be an object or null, got {lease!r}")
@@ -230,7 +245,7 @@ def _check_ranges(key: str, doc: dict[str, Any]) -> None:
         for field in ("resume_chunk", "reserved_chunk"):
             if part.get(field) is not None and not start <= _int(where, part, field) <= end:
                 raise MetadataError(key, f"part {i}'s {field} is outside its chunks [{start}, {end})")
-        _opt_str(where, part, "renewed_at")
+        _check_time(where, part, "renewed_at")
         _check_state(where, {**part, "num_chunks": num})
         at = end
     if at != num:

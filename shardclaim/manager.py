@@ -316,10 +316,11 @@ class ShardManager(Operations, Stealing):
         if lease is not None:
             return lease
         obj, doc = self._read(shard_id)
-        lease = doc.get("lease")
+        held = ranges.held_by(doc, self.worker_id)  # the shard, or the part of it this worker id holds
+        lease = held.get("lease") if held is not None else None
         if lease is not None and not lease.get("adoptable"):  # a live worker's lease is its own
             raise LeaseLostError(shard_id, self.worker_id, "it is held by a worker's lease, not a CLI claim")
-        if doc["status"] != "in_use" or doc.get("assigned_to") != self.worker_id:
+        if held is None or held["status"] != "in_use" or held.get("assigned_to") != self.worker_id:
             holder = doc.get("assigned_to")
             raise LeaseLostError(
                 shard_id,

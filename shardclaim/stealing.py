@@ -145,15 +145,20 @@ class Stealing:
         base = f"{self._store.url.rstrip('/')}/{self._dirs[shard_id]}"
         return describe_part(doc, token, base, self.dataset_dir)
 
-    def reserve(self, shard_id: int, cursor: int, count: int = 1) -> tuple[int, int]:
-        """The holder's progress write at a chunk boundary: chunks before ``cursor`` are done (a
-        checkpoint), and the next ``count`` are reserved for it — never taken by a split. Returns
+    def reserve(self, shard_id: int, cursor: int, count: int = 1, *, done: bool = False) -> tuple[int, int]:
+        """The holder's write at a chunk boundary: the next ``count`` chunks from ``cursor`` are reserved
+        for it — never taken by a split. ``done``: the chunks before ``cursor`` are also checkpointed (a
+        later holder resumes after them; say so only when their results are durable). Returns
         ``(reserved, end)``: work on chunks below ``reserved``; when it equals ``cursor``, the part
         (or the shard) has no chunk left for this holder (a split took the rest). LeaseLostError as any
         fenced write."""
         lease = self._lease_for(shard_id)
         num_chunks = len(lease.doc.get("chunks") or [])
-        doc = lease.write(lambda part: ranges.reserved(part, cursor, count, num_chunks), kind="checkpoint")
+
+        def change(part: dict[str, Any]) -> dict[str, Any]:
+            return ranges.reserved(part, cursor, count, num_chunks, done=done)
+
+        doc = lease.write(change, kind="checkpoint")
         part = doc
         if lease.token is not None and (i := ranges.part_of(doc, lease.token)) is not None:
             part = doc["ranges"][i]

@@ -76,9 +76,12 @@ class Claim:
 
     def records(self, *, parse: bool = True) -> Iterator[Any]:
         """The claim's records from ``resume_chunk`` on, chunk by chunk, each chunk verified first. With
-        stealing on (``claims(steal=True)``), it reserves the next chunks before it starts them and
-        records its progress in the same write, about one write a second however short the chunks; it
-        stops where its range ends, which an idle worker's split may have moved."""
+        stealing on (``claims(steal=True)``), it reserves the next chunks before it starts them, about
+        one write a second however short the chunks, and stops where its range ends, which an idle
+        worker's split may have moved. A reservation is not a checkpoint (results are usually written
+        when the claim completes; a successor of a preempted holder starts over from the last
+        :meth:`checkpoint`), so call :meth:`checkpoint` where the results of the chunks so far are
+        durable."""
         if not self._steal:
             return iter_shard_records(
                 self.manager.dataset_dir, self.shard_id, parse=parse, start_chunk=self.resume_chunk

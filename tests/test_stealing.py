@@ -179,10 +179,26 @@ def test_status_counts_the_records_of_every_part_from_one_listing(store: MemoryS
     holder.claim_shard()
     holder.reserve(0, 0, 1)
     idle.steal()  # [0, 4) holder, [4, 8) idle
-    holder.reserve(0, 3, 1)  # chunks 0..2 done
+    holder.reserve(0, 3, 1, done=True)  # chunks 0..2 done (a checkpoint)
     idle.reserve(0, 4, 4)
     idle.mark_completed(0)  # chunks 4..7 done
     (entry,) = holder.get_shard_status()
     assert (entry["status"], entry["records_done"]) == ("in_use", (3 + 4) * 5)
     view = holder.shard_views()[0]
     assert (view.parts, view.steal) == (2, 0)
+
+
+def test_a_reservation_is_not_a_checkpoint(store: MemoryStore) -> None:
+    """A holder preempted after reserving is succeeded from its last checkpoint, not from its
+    reservation: results written when a claim completes would otherwise be lost."""
+    holder, other = mgr(store, "holder"), mgr(store, "other")
+    holder.claim_shard()
+    holder.reserve(0, 0, 3)
+    holder.reserve(0, 3, 2)  # it went through chunks 0..2 without saying they are durable
+    holder.release_shard(0)
+    again = other.claim_shard()
+    assert again is not None
+    assert again.get("resume_chunk", 0) == 0
+    other.reserve(0, 0, 2, done=True)
+    other.reserve(0, 2, 2, done=True)
+    assert doc(store)["resume_chunk"] == 2

@@ -39,12 +39,6 @@ def _split(ds: str) -> tuple[ShardManager, ShardManager]:
     return a, b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the adoption path judges a split shard by its top-level lease, which is always null: "
-    "`shardclaim complete` (no --worker_id: 'the current holder') completes a split shard whose parts are "
-    "held by live workers' leases, which it refuses for a whole shard",
-)
 def test_cli_complete_is_refused_on_a_split_shard_held_by_workers(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
     a, _ = _split(ds)
@@ -55,11 +49,6 @@ def test_cli_complete_is_refused_on_a_split_shard_held_by_workers(tmp_path: Path
     assert doc["status"] == "in_use", [(p["start"], p["end"], p["status"]) for p in doc["ranges"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a part's renewed_at is checked only as a string: a timezone-naive time passes check_shard and "
-    "then crashes the claim (TypeError in part_expired) instead of the shard being skipped as invalid",
-)
 def test_a_naive_renewed_at_is_refused_not_a_crash(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=2, records=100, chunk_size_mb=0.0005)
     _split(ds)
@@ -73,13 +62,6 @@ def test_a_naive_renewed_at_is_refused_not_a_crash(tmp_path: Path) -> None:
     assert claimed is None or claimed["shard_id"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with claims(steal=True), claim.records() checkpoints every chunk it passes; a preempted "
-    "(SIGTERM) holder's successor resumes after them under the same claim.name, so the documented loop "
-    "(one output per claim, written when it completes) loses the preempted holder's records; without "
-    "steal the successor redoes the shard",
-)
 def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     records = 100
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=records, chunk_size_mb=0.0005)
@@ -91,7 +73,7 @@ def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     slow = ctx.Process(target=steal_loop, args=(ds, "slow", str(out), 0.05))
     slow.start()
     deadline = time.monotonic() + 120
-    while int(m.read_shard(0).get("resume_chunk") or 0) < 2:  # it is past its first chunks
+    while int(m.read_shard(0).get("reserved_chunk") or 0) < 3:  # it is past its first chunks
         assert time.monotonic() < deadline
         assert slow.is_alive()
         time.sleep(0.02)
@@ -108,12 +90,6 @@ def test_a_preempted_steal_loop_loses_no_record(tmp_path: Path) -> None:
     assert done == list(range(records)), f"{records - len(set(done))} records never in a completed claim"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a part's lease is judged on renewed_at, the holder's *previous* write: with a heartbeat the "
-    "manager accepts (40 s for a 60 s lease) a holder renewing on schedule is judged expired 21 s after its "
-    "last write and its part is reclaimed and it is fenced; a whole shard with the same settings is not",
-)
 def test_a_part_renewed_on_schedule_is_not_reclaimed() -> None:
     clock = FakeClock()
     store = memory_dataset(1, chunks_per_shard=8, tasks_per_chunk=5, clock=clock, name="hb")

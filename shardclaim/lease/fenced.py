@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -65,14 +64,12 @@ class FencedLease:
         encode: Encoder,
         shard_id: int | None = None,
         token: str | None = None,
-        written_at: datetime | None = None,
     ) -> None:
         self.store = store
         self.key = key
         self.holder = holder
         self.shard_id = shard_id
         self.token = token  #: the lease token in the shard's document (None: fenced by generation alone)
-        self._written_at = written_at  # the store's time of this holder's last write, once known
         self._encode = encode
         self._generation = generation
         self._doc: dict[str, Any] = dict(doc)
@@ -150,7 +147,6 @@ class FencedLease:
                     raise TransientStoreError("write", f"{self.key}: {_MAX_REBASES} concurrent writes won")
                 self._pending = None
                 self._generation, self._doc = info.generation, doc
-                self._written_at = info.updated
                 if final:
                     self._ended = "it settled the object"
                     self._settled = (kind, doc)
@@ -162,7 +158,9 @@ class FencedLease:
     def _changed(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         if self.token is None:
             return change(dict(self._doc))
-        return ranges.with_part(dict(self._doc), self.token, change, written_at=self._written_at)
+        # A part of a split shard is renewed by its own time: the object's is every part's latest write.
+        when = self.store.now() if ranges.is_split(self._doc) else None
+        return ranges.with_part(dict(self._doc), self.token, change, written_at=when)
 
     def _rebased(self) -> bool:
         """After a refusal: whether the lease token still holds in the document now stored (which the

@@ -10,10 +10,9 @@ applies to a part unchanged, plus:
 * ``reserved_chunk``: chunks below it may be in work by the holder — a split never takes them. A holder
   that lets itself be split reserves the next chunk(s) before it starts them, in the write that records
   its progress (:func:`reserved`); a holder that never reserves is never split;
-* ``renewed_at``: for a split shard, when (store clock) its holder wrote before its last write. The
-  object's own update time cannot judge a part's lease once several holders write the object; the
-  previous write's time is known without asking the store and is at most one heartbeat older than the
-  last one (a part expires at most a heartbeat early; heartbeats are a quarter of a lease).
+* ``renewed_at``: for a split shard, the store's time just before its holder's last write (one clock
+  read per write of a part). The object's own update time cannot judge a part's lease once several
+  holders write the object.
 
 A split is one compare-and-swap on the shard's document (:func:`split`): the part with the most
 untouched chunks ``[max(cursor, reserved), end)`` gives the second half of them to the taker, under the
@@ -37,6 +36,7 @@ from shardclaim.lease import shard as transitions
 __all__ = [
     "PART_FIELDS",
     "claimable_part",
+    "held_by",
     "is_split",
     "owns",
     "part_of",
@@ -98,6 +98,16 @@ def with_part(
     return summarized({**doc, "ranges": parts}, when=written_at)
 
 
+def held_by(doc: Doc, worker: str) -> Doc | None:
+    """What ``worker`` (a worker id) holds of the shard by the document: the whole document, or the
+    part of a split shard it holds in use (None if none)."""
+    if not is_split(doc):
+        return doc
+    return next(
+        (p for p in doc["ranges"] if p.get("status") == "in_use" and p.get("assigned_to") == worker), None
+    )
+
+
 def _end(part: Mapping[str, Any], num_chunks: int) -> int:
     end = part.get("end")
     return int(end) if end is not None else num_chunks
@@ -106,12 +116,15 @@ def _end(part: Mapping[str, Any], num_chunks: int) -> int:
 untouched = transitions.untouched
 
 
-def reserved(part: Doc, cursor: int, count: int, num_chunks: int) -> Doc:
-    """The holder's progress write: chunks before ``cursor`` are done, and the next ``count`` (up to the
-    part's end, which a split may have moved) are reserved for it."""
+def reserved(part: Doc, cursor: int, count: int, num_chunks: int, *, done: bool = False) -> Doc:
+    """The holder's write at a chunk boundary: the ``count`` chunks from ``cursor`` on (up to the part's
+    end, which a split may have moved) are reserved for it, never less than before. ``done``: the chunks
+    before ``cursor`` are also done for good (a checkpoint: a later holder resumes after them) — only
+    when their results are durable, which a reservation alone does not say."""
     end = _end(part, num_chunks)
     cursor = min(max(int(cursor), int(part.get("resume_chunk") or 0)), end)
-    return {**part, "resume_chunk": cursor, "reserved_chunk": min(cursor + max(1, int(count)), end)}
+    held = min(max(cursor + max(1, int(count)), int(part.get("reserved_chunk") or 0)), end)
+    return {**part, "reserved_chunk": held, **({"resume_chunk": cursor} if done else {})}
 
 
 def _as_part(doc: Mapping[str, Any], num_chunks: int, renewed_at: datetime) -> Doc:

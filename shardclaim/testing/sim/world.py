@@ -214,7 +214,8 @@ class Sim:
         if r < 0.3 and worker.stealer:  # a reservation: it will work on the chunks it reserved
 
             def reserve() -> None:
-                reserved, _ = m.reserve(shard_id, worker.cursor[shard_id], self.rng.randint(1, 2))
+                cursor, count, done = worker.cursor[shard_id], self.rng.randint(1, 2), self.rng.random() < 0.5
+                reserved, _ = m.reserve(shard_id, cursor, count, done=done)
                 worker.cursor[shard_id] = reserved
 
             self._act(worker, "reserve", reserve)
