@@ -206,7 +206,7 @@ def _invoke(
     scratch = Path(tempfile.mkdtemp(prefix="shardclaim-"))
     progress = scratch / "checkpoint"
     env["SHARDCLAIM_CHECKPOINT_FILE"] = str(progress)
-    offset = int((shard.get("range") or [0])[0])
+    offset, limit = (int(x) for x in shard.get("range") or (0, len(shard["chunks"])))
     try:
         try:
             # Its own process group: stopping the attempt stops everything the command started.
@@ -223,7 +223,7 @@ def _invoke(
         try:
             resume = int(shard.get("resume_chunk") or 0)
             code = _wait_and_checkpoint(
-                proc, progress, m, claim.shard_id, resume, offset=offset, timeout=timeout
+                proc, progress, m, claim.shard_id, resume, offset=offset, limit=limit, timeout=timeout
             )
         finally:
             out_pump.join()
@@ -262,12 +262,13 @@ _NOT_STARTED = -1001
 
 def _wait_and_checkpoint(
     proc: subprocess.Popen[bytes], progress: Path, m: ShardManager, shard_id: int, done: int, *,
-    offset: int = 0, timeout: float | None = None,
+    offset: int = 0, limit: int | None = None, timeout: float | None = None,
 ) -> int:  # fmt: skip
     """Wait for CMD; whenever it writes a larger chunk count into its checkpoint file (counted from the
     first chunk it was given, ``offset``), record it. Past ``timeout`` seconds, stop it (SIGTERM, SIGKILL
     after the grace period) and return ``_TIMED_OUT``."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    refused = False
     while True:
         try:
             return proc.wait(timeout=_CHECKPOINT_POLL)
@@ -279,6 +280,12 @@ def _wait_and_checkpoint(
         try:
             value = offset + int(progress.read_text().strip() or 0)
         except (OSError, ValueError):
+            continue
+        if limit is not None and value > limit:  # past the chunks CMD was given: not its to say
+            if not refused:
+                print(f"shardclaim run: checkpoint {value - offset} is past the {limit - offset} chunks "
+                      "given; not recorded", file=sys.stderr)  # fmt: skip
+            refused = True
             continue
         if value > done:
             try:

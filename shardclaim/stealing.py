@@ -99,6 +99,8 @@ class Stealing:
     ) -> ClaimedShard | None:
         """A free part of a split shard: an available one, else one whose lease expired (or, if its
         holders kept dying without progress, that part failed instead)."""
+        if shard_id in self._holdings.held():  # one lease per shard and manager: not a second part
+            return None
         now = now or self._store.now()
         i = ranges.claimable_part(doc, now, self.lease_seconds)
         if i is None:

@@ -1,6 +1,6 @@
 """Hostile tests of chunk-range stealing (issue 12): each test documents a bug found by attacking the
-feature with real processes, operator commands and hand-edited metadata. Each is ``xfail(strict=True)``:
-it fails because of the bug, and turns red (XPASS) once the bug is fixed so the marker can go."""
+feature with real processes, operator commands and hand-edited metadata. Each was committed as
+``xfail(strict=True)``, failing because of the bug, and lost its marker when the bug was fixed."""
 
 from __future__ import annotations
 
@@ -112,12 +112,6 @@ def test_a_part_renewed_on_schedule_is_not_reclaimed() -> None:
         pytest.fail(f"a live holder renewing on schedule was fenced: {e}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_shard(parts=True) takes a free part of a shard the manager already holds a part of; "
-    "its holdings keep one lease per shard, so the first part is no longer renewed (a peer will reclaim "
-    "it) and the first claim's reservations are written to the second part",
-)
 def test_a_manager_does_not_take_a_second_part_of_a_shard_it_holds() -> None:
     store = memory_dataset(2, chunks_per_shard=8, tasks_per_chunk=5, clock=FakeClock(), name="two")
     a = ShardManager("memory://two", "a", store=store, lease_seconds=60)
@@ -135,12 +129,6 @@ def test_a_manager_does_not_take_a_second_part_of_a_shard_it_holds() -> None:
     assert a.reserve(0, 1, 1) == (2, 4)  # the first claim still writes to its own part [0, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a part's expiry trusts its renewed_at: a hand-edited time in the future passes check_shard, "
-    "and the part of a dead holder then never expires (no claim takes it, reset --stale skips it), so the "
-    "job never ends; a whole shard's expiry is on the object's update time, which no edit can forge",
-)
 def test_a_part_with_a_renewed_at_in_the_future_is_refused_or_expires() -> None:
     from shardclaim.layout import MetadataError, check_shard
     from shardclaim.lease import shard as transitions
@@ -173,12 +161,6 @@ def test_a_part_with_a_renewed_at_in_the_future_is_refused_or_expires() -> None:
     assert (0, 4) in ranges, f"the dead holder's part [0, 4) was never taken back (got {ranges})"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run --per-chunk records a command's checkpoint up to its part's end, not its own chunks: a "
-    "command given chunk 0 alone that writes 5 moves the shard's checkpoint to 5, so after a preemption "
-    "chunks 0-4 are never run (the whole-shard mode refuses values past the chunks it was given)",
-)
 def test_per_chunk_checkpoint_past_the_given_chunk_is_not_recorded(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
     m = ShardManager(ds, "observer")

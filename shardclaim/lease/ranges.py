@@ -201,9 +201,11 @@ def part_expired(part: Mapping[str, Any], now: datetime, default_lease: float) -
         when = datetime.fromisoformat(renewed) if isinstance(renewed, str) else None
     except ValueError:
         when = None
-    if when is None:
-        return True  # a part without a time was never renewed by a live holder
     held_for = float((part.get("lease") or {}).get("lease_seconds", default_lease))
+    if when is None or (when - now).total_seconds() > held_for:
+        return (
+            True  # never renewed by a live holder, or "renewed" further ahead than a lease: not a store time
+        )
     return transitions.lease_expired(when, now, held_for)
 
 
