@@ -168,23 +168,27 @@ def test_per_chunk_checkpoint_past_the_given_chunk_is_not_recorded(tmp_path: Pat
     assert num_chunks >= 6
     ran = tmp_path / "ran"
     ran.mkdir()
-    # The run on chunk 0 (alone: SHARDCLAIM_CHUNK_RANGE=0-1) claims 5 chunks done, then is preempted.
+    once = tmp_path / "once"
+    # The first run on chunk 0 (alone: SHARDCLAIM_CHUNK_RANGE=0-1) claims 5 chunks done, then is preempted.
     cmd = (
         f'touch "{ran}/$SHARDCLAIM_CHUNK_RANGE"; '
-        'if [ "$SHARDCLAIM_CHUNK_RANGE" = 0-1 ]; then '
+        f'if [ "$SHARDCLAIM_CHUNK_RANGE" = 0-1 ] && mkdir "{once}" 2>/dev/null; then '
         'echo 5 > "$SHARDCLAIM_CHECKPOINT_FILE"; exec sleep 60; fi'
     )
     argv = [sys.executable, "-m", "shardclaim", "run", ds, "--per-chunk", "--", "sh", "-c", cmd]
-    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = tmp_path / "first.err"
+    with err.open("wb") as stderr:
+        first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 60
     try:
         while not (ran / "0-1").exists():  # chunk 0's run has started
             assert first.poll() is None
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        # The worker reads the checkpoint file every 0.2 s; give it ample time to record (or refuse) it.
-        settle = time.monotonic() + 10
-        while int(m.read_shard(0).get("resume_chunk") or 0) == 0 and time.monotonic() < settle:
+        # The worker reads the checkpoint file every 0.2 s: wait until it recorded it, or said it did not.
+        settle = time.monotonic() + 60
+        while int(m.read_shard(0).get("resume_chunk") or 0) == 0 and "not recorded" not in err.read_text():
+            assert time.monotonic() < settle
             time.sleep(0.05)
     finally:
         first.send_signal(signal.SIGTERM)  # preempted: CMD stopped, the shard released
@@ -193,5 +197,24 @@ def test_per_chunk_checkpoint_past_the_given_chunk_is_not_recorded(tmp_path: Pat
     assert second.returncode == 0, second.stderr
     assert m.read_shard(0)["status"] == "completed"
     done = sorted(int(f.name.split("-")[0]) for f in ran.iterdir())
-    # Chunks 1-4 were never given to any run (and chunk 0's run never finished).
+    # Chunks 1-4 were never given to any run (and the first run on chunk 0 never finished).
     assert done == list(range(num_chunks)), f"chunks {sorted(set(range(num_chunks)) - set(done))} never ran"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a part in use with no lease (hand-edited; check_shard accepts it) is adopted by the CLI with "
+    "no lease token, so `complete` writes the whole document: the shard reads completed while the other "
+    "part's live holder is still working (until its next write; for good if it dies first)",
+)
+def test_cli_complete_of_a_leaseless_part_does_not_complete_the_shard(tmp_path: Path) -> None:
+    ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
+    _split(ds)
+    path = tmp_path / "ds" / "shard_000" / "metadata.json"
+    doc = json.loads(path.read_text())
+    doc["ranges"][1]["lease"] = None  # hand-edited: in use by w2, no lease
+    path.write_text(json.dumps(doc))
+    _cli("complete", "--shard_id", "0", "--worker_id", "w2", ds)  # refused, or completes w2's part only
+    doc = json.loads(path.read_text())
+    assert doc["ranges"][0]["status"] == "in_use"  # w1 still holds [0, cut) and works on it
+    assert doc["status"] == "in_use", f"the shard reads {doc['status']} while w1 works on chunks of it"
