@@ -237,6 +237,8 @@ def _check_ranges(key: str, doc: dict[str, Any]) -> None:
         where = f"{key} part {i}"
         if not isinstance(part, dict) or part.get("status") not in STATUSES or "ranges" in part:
             raise MetadataError(key, f"part {i} must be an object with a known status")
+        if part["status"] == "in_use" and not isinstance(part.get("lease"), dict):
+            raise MetadataError(key, f"part {i} is in_use but names no lease")
         start, end = _int(where, part, "start"), _int(where, part, "end")
         if start != at or end <= start:
             raise MetadataError(

@@ -45,14 +45,18 @@ def test_a_shard_whose_command_exits_127_ends_under_a_restart_loop(tmp_path: Pat
     released for ever. After 3 such releases the next one counts as the shard's failure."""
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=4, records=8)
     only_shard_2 = '[ "$SHARDCLAIM_SHARD_ID" != 2 ] || exit 127'
-    for restart in range(10):  # the supervisor
+    restarts = 0
+    while restarts < 10:  # the supervisor
+        restarts += 1
         result = run(ds, "--max-attempts", "1", "--", "sh", "-c", only_shard_2)
-        if result.returncode == 1 and "cannot start" not in result.stderr and "no attempt spent" not in (
-            result.stderr
+        if (
+            result.returncode == 1
+            and "cannot start" not in result.stderr
+            and "no attempt spent" not in (result.stderr)
         ):
             break
     else:
-        pytest.fail(f"still not settled after {restart + 1} restarts: {result.stderr[-2000:]}")
+        pytest.fail(f"still not settled after {restarts} restarts: {result.stderr[-2000:]}")
     by_id = {d["shard_id"]: d for d in docs(ds)}
     assert [by_id[i]["status"] for i in range(4)] == ["completed", "completed", "failed", "completed"]
     assert "127" in str(by_id[2]["last_error"])

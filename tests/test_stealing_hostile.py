@@ -201,12 +201,6 @@ def test_per_chunk_checkpoint_past_the_given_chunk_is_not_recorded(tmp_path: Pat
     assert done == list(range(num_chunks)), f"chunks {sorted(set(range(num_chunks)) - set(done))} never ran"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a part in use with no lease (hand-edited; check_shard accepts it) is adopted by the CLI with "
-    "no lease token, so `complete` writes the whole document: the shard reads completed while the other "
-    "part's live holder is still working (until its next write; for good if it dies first)",
-)
 def test_cli_complete_of_a_leaseless_part_does_not_complete_the_shard(tmp_path: Path) -> None:
     ds = build_dataset(str(tmp_path / "ds"), tmp_path, shards=1, records=100, chunk_size_mb=0.0005)
     _split(ds)
