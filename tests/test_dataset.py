@@ -145,8 +145,11 @@ def test_blocks_is_round_robin_on_a_small_input(tmp_path: Path) -> None:
     assert dataset_lines(tmp_path / "blocks") == dataset_lines(tmp_path / "round_robin")
 
 
+@pytest.mark.parametrize(
+    "validate", [False, True]
+)  # blank lines found by the scans, or by the validating walk
 @pytest.mark.parametrize("size", [600, 12_000])  # lines counted byte by byte, or walked line to line
-def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path, size: int) -> None:
+def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path, size: int, validate: bool) -> None:
     lines = records(6000, size=size)
     body = bytearray()
     for i, line in enumerate(lines):
@@ -155,7 +158,9 @@ def test_blocks_leaves_out_blank_lines_inside_runs(tmp_path: Path, size: int) ->
             body += [b"\n", b"  \n", b"\t\r\n", b"\n\n"][i % 4]
     src = tmp_path / "in.jsonl"
     src.write_bytes(bytes(body))
-    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=0.1)
+    master = create_sharded_dataset(
+        str(src), str(tmp_path / "ds"), num_shards=4, chunk_size_mb=0.1, validate=validate
+    )
     assert master["strategy"] == "blocks"
     assert Counter(dataset_lines(tmp_path / "ds")) == Counter(lines)
     assert master["blank_lines"] == sum(2 if i % 4 == 3 else 1 for i in range(0, 6000, 997))
