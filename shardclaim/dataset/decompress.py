@@ -11,7 +11,7 @@ checked:
   decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
   when it has one; skippable frames are skipped.
 
-gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; every format is
+gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; gzip, bz2 and xz are
 decompressed in a background thread a few 8 MiB blocks ahead of the builder (:class:`_ReadAhead`).
 
 Zero bytes between or after gzip, bz2 and xz streams are padding (as gzip(1) and xz(1) accept); any other
@@ -44,17 +44,18 @@ def _truncated(kind: str) -> CompressedStreamError:
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     """A reader of the decompressed bytes of ``raw`` (which it closes) that raises
     :class:`CompressedStreamError` rather than ending early."""
-    reader: _Reader
     if compression == "zstd":
-        reader = _ZstdReader(raw)
-    else:
-        factories: dict[str, Callable[[], Any]] = {
-            "gzip": _gzip_decoder_factory(),
-            "bz2": bz2.BZ2Decompressor,
-            "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO),
-        }
-        reader = _StreamReader(raw, compression, factories[compression])
-    return _ReadAhead(reader)  # type: ignore[return-value]  # the read()/readinto() subset
+        # Not read ahead: side by side here, zstd builds were 1.31x zstd -dc's time with a read-ahead
+        # thread and 1.24x without (gzip: 0.32x with, 0.39x without).
+        return _ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
+    factories: dict[str, Callable[[], Any]] = {
+        "gzip": _gzip_decoder_factory(),
+        "bz2": bz2.BZ2Decompressor,
+        "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_AUTO),
+    }
+    return _ReadAhead(  # type: ignore[return-value]  # the read()/readinto() subset
+        _StreamReader(raw, compression, factories[compression])
+    )
 
 
 def _gzip_decoder_factory() -> Callable[[], Any]:
