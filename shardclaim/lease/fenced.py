@@ -158,6 +158,8 @@ class FencedLease:
     def _changed(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         if self.token is None:
             return change(dict(self._doc))
+        if ranges.is_split(self._doc) and ranges.part_of(self._doc, self.token) is None:
+            raise self._error("its part of the shard is no longer in use")  # never a blind write
         # A part of a split shard is renewed by its own time: the object's is every part's latest write.
         when = self.store.now() if ranges.is_split(self._doc) else None
         return ranges.with_part(dict(self._doc), self.token, change, written_at=when)
