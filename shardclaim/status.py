@@ -30,6 +30,7 @@ class ShardStatusEntry(TypedDict):
     error: NotRequired[str]
     compute_s: NotRequired[float]
     records_done: NotRequired[int]  #: all of them once completed; before, those of checkpointed chunks
+    parts: NotRequired[int]  #: a split shard: how many parts (lease.ranges); absent when whole
 
 
 def shard_statuses(
@@ -58,6 +59,8 @@ def shard_statuses(
         status["compute_s"] = round(view.compute_seconds, 3)
         done = (entry.get("total_tasks") or 0) if view.status == "completed" else view.records_done
         status["records_done"] = int(done)
+        if view.parts:
+            status["parts"] = view.parts
         out.append(status)
     return out
 

@@ -202,3 +202,15 @@ def test_a_reservation_is_not_a_checkpoint(store: MemoryStore) -> None:
     other.reserve(0, 0, 2, done=True)
     other.reserve(0, 2, 2, done=True)
     assert doc(store)["resume_chunk"] == 2
+
+
+def test_status_says_a_shard_is_split(store: MemoryStore) -> None:
+    from shardclaim.cli.render import shard_line
+
+    holder, idle = mgr(store, "holder"), mgr(store, "idle")
+    holder.claim_shard()
+    holder.reserve(0, 0, 1)
+    idle.steal()
+    (entry,) = holder.get_shard_status()
+    assert entry["parts"] == 2
+    assert shard_line(entry).startswith("Shard 0: in_use in 2 parts")

@@ -24,7 +24,9 @@ def shard_line(s: ShardStatusEntry, last_error: str | None = None) -> str:
     line = f"Shard {s['shard_id']}: {s['status']}"
     if s["status"] in ("invalid", "missing"):
         return line + (f": {s['error']}" if s.get("error") else "")
-    if s["status"] == "in_use":
+    if s.get("parts"):  # a split shard: its parts' holders and leases are in status --json
+        line += f" in {s['parts']} parts" + (", one with an EXPIRED lease" if s.get("expired") else "")
+    elif s["status"] == "in_use":
         line += f" (assigned to: {s['assigned_to']})"
         line += f", heartbeat {s['heartbeat_age_s']:.0f}s ago" + (", EXPIRED" if s["expired"] else "")
     if s.get("attempt"):
