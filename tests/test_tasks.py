@@ -212,3 +212,19 @@ def test_the_command_line_builds_files_and_grids(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert both.returncode == 2
     assert "not allowed with" in both.stderr
+
+
+def test_the_seed_apis_claim_names_the_task_files_themselves(tmp_path: Path) -> None:
+    """claim_shard()["chunks"] (what `shardclaim claim` and the seed's script print) are the files a
+    worker opens — the task files of a files dataset, not names inside the dataset."""
+    from shardclaim import ShardManager
+
+    paths = make_files(tmp_path / "in", 6)
+    ds = str(tmp_path / "ds")
+    create_file_tasks(str(tmp_path / "in" / "*" / "*.bin"), ds, 2)
+    m = ShardManager(ds, "w")
+    claimed = [m.claim_shard(s) for s in range(2)]
+    assert all(c is not None for c in claimed)
+    named = [p for c in claimed for p in c["chunks"]]  # type: ignore[index]
+    assert sorted(named) == sorted(str(p) for p in paths)
+    assert all(Path(p).is_file() for p in named)

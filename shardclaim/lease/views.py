@@ -24,6 +24,7 @@ from shardclaim.layout import (
     STATUSES,
     MetadataError,
     check_shard,
+    chunk_locations,
     parse_json,
 )
 from shardclaim.lease.halt import HALT_KEY, halted
@@ -192,7 +193,7 @@ def describe(doc: Mapping[str, Any], base_url: str, dataset_dir: str) -> Claimed
     """A claimed shard as the seed's API returns it: its document, with ``chunks`` as readable URLs
     under ``base_url`` (the shard's directory) and the chunk entries as ``chunk_info``."""
     out = {k: v for k, v in doc.items() if k != "chunks"}
-    out["chunks"] = [f"{base_url}/{c['file']}" for c in doc["chunks"]]
+    out["chunks"] = chunk_locations(dict(doc), base_url)  # chunk files, task files, or source ranges
     out["chunk_info"] = list(doc["chunks"])
     out["dataset_dir"] = dataset_dir
     return cast(ClaimedShard, out)
