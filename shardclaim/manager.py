@@ -24,7 +24,6 @@ from typing import Any
 
 from shardclaim._identity import default_worker_id, launcher_index
 from shardclaim.errors import (
-    GenerationMismatchError,
     LeaseLostError,
     ObjectNotFoundError,
     ShardclaimError,
@@ -34,7 +33,7 @@ from shardclaim.fanin import wait_for_shards
 from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
 from shardclaim.lease import halt, ranges
 from shardclaim.lease import shard as transitions
-from shardclaim.lease.fenced import FencedLease
+from shardclaim.lease.fenced import FencedLease, write_judged
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.select import Candidates
 from shardclaim.lease.views import ClaimedShard, InvalidShards, ShardView, read_listing
@@ -241,9 +240,7 @@ class ShardManager(Operations, Stealing):
         poisoned = transitions.poisoned(doc, self.max_expiries, now)
         if poisoned is None:
             return True
-        with contextlib.suppress(GenerationMismatchError):
-            data, meta = transitions.encode({**poisoned, "write_token": uuid.uuid4().hex})
-            self._store.write(obj.key, data, if_generation_match=obj.generation, metadata=meta)
+        if write_judged(self._store, obj.key, obj.generation, poisoned):
             log.warning("shard %d failed: %s", shard_id, poisoned["last_error"])
         return False
 

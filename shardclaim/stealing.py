@@ -11,18 +11,17 @@ would ignore.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from shardclaim.errors import GenerationMismatchError, LeaseLostError, MetadataError, ObjectNotFoundError
+from shardclaim.errors import LeaseLostError, MetadataError, ObjectNotFoundError
 from shardclaim.layout import check_shard, parse_json
 from shardclaim.lease import ranges
 from shardclaim.lease import shard as transitions
-from shardclaim.lease.fenced import FencedLease
+from shardclaim.lease.fenced import FencedLease, write_judged
 from shardclaim.lease.holdings import Holdings
 from shardclaim.lease.views import ClaimedShard, ShardView, describe
 from shardclaim.store import Generation, Store, StoredObject
@@ -111,9 +110,7 @@ class Stealing:
         if expired and (poisoned := transitions.poisoned(part, self.max_expiries, now)) is not None:
             parts[i] = poisoned
             new = ranges.summarized({**doc, "ranges": parts}, when=now)
-            with contextlib.suppress(GenerationMismatchError):
-                data, meta = transitions.encode({**new, "write_token": uuid.uuid4().hex})
-                self._store.write(obj.key, data, if_generation_match=obj.generation, metadata=meta)
+            if write_judged(self._store, obj.key, obj.generation, new):
                 log.warning("shard %d, chunks %d-%d failed: %s", shard_id, part["start"], part["end"] - 1,
                             poisoned["last_error"])  # fmt: skip
             return None

@@ -35,9 +35,10 @@ from shardclaim.errors import (
     TransientStoreError,
 )
 from shardclaim.lease import ranges
+from shardclaim.lease import shard as transitions
 from shardclaim.store import Generation, Store
 
-__all__ = ["Encoder", "FencedLease"]
+__all__ = ["Encoder", "FencedLease", "write_judged"]
 
 #: Refusals in a row after which a write gives up for now (each one means another writer got in first).
 _MAX_REBASES = 16
@@ -206,3 +207,15 @@ class FencedLease:
 
     def _error(self, detail: str) -> LeaseLostError:
         return LeaseLostError(self.shard_id, self.holder, detail)
+
+
+def write_judged(store: Store, key: str, generation: Generation, doc: Mapping[str, Any]) -> bool:
+    """A shard write outside any lease — an operator's reset, a claimant failing a poison shard —
+    conditioned on the generation its decision was judged on, with a fresh write token; False when the
+    object moved on since (the decision must be made again, or not at all)."""
+    data, meta = transitions.encode({**doc, "write_token": uuid.uuid4().hex})
+    try:
+        store.write(key, data, if_generation_match=generation, metadata=meta)
+    except GenerationMismatchError:
+        return False
+    return True

@@ -19,6 +19,7 @@ from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, Shar
 from shardclaim.lease import finalizer as marker
 from shardclaim.lease import ranges
 from shardclaim.lease import shard as transitions
+from shardclaim.lease.fenced import write_judged
 from shardclaim.store import Store, StoredObject
 
 __all__ = ["Only", "loads_marker", "read_marker", "reset_marker", "reset_shard"]
@@ -64,12 +65,9 @@ def reset_shard(
         else:
             when = store.now() if doc["status"] == "in_use" else None  # the attempt it cuts short ends now
             new = transitions.reset(doc, when)
-        data, meta = transitions.encode({**new, "write_token": uuid.uuid4().hex})
-        try:
-            store.write(key, data, if_generation_match=obj.generation, metadata=meta)
-        except GenerationMismatchError:
-            continue  # it moved on: judge it again
-        return True
+        if write_judged(store, key, obj.generation, new):
+            return True
+        # it moved on: judge it again
     msg = f"{key} kept changing under reset; try again"
     raise ShardclaimError(msg)
 
