@@ -18,10 +18,11 @@ import io
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.context import BaseContext
 from typing import IO, Any
+
+from shardclaim.rate import RateWindow, format_duration
 
 __all__ = ["CLEAR", "Progress", "SharedLine"]
 
@@ -133,43 +134,24 @@ def _same_terminal(a: IO[bytes], b: IO[bytes]) -> bool:
 
 class Progress:
     """The text of a run's progress line, from successive aggregates
-    (:func:`shardclaim.status.summarize`). The rate is measured over the last ``window`` seconds, so it
-    follows a job that slows down or speeds up; ``clock`` is injectable."""
+    (:func:`shardclaim.status.summarize`). The rate is measured over the last ``window`` seconds
+    (:class:`~shardclaim.rate.RateWindow`, as the live view measures it), so it follows a job that slows
+    down or speeds up; ``clock`` is injectable."""
 
     def __init__(
         self, total_records: int, *, window: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._total = total_records
-        self._window = window
+        self._window = RateWindow(window)
         self._clock = clock
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def rate(self, done: int) -> float:
-        """Records per second over the window, after recording ``done`` now."""
-        now = self._clock()
-        self._samples.append((now, done))
-        while len(self._samples) > 2 and self._samples[1][0] <= now - self._window:
-            self._samples.popleft()  # keep one sample at or before the window's start as its base
-        t0, d0 = self._samples[0]
-        return max(0.0, (done - d0) / (now - t0)) if now > t0 else 0.0
 
     def text(self, agg: Mapping[str, Any]) -> str:
         counts, done = agg["counts"], int(agg["records_done"])
-        rate = self.rate(done)
+        self._window.add(self._clock(), done, int(counts.get("completed", 0)))
+        rate = max(0.0, (self._window.rates() or (0.0, 0.0))[0])
         left = max(0, self._total - done)
-        eta = _duration(left / rate) if rate > 0 and left else ("-" if left else "0s")
+        eta = format_duration(left / rate) if rate > 0 and left else ("-" if left else "0s")
         return (
             f"{counts.get('completed', 0)}/{agg['shards']} shards done, {counts.get('in_use', 0)} running, "
             f"{counts.get('failed', 0)} failed; {done}/{self._total} records, {rate:,.0f}/s, ETA {eta}"
         )
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"

@@ -4,12 +4,12 @@ failed shard's error (read once per failure, never again while the shard stays f
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shardclaim.errors import ShardclaimError
+from shardclaim.rate import RateWindow
 from shardclaim.store.base import Generation
 from shardclaim.view.snapshot import Snapshot, take
 
@@ -20,50 +20,6 @@ __all__ = ["Failure", "Follower", "Look", "RateWindow", "Running"]
 
 #: How many running shards and failures a look names.
 SHOWN = 5
-
-
-class RateWindow:
-    """Records and shards done per second over the last ``seconds`` (store clock)."""
-
-    def __init__(self, seconds: float = 60.0) -> None:
-        if not seconds > 0:
-            msg = f"seconds must be positive, got {seconds!r}"
-            raise ValueError(msg)
-        self.seconds = seconds
-        self._samples: deque[tuple[float, int, int]] = deque()
-
-    def add(self, t: float, records: int, shards: int) -> None:
-        if self._samples and (records < self._samples[-1][1] or shards < self._samples[-1][2]):
-            self._samples.clear()  # an operator reset shards: what was done before says nothing now
-        self._samples.append((t, records, shards))
-        # Keep the newest sample at least `seconds` old, so the window spans all of it.
-        while len(self._samples) > 2 and self._samples[1][0] <= t - self.seconds:
-            self._samples.popleft()
-
-    @property
-    def span(self) -> float:
-        return self._samples[-1][0] - self._samples[0][0] if self._samples else 0.0
-
-    def rates(self) -> tuple[float, float] | None:
-        """(records per second, shards per second), or None before two looks apart in time."""
-        if self.span <= 0:
-            return None
-        (t0, r0, s0), (t1, r1, s1) = self._samples[0], self._samples[-1]
-        return (r1 - r0) / (t1 - t0), (s1 - s0) / (t1 - t0)
-
-    def eta(self, records_left: int, shards_left: int) -> float | None:
-        """Seconds until done at the window's rate (records where records move, else shards)."""
-        rates = self.rates()
-        if rates is None:
-            return None
-        if records_left == 0 and shards_left == 0:
-            return 0.0
-        per_record, per_shard = rates
-        if per_record > 0 and records_left > 0:
-            return records_left / per_record
-        if per_shard > 0:
-            return shards_left / per_shard
-        return None
 
 
 @dataclass(frozen=True, slots=True)

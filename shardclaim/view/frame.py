@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC
 
 from shardclaim.idranges import compact
+from shardclaim.rate import format_duration
 from shardclaim.view.follow import Look
 from shardclaim.view.snapshot import SHOWN_STATES, Shown, shown_state
 
@@ -37,19 +38,6 @@ _NAMES: dict[Shown, str] = {"completed": "completed", "in_use": "running", "expi
 _URGENCY: tuple[Shown, ...] = ("failed", "invalid", "expired", "in_use", "available", "missing", "completed")
 
 Segment = tuple[str, str | None]  # text, SGR colour
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def cell_states(states: Sequence[Shown], per_cell: int) -> list[Shown]:
