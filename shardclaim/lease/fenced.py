@@ -159,11 +159,22 @@ class FencedLease:
     def _changed(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
         if self.token is None:
             return change(dict(self._doc))
-        if ranges.is_split(self._doc) and ranges.part_of(self._doc, self.token) is None:
-            raise self._error("its part of the shard is no longer in use")  # never a blind write
-        # A part of a split shard is renewed by its own time: the object's is every part's latest write.
-        when = self.store.now() if ranges.is_split(self._doc) else None
+        when = None
+        if ranges.is_split(self._doc):
+            if ranges.part_of(self._doc, self.token) is None:
+                raise self._error("its part of the shard is no longer in use")  # never a blind write
+            # A part is renewed by its own time: the object's is every part's latest write.
+            when = self.store.now()
         return ranges.with_part(dict(self._doc), self.token, change, written_at=when)
+
+    def _stored(self) -> tuple[Generation, dict[str, Any]] | None:
+        """The object as stored now: its generation and document (None if it is not a JSON object)."""
+        obj = self.store.read(self.key)
+        try:
+            current = orjson.loads(obj.data)
+        except orjson.JSONDecodeError:
+            return None
+        return (obj.generation, current) if isinstance(current, dict) else None
 
     def _rebased(self) -> bool:
         """After a refusal: whether the lease token still holds in the document now stored (which the
@@ -171,13 +182,12 @@ class FencedLease:
         if self.token is None:
             return False
         try:
-            obj = self.store.read(self.key)
-            current = orjson.loads(obj.data)
-        except (ObjectNotFoundError, orjson.JSONDecodeError):
+            stored = self._stored()
+        except ObjectNotFoundError:
             return False
-        if not isinstance(current, dict) or not ranges.owns(current, self.token):
+        if stored is None or not ranges.owns(stored[1], self.token):
             return False
-        self._generation, self._doc = obj.generation, current
+        self._generation, self._doc = stored
         return True
 
     def end(self, why: str) -> None:
@@ -191,15 +201,12 @@ class FencedLease:
         if self._pending is None:
             return None
         token, final, kind = self._pending
-        obj = self.store.read(self.key)
+        stored = self._stored()
         self._pending = None
-        try:
-            current = orjson.loads(obj.data)
-        except orjson.JSONDecodeError:
+        if stored is None or stored[1].get("write_token") != token:
             return None
-        if not isinstance(current, dict) or current.get("write_token") != token:
-            return None
-        self._generation, self._doc = obj.generation, current  # it landed: carry on from it
+        self._generation, self._doc = stored  # it landed: carry on from it
+        current = stored[1]
         if final:
             self._ended = "it settled the object"
             self._settled = (kind, current)
