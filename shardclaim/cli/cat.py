@@ -14,17 +14,9 @@ import argparse
 import sys
 from typing import Any
 
+from shardclaim.cli.options import non_negative_int
+
 __all__ = ["register", "run_cat"]
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def register(sub: Any) -> None:

@@ -7,20 +7,37 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["both_spellings", "budget", "lease_seconds", "positive_float", "positive_int", "show_defaults"]
+__all__ = [
+    "both_spellings",
+    "budget",
+    "lease_seconds",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "show_defaults",
+]
 
 #: The longest lease anyone may take (the same bound as the manager's: a week).
 _MAX_LEASE = 7 * 24 * 3600.0
 
 
-def positive_int(text: str) -> int:
+def _whole(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A shard id, a chunk index: 0 or more."""
+    return _whole(text, 0)
 
 
 def budget(text: str) -> int:
