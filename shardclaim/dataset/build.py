@@ -43,10 +43,10 @@ from shardclaim.dataset.inputs import (
     open_inputs,
     size_of,
 )
-from shardclaim.dataset.output import Output, prepare_output
+from shardclaim.dataset.output import Output, prepare_output, shard_entries
 from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
 from shardclaim.errors import InputError, InvalidRecordError
-from shardclaim.layout import FORMAT_VERSION, shard_dir
+from shardclaim.layout import FORMAT_VERSION
 
 if TYPE_CHECKING:  # validate (simdjson, multiprocessing) is imported only when validating
     from shardclaim.dataset.validate import BackgroundValidator, Invalid
@@ -209,17 +209,7 @@ def _build(
         "blank_lines": stats["blank"],
         "inputs": input_names(files),
         "created_at": datetime.now(UTC).isoformat(),
-        "shards": [
-            {
-                "shard_id": d["shard_id"],
-                "directory": shard_dir(d["shard_id"], num_shards),
-                "status": "available",
-                "total_tasks": d["total_tasks"],
-                "num_chunks": d["num_chunks"],
-                "size_bytes": sum(c["size_bytes"] for c in d["chunks"]),
-            }
-            for d in shards
-        ],
+        "shards": shard_entries(shards),
         **(extra or {}),
     }
     output.publish(shards, master)

@@ -39,7 +39,7 @@ import orjson
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.lock import MARKER_KEY, MarkerLock, ProcessLock
 from shardclaim.errors import DatasetExistsError, ShardclaimError
-from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard
+from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, shard_dir
 from shardclaim.store import RetryingStore, open_store
 from shardclaim.store.base import RESERVED_PREFIX
 
@@ -56,6 +56,7 @@ __all__ = [
     "metadata_bytes",
     "prepare_output",
     "refuse_existing",
+    "shard_entries",
     "write_metadata",
 ]
 
@@ -115,6 +116,22 @@ def foreign(output_dir: str, example: str) -> DatasetExistsError:
         output_dir,
         example,
     )
+
+
+def shard_entries(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the master says of each shard (id, directory, size), from the shards' documents."""
+    num_shards = len(shards)
+    return [
+        {
+            "shard_id": d["shard_id"],
+            "directory": shard_dir(d["shard_id"], num_shards),
+            "status": "available",
+            "total_tasks": d["total_tasks"],
+            "num_chunks": d["num_chunks"],
+            "size_bytes": sum(c["size_bytes"] for c in d["chunks"]),
+        }
+        for d in shards
+    ]
 
 
 def metadata_bytes(key: str, doc: dict[str, Any]) -> bytes:

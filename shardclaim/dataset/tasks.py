@@ -27,9 +27,9 @@ from typing import IO, Any
 import orjson
 
 from shardclaim.dataset.inputs import secrets_of, shown
-from shardclaim.dataset.output import prepare_output
+from shardclaim.dataset.output import prepare_output, shard_entries
 from shardclaim.errors import InputError
-from shardclaim.layout import FORMAT_VERSION_REFERENCES, shard_dir
+from shardclaim.layout import FORMAT_VERSION_REFERENCES
 
 __all__ = ["GridInput", "create_file_tasks", "create_grid_tasks", "list_files"]
 
@@ -186,17 +186,7 @@ def _master(
         "inputs": inputs,
         "created_at": datetime.now(UTC).isoformat(),
         **extra,
-        "shards": [
-            {
-                "shard_id": d["shard_id"],
-                "directory": shard_dir(d["shard_id"], num_shards),
-                "status": "available",
-                "total_tasks": d["total_tasks"],
-                "num_chunks": d["num_chunks"],
-                "size_bytes": sum(c["size_bytes"] for c in d["chunks"]),
-            }
-            for d in shards
-        ],
+        "shards": shard_entries(shards),
     }
 
 
