@@ -161,4 +161,4 @@ class Stealing:
         part = doc
         if lease.token is not None and (i := ranges.part_of(doc, lease.token)) is not None:
             part = doc["ranges"][i]
-        return int(part["reserved_chunk"]), int(part.get("end") or num_chunks)
+        return int(part["reserved_chunk"]), transitions.end_of(part, num_chunks)

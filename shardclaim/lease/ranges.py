@@ -108,11 +108,6 @@ def held_by(doc: Doc, worker: str) -> Doc | None:
     )
 
 
-def _end(part: Mapping[str, Any], num_chunks: int) -> int:
-    end = part.get("end")
-    return int(end) if end is not None else num_chunks
-
-
 untouched = transitions.untouched
 
 
@@ -121,7 +116,7 @@ def reserved(part: Doc, cursor: int, count: int, num_chunks: int, *, done: bool 
     end, which a split may have moved) are reserved for it, never less than before. ``done``: the chunks
     before ``cursor`` are also done for good (a checkpoint: a later holder resumes after them) — only
     when their results are durable, which a reservation alone does not say."""
-    end = _end(part, num_chunks)
+    end = transitions.end_of(part, num_chunks)
     cursor = min(max(int(cursor), int(part.get("resume_chunk") or 0)), end)
     held = min(max(cursor + max(1, int(count)), int(part.get("reserved_chunk") or 0)), end)
     return {**part, "reserved_chunk": held, **({"resume_chunk": cursor} if done else {})}
@@ -129,7 +124,7 @@ def reserved(part: Doc, cursor: int, count: int, num_chunks: int, *, done: bool 
 
 def _as_part(doc: Mapping[str, Any], num_chunks: int, renewed_at: datetime) -> Doc:
     part = {k: doc[k] for k in PART_FIELDS if k in doc}  # its past attempts stay the shard's own
-    part.update(start=0, end=_end(doc, num_chunks), attempts=[])
+    part.update(start=0, end=transitions.end_of(doc, num_chunks), attempts=[])
     part["renewed_at"] = renewed_at.isoformat()
     return part
 

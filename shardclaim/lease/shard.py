@@ -33,6 +33,7 @@ __all__ = [
     "claimed",
     "completed",
     "encode",
+    "end_of",
     "expired",
     "failed",
     "lease_expired",
@@ -287,8 +288,13 @@ def untouched(part: Mapping[str, Any], num_chunks: int) -> tuple[int, int]:
     if part.get("status") != "in_use" or "reserved_chunk" not in part:
         return 0, 0
     lo = max(int(part.get("resume_chunk") or 0), int(part["reserved_chunk"]))
+    return lo, end_of(part, num_chunks)
+
+
+def end_of(part: Mapping[str, Any], num_chunks: int) -> int:
+    """Where a holder's chunks end: its part's ``end``, or the shard's last chunk for a whole shard."""
     end = part.get("end")
-    return lo, int(end) if end is not None else num_chunks
+    return int(end) if end is not None else num_chunks
 
 
 def records_checkpointed(doc: Mapping[str, Any]) -> int:
