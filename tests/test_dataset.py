@@ -474,3 +474,62 @@ def test_both_ways_of_counting_lines_and_finding_blank_ones_agree(monkeypatch: p
         assert counted == walked
         assert counted[0] == len(parts)
         assert len(counted[1]) == len(blanks)
+
+
+def test_a_blocks_plan_from_its_line_ends_matches_counting_each_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan_block on short lines (numpy's line ends, lineends) against a plain reference: the cuts
+    deal_block makes, each run's newlines by bytes.count, the blank lines by is_blank, on blocks that start
+    inside a buffer (the builder's blocks begin after the line carried from the last read)."""
+    import random
+
+    from shardclaim.dataset import deal
+    from shardclaim.dataset.inputs import is_blank
+
+    rng = random.Random(7)
+    kinds = [b"\n", b"  \n", b"\t\r\n", b"\x0c\n", b" x\n", b'{"a": 1}\n', b"\r\n", b"y" * 300 + b"\n"]
+    for _ in range(300):
+        lead = b"z" * rng.randint(0, 50)
+        parts = [rng.choice(kinds) for _ in range(rng.randint(1, 400))]
+        data = bytearray(lead + b"".join(parts) + b"tail-without-newline")
+        start, end = len(lead), len(data) - len(b"tail-without-newline")
+        shards = rng.randint(1, 6)
+        share = (end - start) // (deal.RUNS_PER_SHARD * shards)
+        cuts, pos = [], start
+        while pos < end:
+            pos = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
+            cuts.append(pos)
+        counts = [data.count(b"\n", a, b) for a, b in zip([start, *cuts], cuts, strict=False)]
+        begins = [start + sum(map(len, parts[:i])) for i in range(len(parts))]
+        blanks = [(b, b + len(p)) for b, p in zip(begins, parts, strict=True) if is_blank(p)]
+        monkeypatch.setattr(deal, "_LONG_LINE", 1 << 30)  # every line short: numpy's line ends
+        assert deal.plan_block(data, start, end, shards) == (blanks, counts)
+        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # every line long: walked run by run
+        assert deal.plan_block(data, start, end, shards) == (blanks, counts)
+
+
+def test_with_two_buffers_a_block_is_intact_until_the_one_after_the_next_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builder deals block k while block k+1's plan is made (deal.planned): block k must not be
+    read over meanwhile, across input files (also empty ones, and reads that find only the end of a
+    file), and the blocks must still be the inputs' lines, each exactly once."""
+    import random
+
+    from shardclaim.dataset import inputs
+
+    monkeypatch.setattr(inputs, "_BLOCK", 64)
+    rng = random.Random(11)
+    for trial in range(40):
+        paths, expected = [], b""
+        for i in range(rng.randint(1, 5)):
+            lines = b"".join(b"x" * rng.randint(0, 150) + b"\n" for _ in range(rng.randint(0, 6)))
+            (path := tmp_path / f"{trial}_{i}.jsonl").write_bytes(lines)
+            paths.append(str(path))
+            expected += lines
+        seen, previous = b"", None
+        for _, _, data, start, end in inputs.blocks_of(inputs.open_inputs(paths), None, buffers=2):
+            if previous is not None:  # the block before this one, as it was when it was yielded
+                assert bytes(previous[0][previous[1] : previous[2]]) == previous[3]
+            previous = (data, start, end, bytes(data[start:end]))
+            seen += bytes(data[start:end])
+        assert seen == expected

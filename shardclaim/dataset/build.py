@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from shardclaim.dataset.chunks import ChunkWriter
-from shardclaim.dataset.deal import deal_block, plan_block, runs_suit
+from shardclaim.dataset.deal import deal_block, planned, runs_suit
 from shardclaim.dataset.inputs import (
     blocks_of,
     input_names,
@@ -241,13 +241,17 @@ def _distribute(
     walk = _Walk(writer, opts, total, parse)
     blocks = opts.strategy == "blocks"
     current = 0
-    for index, name, data, start, end in blocks_of(files, bar):
+    if blocks and parse is None:  # no Python code per line: each block planned ahead (see deal)
+        stream = planned(blocks_of(files, bar, buffers=2), opts.num_shards)
+    else:
+        stream = ((block, None) for block in blocks_of(files, bar))
+    for (index, name, data, start, end), plan in stream:
         if index != current:
             current, walk.lineno = index, 0
         runs = blocks and runs_suit(end - start, opts.num_shards)
         counts = None
-        if runs and parse is None:  # no Python code per line: see deal
-            holes, counts = plan_block(data, start, end, opts.num_shards)
+        if plan is not None:
+            holes, counts = plan.result()
             stats["blank"] += len(holes)  # (line numbers: only inline validation needs them)
         else:
             holes = walk.lines(name, data, start, end, stats, deal=not runs)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from shardclaim.dataset.deal import excluded_blanks
+from shardclaim.dataset.inputs import is_blank
 from shardclaim.dataset.read import open_shard, verify_chunk
 from shardclaim.layout import chunk_locations
 
@@ -80,7 +81,7 @@ def _ranges(meta: dict[str, Any], entries: list[dict[str, Any]]) -> Iterator[byt
                 yield _without_blanks(data, end)
         if carry:
             line = carry + b"\n"
-            if excluded_blanks(line, 0, len(line)) == []:
+            if not is_blank(line):
                 yield line
 
 

@@ -3,10 +3,11 @@
 Each block the builder reads (an 8 MiB window of an input, less the line it shares with the next
 window) is cut into about ``4 N`` runs of equal bytes, each ending at the first line end at or after its
 share; the runs go to the shards in rotation, the rotation carrying on from block to block. No Python
-code runs per short line: a run's records are counted with ``bytes.count`` and blank lines found with
-one regular-expression scan (long lines are walked with ``find``, see :func:`lines_and_blanks`), so the
-build goes at the speed of scanning and copying bytes (``round_robin`` spends about a microsecond of
-interpreter time per line, which on 470-byte records is most of the build).
+code runs per short line: numpy lists a block's line ends in one pass, which gives the cuts, each run's
+records and the lines that may be blank (:mod:`~shardclaim.dataset.lineends`; long lines are walked with
+``find``, see :func:`lines_and_blanks`), so the build goes at the speed of copying bytes
+(``round_robin`` spends about a microsecond of interpreter time per line, which on 470-byte records is
+most of the build).
 
 Balance: every shard receives runs of the same size, so shards differ in bytes by about one run (an
 8 MiB block / 4 N: 256 KiB for 8 shards) and in records by the records such a run holds. A block too
@@ -18,19 +19,17 @@ so a build is deterministic whatever the decompressor.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from shardclaim.dataset.chunks import ChunkWriter
 from shardclaim.dataset.inputs import is_blank
 
-__all__ = ["MIN_RUN", "deal_block", "runs_suit"]
+__all__ = ["MIN_RUN", "deal_block", "planned", "runs_suit"]
 
 MIN_RUN = 4096
 RUNS_PER_SHARD = 4
-# A line that may be blank: a newline followed by JSON whitespace (the block's first line is apart).
-_MAYBE_BLANK = re.compile(rb"\n(?=[\n \t\r])")
 _WHITESPACE = b" \t\r\n"
 _LONG_LINE = 2048  # bytes: from this mean length on, walking line to line beats counting byte by byte
 
@@ -41,37 +40,30 @@ def runs_suit(length: int, num_shards: int) -> bool:
 
 
 def excluded_blanks(data: bytes | bytearray, start: int, end: int) -> list[tuple[int, int]]:
-    """The blank lines (JSON whitespace only) of ``data[start:end]`` as ``(begin, end)`` ranges."""
-    found = []
-    view = memoryview(data)
-    try:
-        if data[start] in _WHITESPACE:
-            nl = data.index(b"\n", start, end) + 1
-            if is_blank(view[start:nl]):
-                found.append((start, nl))
-        for m in _MAYBE_BLANK.finditer(data, start, end):
-            begin = m.start() + 1
-            if begin >= end:
-                break
-            nl = data.index(b"\n", begin, end) + 1
-            if is_blank(view[begin:nl]):
-                found.append((begin, nl))
-    finally:
-        view.release()
-    return found
+    """The blank lines (JSON whitespace only) of ``data[start:end]`` (whole lines) as ``(begin, end)``
+    ranges."""
+    from shardclaim.dataset.lineends import count_and_blanks
+
+    return count_and_blanks(data, start, end)[1]
+
+
+def _short_lines(data: bytes | bytearray, a: int, b: int) -> bool:
+    """Whether the lines from ``a`` on are short (by a 64 KiB sample; one without a line end: long)."""
+    probe = min(b, a + 65536)
+    return probe - a < data.count(b"\n", a, probe) * _LONG_LINE
 
 
 def lines_and_blanks(data: bytes | bytearray, a: int, b: int) -> tuple[int, list[tuple[int, int]]]:
     """The newlines in ``data[a:b]`` (whole lines) and its blank lines as ``(begin, end)`` ranges.
 
-    Two ways, chosen by the lines' length in a 64 KiB sample: short lines are counted by ``bytes.count``
-    and blank ones found by one regular-expression scan (both about a byte per cycle, whatever the
-    lines); long ones are walked line to line with ``find`` (``memchr``, many bytes per cycle, plus about
-    0.3 microseconds of interpreter per line: on 10 KB records a tenth of the scans' cost)."""
-    probe = min(b, a + 65536)
-    sampled = data.count(b"\n", a, probe)
-    if probe - a < sampled * _LONG_LINE:  # short lines (a sample without a line end: very long ones)
-        return data.count(b"\n", a, b), excluded_blanks(data, a, b)
+    Two ways, chosen by the lines' length in a 64 KiB sample: short lines through their line ends, found
+    by numpy (:mod:`~shardclaim.dataset.lineends`, a few bytes per cycle, nothing per line); long ones
+    walked line to line with ``find`` (``memchr``, many bytes per cycle, plus about 0.3 microseconds of
+    interpreter per line: on 10 KB records a third of numpy's cost)."""
+    if _short_lines(data, a, b):
+        from shardclaim.dataset.lineends import count_and_blanks
+
+        return count_and_blanks(data, a, b)
     holes = []
     count = 0
     pos = a
@@ -97,6 +89,10 @@ def plan_block(
     counts: list[int] = []
     holes: list[tuple[int, int]] = []
     pos = start
+    if _short_lines(data, start, end):  # the block's line ends at once (lineends)
+        from shardclaim.dataset.lineends import plan_runs
+
+        return plan_runs(data, start, end, share)
     while pos < end:
         cut = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
         count, blank = lines_and_blanks(data, pos, cut)
@@ -104,6 +100,32 @@ def plan_block(
         holes += blank
         pos = cut
     return holes, counts
+
+
+Block = tuple[int, str, bytes | bytearray, int, int]
+Plan = tuple[list[tuple[int, int]], list[int]]
+
+
+def planned(blocks: Iterator[Block], num_shards: int) -> Iterator[tuple[Block, Future[Plan] | None]]:
+    """Each block of ``blocks`` (:func:`~shardclaim.dataset.inputs.blocks_of` with two buffers) with its
+    plan (:func:`plan_block`; None for a block dealt line by line), the next block's plan being made
+    in a thread while the caller deals this one: numpy leaves the GIL while it scans, so the scan runs
+    on a second core beside the copying. A block's plan is ready once its ``result()`` returns, which
+    the caller asks before dealing it, so a buffer is never read into while its plan is being made."""
+    with ThreadPoolExecutor(1, thread_name_prefix="shardclaim-plan") as pool:
+        pending: tuple[Block, Future[Plan] | None] | None = None
+        for block in blocks:
+            _, _, data, start, end = block
+            plan = (
+                pool.submit(plan_block, data, start, end, num_shards)
+                if runs_suit(end - start, num_shards)
+                else None
+            )
+            if pending is not None:
+                yield pending
+            pending = (block, plan)
+        if pending is not None:
+            yield pending
 
 
 def deal_block(

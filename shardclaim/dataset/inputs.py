@@ -97,18 +97,24 @@ def size_of(f: Any) -> int:
         return 0
 
 
-def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes | bytearray, int, int]]:
+def blocks_of(
+    files: list[Any], progress: Any, *, buffers: int = 1
+) -> Iterator[tuple[int, str, bytes | bytearray, int, int]]:
     """Yield ``(input index, input name, data, start, end)`` where ``data[start:end]`` is whole lines.
 
-    One 8 MiB buffer is read into again and again (filled whole: a block is an 8 MiB window of the
-    input's bytes, less the line it shares with the next), so a block is only valid until the next one is
-    asked for: copy whatever must outlive it. The line that straddles two reads is yielded on its own
-    (a small copy), so the large blocks are never joined. A last line without a newline gets one.
+    ``buffers`` 8 MiB buffers are read into in turn (each filled whole: a block is an 8 MiB window of
+    the input's bytes, less the line it shares with the next); a buffer is read into again only after
+    ``buffers - 1`` other blocks of whole windows have been yielded. With one buffer a block is valid
+    until the next one is asked for; with two, also while the block after it is yielded and used (see
+    :func:`~shardclaim.dataset.deal.planned`). Copy whatever must outlive that. The line that
+    straddles two reads is yielded on its own (a small copy), so the large blocks are never joined. A
+    last line without a newline gets one.
     An input that cannot be read to its end (missing, truncated, corrupt) raises :class:`InputError`
     naming it.
     """
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
+    ring = [bytearray(_BLOCK) for _ in range(buffers)]
+    views = [memoryview(b) for b in ring]
+    turn = 0
     for index, f in enumerate(files):
         name = input_name(f)
         with _opened(f, name) as handle:
@@ -117,6 +123,7 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
             begin = -1  # the first read: a BOM opening the file is an encoding marker, dropped
             while True:
                 data: bytes | bytearray
+                buf, view = ring[turn], views[turn]
                 try:
                     data, n = _fill(handle, readinto, buf, view)
                 except Exception as e:  # see _opened
@@ -136,7 +143,8 @@ def blocks_of(files: list[Any], progress: Any) -> Iterator[tuple[int, str, bytes
                 else:
                     first = begin
                 end = data.rfind(b"\n", 0, n) + 1
-                if end > first:
+                if end > first:  # the buffer is in a block now: the next read takes the next buffer
+                    turn = (turn + 1) % buffers
                     yield index, name, data, first, end
                 carry = bytes(data[end:n])
             if carry:
