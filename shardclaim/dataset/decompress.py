@@ -9,7 +9,9 @@ checked:
 * bz2, xz: each stream's end marker (and check); several streams are one stream;
 * zstd: the frames themselves are walked (headers and block sizes, without decoding) beside the
   decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
-  when it has one; skippable frames are skipped.
+  when it has one; skippable frames are skipped. A local file is decoded by a ``zstd`` process where
+  the executable is on PATH (unless ``SHARDCLAIM_ZSTD=python``), by python-zstandard otherwise: the
+  same files are accepted and refused either way (:mod:`shardclaim.dataset.zstd`).
 
 gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; gzip, bz2 and xz are
 decompressed in a background thread a few 8 MiB blocks ahead of the builder (:class:`_ReadAhead`).
@@ -28,6 +30,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
+from shardclaim.dataset.zstd import ZstdFrames, ZstdProcessReader, truncated, zstd_executable
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["open_decompressed"]
@@ -35,18 +38,22 @@ __all__ = ["open_decompressed"]
 _READ = 1 << 20  # compressed bytes asked of the file at a time
 
 
-def _truncated(kind: str) -> CompressedStreamError:
-    return CompressedStreamError(
-        kind, f"the {kind} data ends before its end-of-stream marker: the file is truncated", truncated=True
-    )
-
-
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     """A reader of the decompressed bytes of ``raw`` (which it closes) that raises
     :class:`CompressedStreamError` rather than ending early."""
     if compression == "zstd":
-        # Not read ahead: side by side here, zstd builds were 1.31x zstd -dc's time with a read-ahead
-        # thread and 1.24x without (gzip: 0.32x with, 0.39x without).
+        # Not read ahead: side by side here, python-zstandard builds were 1.31x zstd -dc's time with a
+        # read-ahead thread and 1.24x without (gzip: 0.32x with, 0.39x without).
+        try:
+            executable = zstd_executable(raw)
+        except BaseException:
+            raw.close()
+            raise
+        if executable is not None:
+            try:
+                return ZstdProcessReader(raw, executable)  # type: ignore[arg-type, return-value]
+            except OSError:  # it cannot be started (a broken install, no process left): decode here
+                pass
         return _ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
     factories: dict[str, Callable[[], Any]] = {
         "gzip": _gzip_decoder_factory(),
@@ -203,7 +210,7 @@ class _StreamReader(_Reader):
             if self._zlib or self._decoder.needs_input:
                 more = self._raw.read(_READ)
                 if not more:
-                    raise _truncated(self.kind)
+                    raise truncated(self.kind)
                 self._pending = self._pending + more if self._pending else more
 
     def _decode(self, want: int) -> bytes:
@@ -242,7 +249,7 @@ class _ZstdReader(_Reader):
         import zstandard
 
         super().__init__(raw)
-        self._frames = _ZstdFrames()
+        self._frames = ZstdFrames()
         self._tap = _Tap(raw, self._frames)
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._tap,  # type: ignore[arg-type]  # it calls read() only
@@ -259,7 +266,8 @@ class _ZstdReader(_Reader):
         try:
             n: int = self._reader.readinto(buffer)
         except self._errors as e:
-            self._frames.check_end_if_drained(self._tap)
+            if self._tap.eof and not self._frames.at_end_of_frame():  # an error at the end, in a frame
+                raise truncated("zstd") from e
             raise CompressedStreamError("zstd", f"corrupt zstd data ({e})", truncated=False) from e
         if n:
             return n
@@ -277,7 +285,7 @@ class _ZstdReader(_Reader):
 class _Tap:
     """The compressed file as the decoder reads it, every byte also shown to the frame walker."""
 
-    def __init__(self, raw: IO[bytes], frames: _ZstdFrames) -> None:
+    def __init__(self, raw: IO[bytes], frames: ZstdFrames) -> None:
         self._raw = raw
         self._frames = frames
         self.eof = False
@@ -289,91 +297,3 @@ class _Tap:
         else:
             self.eof = True
         return data
-
-
-_ZSTD_MAGIC = 0xFD2FB528
-_SKIPPABLE = 0x184D2A50  # the low four bits are free
-
-
-class _ZstdFrames:
-    """Walks zstd frames (RFC 8878) by their headers and block sizes, so that the end of the file can
-    be checked to be the end of a frame. Block contents are skipped, never decoded."""
-
-    # states: what the next ``need`` header bytes are
-    _MAGIC, _SKIP_SIZE, _DESCRIPTOR, _FRAME_HEADER, _BLOCK = range(5)
-
-    def __init__(self) -> None:
-        self._state = self._MAGIC
-        self._need = 4
-        self._head = bytearray()
-        self._skip = 0  # payload bytes to pass over before the next header
-        self._checksum = False
-        self.frames = 0
-
-    def feed(self, data: bytes) -> None:
-        pos, n = 0, len(data)
-        while pos < n:
-            if self._skip:
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-                continue
-            take = min(self._need - len(self._head), n - pos)
-            self._head += data[pos : pos + take]
-            pos += take
-            if len(self._head) == self._need:
-                header = bytes(self._head)
-                self._head.clear()
-                self._step(header)
-
-    def _step(self, header: bytes) -> None:
-        state = self._state
-        if state == self._MAGIC:
-            magic = int.from_bytes(header, "little")
-            if magic == _ZSTD_MAGIC:
-                self._state, self._need = self._DESCRIPTOR, 1
-            elif magic & ~0xF == _SKIPPABLE:
-                self._state, self._need = self._SKIP_SIZE, 4
-            else:
-                raise CompressedStreamError(
-                    "zstd", f"bytes that start no zstd frame (0x{magic:08x})", truncated=False
-                )
-        elif state == self._SKIP_SIZE:
-            self._skip = int.from_bytes(header, "little")
-            self._state, self._need = self._MAGIC, 4
-        elif state == self._DESCRIPTOR:
-            descriptor = header[0]
-            single = descriptor >> 5 & 1
-            content_size = (0, 2, 4, 8)[descriptor >> 6] or single  # 1 byte when single-segment
-            self._checksum = bool(descriptor >> 2 & 1)
-            rest = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
-            self.frames += 1
-            if rest:
-                self._state, self._need = self._FRAME_HEADER, rest
-            else:
-                self._state, self._need = self._BLOCK, 3
-        elif state == self._FRAME_HEADER:
-            self._state, self._need = self._BLOCK, 3
-        else:
-            block = int.from_bytes(header, "little")
-            kind = block >> 1 & 3
-            if kind == 3:
-                raise CompressedStreamError("zstd", "a zstd block of the reserved type", truncated=False)
-            self._skip = 1 if kind == 1 else block >> 3  # an RLE block is one byte
-            if block & 1:  # the frame's last block
-                self._skip += 4 if self._checksum else 0
-                self._state, self._need = self._MAGIC, 4
-
-    def at_end_of_frame(self) -> bool:
-        return self._state == self._MAGIC and not self._head and not self._skip
-
-    def check_end(self) -> None:
-        if self.frames == 0 and self.at_end_of_frame():
-            raise CompressedStreamError("zstd", "no zstd frame in the file", truncated=True)
-        if not self.at_end_of_frame():
-            raise _truncated("zstd")
-
-    def check_end_if_drained(self, tap: _Tap) -> None:
-        """A decoder error at the very end of the file, inside a frame, is a truncation."""
-        if tap.eof and not self.at_end_of_frame():
-            raise _truncated("zstd")

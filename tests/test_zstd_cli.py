@@ -1,0 +1,396 @@
+"""``.zst`` inputs decoded by a ``zstd`` process or by python-zstandard: the same bytes out, the same
+files refused with the same errors, and no process or file descriptor left behind however the reading
+ends. Every promise is checked on both decoders (``SHARDCLAIM_ZSTD=auto`` with a ``zstd`` executable on
+PATH, and ``SHARDCLAIM_ZSTD=python``)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from shardclaim import InputError, create_sharded_dataset
+from shardclaim.dataset.localfs import LocalInput
+from shardclaim.dataset.zstd import ENV, ZstdProcessReader
+from shardclaim.errors import CompressedStreamError
+from tests.test_build_inputs import zstd_block_ends
+from tests.test_dataset import dataset_lines, records
+
+TRUNCATED = "the zstd data ends before its end-of-stream marker: the file is truncated"
+NO_FRAME = "no zstd frame in the file"
+HAS_ZSTD = shutil.which("zstd") is not None
+
+
+@pytest.fixture(params=["process", "python"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "process" and not HAS_ZSTD:
+        pytest.skip("no zstd executable on PATH")
+    monkeypatch.setenv(ENV, "auto" if request.param == "process" else "python")
+    return str(request.param)
+
+
+def compress(data: bytes, *, checksum: bool = True, level: int = 3) -> bytes:
+    return zstandard.ZstdCompressor(level=level, write_checksum=checksum).compress(data)
+
+
+def skippable(payload: bytes) -> bytes:
+    return (0x184D2A5E).to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
+
+
+def body(n: int = 4000, seed: int = 0) -> bytes:
+    return b"".join(records(n, size=300, seed=seed))
+
+
+BIG = body(40_000)  # about 6 MiB decoded: far more than a pipe holds, so the child is still running
+
+
+def opened(path: Path, decoder: str) -> Any:
+    reader = LocalInput(str(path)).open()
+    assert isinstance(reader, ZstdProcessReader) == (decoder == "process"), type(reader)
+    return reader
+
+
+def decoded(path: Path, decoder: str, size: int = 1 << 20) -> bytes:
+    out = bytearray()
+    buffer = bytearray(size)
+    with opened(path, decoder) as reader:
+        while n := reader.readinto(buffer):
+            out += buffer[:n]
+    return bytes(out)
+
+
+def read_at_least(reader: Any, n: int) -> int:
+    got = 0
+    while got < n and (part := reader.read(n - got)):
+        got += len(part)
+    return got
+
+
+def read_all(reader: Any) -> None:
+    while reader.read(1 << 20):
+        pass
+
+
+def refusal(path: Path, decoder: str) -> CompressedStreamError:
+    with pytest.raises(CompressedStreamError) as caught:
+        decoded(path, decoder)
+    return caught.value
+
+
+def write(tmp_path: Path, blob: bytes, name: str = "in.jsonl.zst") -> Path:
+    path = tmp_path / name
+    path.write_bytes(blob)
+    return path
+
+
+def zstd_children() -> list[int]:
+    """This process's zstd children, running or not yet reaped."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(zstd") and int(rest.split()[1]) == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+def descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def gone(pid: int) -> bool:
+    """Neither running nor a zombie waiting to be reaped."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+# -- the same bytes ----------------------------------------------------------------------------------
+
+
+def exact_cases() -> Iterator[Any]:
+    a, b, c = body(3000), body(2000, seed=1), body(10, seed=2)
+    yield pytest.param(compress(a), a, id="one-frame")
+    yield pytest.param(compress(a, checksum=False), a, id="one-frame-no-checksum")
+    yield pytest.param(compress(a) + compress(b, checksum=False) + compress(c), a + b + c, id="three-frames")
+    yield pytest.param(compress(b"") + compress(a), a, id="an-empty-frame-first")
+    yield pytest.param(
+        skippable(b"x" * 100) + compress(a) + skippable(b"") + compress(b) + skippable(b"meta"),
+        a + b,
+        id="skippable-frames-around",
+    )
+    yield pytest.param(compress(BIG, level=1), BIG, id="larger-than-a-pipe")
+
+
+@pytest.mark.parametrize(("blob", "expected"), list(exact_cases()))
+@pytest.mark.parametrize("size", [1 << 20, 8 << 20, 4093])
+def test_the_decoded_bytes_are_exactly_the_input(
+    tmp_path: Path, decoder: str, blob: bytes, expected: bytes, size: int
+) -> None:
+    assert decoded(write(tmp_path, blob), decoder, size) == expected
+
+
+def test_a_build_from_several_frames_and_skippable_ones_holds_every_line(
+    tmp_path: Path, decoder: str
+) -> None:
+    parts = [records(3000, seed=s) for s in range(3)]
+    blob = skippable(b"head") + b"".join(compress(b"".join(p)) for p in parts) + skippable(b"tail")
+    master = create_sharded_dataset(str(write(tmp_path, blob)), str(tmp_path / "ds"), num_shards=3)
+    assert master["total_tasks"] == 9000
+    assert Counter(dataset_lines(tmp_path / "ds")) == Counter(line for p in parts for line in p)
+
+
+def test_a_file_cut_exactly_between_two_frames_is_a_valid_shorter_file(tmp_path: Path, decoder: str) -> None:
+    a, b = body(2000), body(2000, seed=1)
+    first = compress(a)
+    assert decoded(write(tmp_path, (first + compress(b))[: len(first)]), decoder) == a
+
+
+# -- the same refusals -------------------------------------------------------------------------------
+
+
+def truncated_cases() -> Iterator[Any]:
+    data = body()
+    frame = compress(data)
+    ends = zstd_block_ends(frame)
+    assert len(ends) > 3
+    bare = compress(data, checksum=False)
+    bare_ends = zstd_block_ends(bare)
+    cuts = {
+        "in-the-magic": 3,
+        "in-the-frame-header": 5,
+        "after-the-first-block": ends[0],
+        "inside-a-block": ends[1] + 10,
+        "before-the-last-block": ends[-2],
+        "before-the-checksum": ends[-1],
+        "inside-the-checksum": ends[-1] + 2,
+        "the-last-byte": len(frame) - 1,
+    }
+    for where, cut in cuts.items():
+        yield pytest.param(frame[:cut], TRUNCATED, id=where)
+    yield pytest.param(bare[: bare_ends[-2]], TRUNCATED, id="no-checksum-before-the-last-block")
+    yield pytest.param(bare[: bare_ends[-1] - 1], TRUNCATED, id="no-checksum-the-last-byte")
+    for n in (1, 3, 4, 6):
+        yield pytest.param(frame + frame[:n], TRUNCATED, id=f"{n}-bytes-of-a-second-frame")
+    yield pytest.param(frame + compress(data)[: len(frame) // 2], TRUNCATED, id="in-the-second-frame")
+    yield pytest.param(frame + skippable(b"payload")[:-2], TRUNCATED, id="in-a-skippable-frame")
+    yield pytest.param(frame + skippable(b"payload")[:6], TRUNCATED, id="in-a-skippable-frame-size")
+    yield pytest.param(b"", NO_FRAME, id="an-empty-file")
+    yield pytest.param(skippable(b"only metadata"), NO_FRAME, id="skippable-frames-only")
+
+
+@pytest.mark.parametrize(("blob", "problem"), list(truncated_cases()))
+def test_a_truncated_file_is_refused_as_truncated(
+    tmp_path: Path, decoder: str, blob: bytes, problem: str
+) -> None:
+    error = refusal(write(tmp_path, blob), decoder)
+    assert (error.kind, error.problem, error.truncated) == ("zstd", problem, True)
+
+
+def reserved_block(frame: bytes) -> bytes:
+    start = zstd_block_ends(frame)[0]  # the second block's header
+    spoilt = bytearray(frame)
+    spoilt[start] |= 0b110
+    return bytes(spoilt)
+
+
+def corrupt_cases() -> Iterator[Any]:
+    data = body()
+    frame = compress(data)
+    ends = zstd_block_ends(frame)
+    flipped = bytearray(frame)
+    flipped[ends[0] + 3 + 20] ^= 0xFF  # inside the second block's contents: the framing holds
+    last = bytearray(frame)
+    last[-1] ^= 0xFF  # the checksum
+    yield pytest.param(
+        frame + b"\x17not compressed data at all\n", "bytes that start no zstd frame", id="garbage"
+    )
+    yield pytest.param(frame + b"\0" * 4, "bytes that start no zstd frame (0x00000000)", id="zero-padding")
+    yield pytest.param(gzip.compress(data), "bytes that start no zstd frame", id="gzip-data")
+    yield pytest.param(frame + gzip.compress(data), "bytes that start no zstd frame", id="gzip-after-a-frame")
+    yield pytest.param(reserved_block(frame), "a zstd block of the reserved type", id="reserved-block")
+    yield pytest.param(bytes(flipped), "corrupt zstd data (", id="a-corrupt-block")
+    yield pytest.param(bytes(last), "corrupt zstd data (", id="a-wrong-checksum")
+    yield pytest.param(bytes(last) + frame, "corrupt zstd data (", id="a-wrong-checksum-then-a-frame")
+
+
+@pytest.mark.parametrize(("blob", "problem"), list(corrupt_cases()))
+def test_a_corrupt_file_is_refused_as_corrupt(
+    tmp_path: Path, decoder: str, blob: bytes, problem: str
+) -> None:
+    error = refusal(write(tmp_path, blob), decoder)
+    assert error.kind == "zstd"
+    assert error.problem.startswith(problem)
+    assert not error.truncated
+
+
+def shardclaim(*args: str, decoder: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, ENV: "auto" if decoder == "process" else "python"}
+    return subprocess.run(
+        [sys.executable, "-m", "shardclaim", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+@pytest.mark.parametrize(("spoil", "problem"), [("cut", "truncated"), ("flip", "corrupt zstd data")])
+def test_the_command_line_names_the_file_and_the_problem_and_nothing_of_zstd_s(
+    tmp_path: Path, decoder: str, spoil: str, problem: str
+) -> None:
+    blob = bytearray(compress(BIG, level=1))
+    if spoil == "cut":
+        del blob[len(blob) // 2 :]
+    else:
+        blob[-1] ^= 0xFF
+    src = write(tmp_path, bytes(blob))
+    for flag in ("--no-validate", "--skip-invalid"):
+        result = shardclaim(
+            "create", "--input_file", str(src), "--output_dir", str(tmp_path / "ds"), flag, decoder=decoder
+        )
+        assert result.returncode == 1
+        assert "in.jsonl.zst" in result.stderr
+        assert problem in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "stdin" not in result.stderr  # zstd's own message names its input so
+        assert not (tmp_path / "ds" / "master_metadata.json").exists()
+
+
+# -- nothing left behind -----------------------------------------------------------------------------
+
+
+def test_closing_early_leaves_no_process_and_no_descriptor(tmp_path: Path, decoder: str) -> None:
+    src = write(tmp_path, compress(BIG, level=1))
+    before = descriptors()
+    reader = opened(src, decoder)
+    assert read_at_least(reader, 1 << 20) == 1 << 20
+    pid = reader.pid if decoder == "process" else None
+    if pid is not None:
+        assert not gone(pid)  # still writing: there is far more than the pipe holds
+    reader.close()
+    assert descriptors() == before
+    assert zstd_children() == []
+    if pid is not None:
+        assert gone(pid)
+
+
+def test_an_interrupt_while_reading_leaves_no_process(tmp_path: Path, decoder: str) -> None:
+    src = write(tmp_path, compress(BIG, level=1))
+    before = descriptors()
+
+    def interrupted() -> None:
+        with opened(src, decoder) as reader:
+            reader.read(1 << 16)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert descriptors() == before
+    assert zstd_children() == []
+
+
+def test_a_build_stopped_by_an_invalid_line_leaves_no_process(tmp_path: Path, decoder: str) -> None:
+    lines = records(40_000, size=300)
+    lines[10] = b"{not json\n"
+    src = write(tmp_path, compress(b"".join(lines), level=1))
+    before = descriptors()
+    with pytest.raises(InputError, match=r"in\.jsonl\.zst, line 11: not valid JSON"):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2)
+    assert zstd_children() == []
+    assert descriptors() == before
+
+
+def test_the_command_line_stopped_early_prints_only_its_own_message(tmp_path: Path, decoder: str) -> None:
+    lines = records(40_000, size=300)
+    lines[10] = b"{not json\n"
+    src = write(tmp_path, compress(b"".join(lines), level=1))
+    result = shardclaim(
+        "create", "--input_file", str(src), "--output_dir", str(tmp_path / "ds"), decoder=decoder
+    )
+    assert result.returncode == 1
+    assert "line 11: not valid JSON" in result.stderr
+    for noise in ("zstd", "Broken pipe", "Traceback"):
+        assert noise not in result.stderr.replace("in.jsonl.zst", "")
+
+
+# -- the process --------------------------------------------------------------------------------------
+
+needs_zstd = pytest.mark.skipif(not HAS_ZSTD, reason="no zstd executable on PATH")
+
+
+@needs_zstd
+def test_a_zstd_process_killed_midway_is_an_error_not_the_end_of_the_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV, "auto")
+    src = write(tmp_path, compress(BIG, level=1))
+    with opened(src, "process") as reader:
+        assert read_at_least(reader, 1 << 20) == 1 << 20
+        os.kill(reader.pid, signal.SIGKILL)
+        with pytest.raises(CompressedStreamError) as caught:
+            read_all(reader)
+    assert caught.value.problem == "the zstd process was killed by SIGKILL before the end of the data"
+    assert not caught.value.truncated
+    with opened(src, "process") as reader:  # a build is refused just the same
+        os.kill(reader.pid, signal.SIGKILL)
+        with pytest.raises(CompressedStreamError):
+            read_all(reader)
+        with pytest.raises(CompressedStreamError):  # and stays refused
+            reader.read()
+
+
+def test_which_decoder_reads_what(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write(tmp_path, compress(body(100)))
+    monkeypatch.setenv(ENV, "python")
+    with LocalInput(str(src)).open() as reader:
+        assert not isinstance(reader, ZstdProcessReader)
+    monkeypatch.setenv(ENV, "auto")
+    with LocalInput(str(src)).open() as reader:
+        assert isinstance(reader, ZstdProcessReader) == HAS_ZSTD
+    monkeypatch.setenv(ENV, "pigz")
+    with pytest.raises(ValueError, match="SHARDCLAIM_ZSTD must be 'auto' or 'python', got 'pigz'"):
+        LocalInput(str(src)).open()
+
+
+@needs_zstd
+def test_without_a_working_zstd_executable_python_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = body(100)
+    src = write(tmp_path, compress(data))
+    monkeypatch.delenv(ENV, raising=False)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert decoded(src, "python") == data
+    broken = empty / "zstd"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    assert decoded(src, "python") == data
+
+
+@needs_zstd
+def test_a_pipe_or_a_url_is_decoded_by_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardclaim.dataset.decompress import open_decompressed
+
+    monkeypatch.setenv(ENV, "auto")
+    data = body(100)
+    src = write(tmp_path, compress(data))
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as w:
+        w.write(src.read_bytes())
+    with open_decompressed(open(read_end, "rb", buffering=0), "zstd") as reader:
+        assert not isinstance(reader, ZstdProcessReader)
+        assert reader.read(1 << 20) == data
+    master = create_sharded_dataset(f"file://{src}", str(tmp_path / "ds"), num_shards=2)
+    assert master["total_tasks"] == 100
