@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import itertools
 import logging
 import lzma
 import os
@@ -533,3 +534,51 @@ def test_with_two_buffers_a_block_is_intact_until_the_one_after_the_next_is_read
             previous = (data, start, end, bytes(data[start:end]))
             seen += bytes(data[start:end])
         assert seen == expected
+
+
+def test_a_validators_byte_ranges_find_what_one_pass_over_the_file_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background validators cut a file into byte ranges and read each: whatever the cuts
+    and the block size, together they report the first bad line (offset, line number, reason) and the
+    big integers exactly as one inline pass does - with blank lines, BOMs, CRLF, a missing last
+    newline, and cuts inside lines (also inside a BOM opening the file), at line starts and at the ends."""
+    import random
+
+    from shardclaim.dataset import validate
+    from shardclaim.dataset.inputs import lines_of, open_inputs
+
+    rng = random.Random(5)
+    good = [
+        b'{"a": 1}',
+        b"[1, 2]",
+        b'"x"',
+        b"  ",
+        b"",
+        b"\r",
+        b'{"n": 123456789012345678901234}',
+        b'  {"s": 2}',
+    ]
+    bad = [b"{", b"\xef\xbb\xbf{}", b"\x0c", b"nan", b"1 2", b"[1,]"]
+    for trial in range(150):
+        lines = [rng.choice(good) for _ in range(rng.randint(1, 30))]
+        for _ in range(rng.randint(0, 2)):
+            lines.insert(rng.randint(0, len(lines)), rng.choice(bad))
+        ends = [rng.choice([b"\n", b"\r\n"]) for _ in lines]
+        data = b"".join(x + e for x, e in zip(lines, ends, strict=True))
+        if rng.random() < 0.3:
+            data = data.rstrip(b"\r\n")
+        if rng.random() < 0.2:
+            data = b"\xef\xbb\xbf" + data  # an encoding marker opening the file: not part of a line
+        path = tmp_path / f"{trial}.jsonl"
+        path.write_bytes(data)
+        want_bad, want_big = validate.check_lines(
+            (name, lineno, bytes(line)) for name, lineno, line in lines_of(open_inputs(str(path)), None)
+        )
+        monkeypatch.setattr(validate, "_READ", rng.randint(2, 64))
+        cuts = sorted({0, len(data), *(rng.randint(0, len(data)) for _ in range(rng.randint(0, 4)))})
+        shares = [validate._check_range(str(path), str(path), a, b) for a, b in itertools.pairwise(cuts)]
+        found = [r[0] for r in shares if r[0] is not None]
+        assert (min(found)[1] if found else None) == (want_bad[1] if want_bad else None), (trial, data, cuts)
+        if not found:
+            assert sum(r[1] for r in shares) == want_big

@@ -68,7 +68,9 @@ def _check_range(path: str, name: str, start: int, end: int) -> Share:
             f.seek(start - 1)
             if f.read(1) != b"\n":
                 f.readline()  # that line began in the previous range
-        elif f.read(3) != BOM:  # a BOM opening the file is an encoding marker, not part of a line
+        elif f.read(3) == BOM:  # an encoding marker, not part of a line; the first line begins at 0
+            end = max(end, 4)  # (before it): it is in the range even if the range ends inside the BOM
+        else:
             f.seek(0)
         pos = f.tell()
         while pos < end:
