@@ -582,3 +582,21 @@ def test_a_validators_byte_ranges_find_what_one_pass_over_the_file_finds(
         assert (min(found)[1] if found else None) == (want_bad[1] if want_bad else None), (trial, data, cuts)
         if not found:
             assert sum(r[1] for r in shares) == want_big
+
+
+def test_validators_are_forked_only_while_this_process_has_no_other_thread() -> None:
+    """A forked child inherits every lock as it was: held by another thread, it would stay held."""
+    import threading
+
+    from shardclaim.dataset import validate
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert validate._context().get_start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
+    if sys.platform == "linux" and threading.active_count() == 1:
+        assert validate._context().get_start_method() == "fork"

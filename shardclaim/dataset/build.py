@@ -159,13 +159,18 @@ def _build(
     started = time.perf_counter()
     num_shards = opts.num_shards
     total_records = _count_records(files) if opts.strategy == "contiguous" else 0
-    writer = ChunkWriter(output.fs, output.chunk_base, num_shards, opts.limit)
     background = None
-    if opts.validate:
+    if opts.validate:  # (before the writer's threads start: the validators may then be forked)
         from shardclaim.dataset.validate import BackgroundValidator
 
         if BackgroundValidator.suits(files, opts.skip_invalid):
             background = BackgroundValidator(files)
+    try:
+        writer = ChunkWriter(output.fs, output.chunk_base, num_shards, opts.limit)
+    except BaseException:
+        if background is not None:
+            background.close()
+        raise
     bar = _progress_bar(files, progress)
     # A writer thread needs the GIL back after every write; with the default 5 ms switch interval
     # it would queue behind the parsing loop for most of that time (1.63 s -> 1.35 s on 2 GiB here).
