@@ -1,0 +1,9 @@
+"""The optional C accelerator, the one thing pyproject.toml cannot declare (its metadata lives there).
+
+``optional=True``: without a C compiler (or Python's headers) the build warns and goes on, and
+``shardclaim.dataset.lineends`` falls back to numpy.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("shardclaim._scan", ["shardclaim/_scan.c"], optional=True)])
