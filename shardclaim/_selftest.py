@@ -19,7 +19,7 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from shardclaim.errors import GenerationMismatchError
+from shardclaim.errors import GenerationMismatchError, ShardclaimError
 
 __all__ = ["CounterResult", "CreateResult", "race_counter", "race_create"]
 
@@ -107,12 +107,13 @@ def _run(target: Any, processes: int, args: tuple[Any, ...]) -> list[tuple[Any, 
                 barrier.abort()
                 for p in procs:
                     p.kill()
-                raise RuntimeError(f"a racing process died with exit code {dead[0].exitcode}") from None
+                raise ShardclaimError(f"a racing process died with exit code {dead[0].exitcode}") from None
     for p in procs:
         p.join()
-    errors = [r[1] for r in results if r[0] != "ok"]
+    # A process that fails breaks the barrier the others wait at: its error is the one to show.
+    errors = sorted((r[1] for r in results if r[0] != "ok"), key=lambda e: "BrokenBarrierError" in str(e))
     if errors:
-        raise RuntimeError(f"{len(errors)} racing process(es) failed: {errors[0]}")
+        raise ShardclaimError(f"{len(errors)} racing process(es) failed: {errors[0]}")
     return [(r[1], r[2]) for r in results]
 
 

@@ -23,6 +23,15 @@ def test_selftest_races_processes_on_a_local_directory(tmp_path: Path) -> None:
     assert len(list((tmp_path / "demo").glob("selftest-*/create/round_*"))) == 5
 
 
+def test_selftest_on_a_store_its_processes_cannot_write_says_why_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")  # the store's root lies under a file: every write fails
+    result = shardclaim("selftest", str(tmp_path / "a-file" / "store"), "--processes", "2", "--rounds", "1")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "racing process(es) failed" in result.stderr
+    assert "not a directory" in result.stderr
+
+
 def test_selftest_json_report(tmp_path: Path) -> None:
     result = shardclaim(
         "selftest", str(tmp_path), "--processes", "3", "--rounds", "4", "--increments", "2", "--json"
