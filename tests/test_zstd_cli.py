@@ -357,6 +357,9 @@ def test_which_decoder_reads_what(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(ENV, "auto")
     with LocalInput(str(src)).open() as reader:
         assert isinstance(reader, ZstdProcessReader) == HAS_ZSTD
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    with LocalInput(str(src)).open() as reader:  # one CPU: nothing to gain
+        assert not isinstance(reader, ZstdProcessReader)
     monkeypatch.setenv(ENV, "pigz")
     with pytest.raises(ValueError, match="SHARDCLAIM_ZSTD must be 'auto' or 'python', got 'pigz'"):
         LocalInput(str(src)).open()
