@@ -3,8 +3,8 @@
  * The optional accelerator behind shardclaim.dataset.lineends (whose numpy functions are the reference
  * and the fallback): count_and_blanks() and plan_runs() with the same arguments and results. Each
  * newline is found with memchr, which hops a 470-byte record in a few vector steps, so nothing runs
- * per byte in the interpreter and little per line (about 0.05 s of CPU per GiB against numpy's 0.4 s,
- * most of which is np.flatnonzero).
+ * per byte in the interpreter and little per line: on 470-byte records 0.05 s per GiB in cache and
+ * 0.19 s from memory, against numpy's 0.63 s (most of it np.flatnonzero).
  *
  * Guarantees: any C-contiguous buffer (bytes, bytearray, memoryview) is read through
  * PyObject_GetBuffer(PyBUF_SIMPLE) and released on every path; the range is checked before a byte is
