@@ -469,8 +469,10 @@ def test_both_ways_of_counting_lines_and_finding_blank_ones_agree(monkeypatch: p
         data = b"".join(parts)
         monkeypatch.setattr(deal, "_LONG_LINE", 1 << 30)  # always counted byte by byte
         counted = deal.lines_and_blanks(data, 0, len(data))
-        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # always walked line to line
+        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # always walked line to line (without the C scan)
+        monkeypatch.setenv("SHARDCLAIM_SCAN", "python")
         walked = deal.lines_and_blanks(data, 0, len(data))
+        monkeypatch.delenv("SHARDCLAIM_SCAN")
         blanks = [i for i, p in enumerate(parts) if not p.strip()]
         assert counted == walked
         assert counted[0] == len(parts)
@@ -504,8 +506,10 @@ def test_a_blocks_plan_from_its_line_ends_matches_counting_each_run(monkeypatch:
         blanks = [(b, b + len(p)) for b, p in zip(begins, parts, strict=True) if is_blank(p)]
         monkeypatch.setattr(deal, "_LONG_LINE", 1 << 30)  # every line short: numpy's line ends
         assert deal.plan_block(data, start, end, shards) == (blanks, counts)
-        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # every line long: walked run by run
+        monkeypatch.setattr(deal, "_LONG_LINE", 0)  # every line long: walked run by run (without C)
+        monkeypatch.setenv("SHARDCLAIM_SCAN", "python")
         assert deal.plan_block(data, start, end, shards) == (blanks, counts)
+        monkeypatch.delenv("SHARDCLAIM_SCAN")
 
 
 def test_with_two_buffers_a_block_is_intact_until_the_one_after_the_next_is_read(

@@ -48,7 +48,13 @@ def excluded_blanks(data: bytes | bytearray, start: int, end: int) -> list[tuple
 
 
 def _short_lines(data: bytes | bytearray, a: int, b: int) -> bool:
-    """Whether the lines from ``a`` on are short (by a 64 KiB sample; one without a line end: long)."""
+    """Whether :mod:`~shardclaim.dataset.lineends` walks the lines from ``a`` on: always with its C scan
+    (``memchr`` from line to line serves any length); with numpy's, only short lines (by a 64 KiB
+    sample; one without a line end: long), long ones being cheaper to walk with ``find``."""
+    from shardclaim.dataset.lineends import implementation
+
+    if implementation() == "c":
+        return True
     probe = min(b, a + 65536)
     return probe - a < data.count(b"\n", a, probe) * _LONG_LINE
 
@@ -56,10 +62,9 @@ def _short_lines(data: bytes | bytearray, a: int, b: int) -> bool:
 def lines_and_blanks(data: bytes | bytearray, a: int, b: int) -> tuple[int, list[tuple[int, int]]]:
     """The newlines in ``data[a:b]`` (whole lines) and its blank lines as ``(begin, end)`` ranges.
 
-    Two ways, chosen by the lines' length in a 64 KiB sample: short lines through their line ends, found
-    by numpy (:mod:`~shardclaim.dataset.lineends`, a few bytes per cycle, nothing per line); long ones
-    walked line to line with ``find`` (``memchr``, many bytes per cycle, plus about 0.3 microseconds of
-    interpreter per line: on 10 KB records a third of numpy's cost)."""
+    Through :mod:`~shardclaim.dataset.lineends` (its C scan, else numpy's); without the C scan, lines of
+    2 KB or more are walked line to line with ``find`` instead (``memchr``, many bytes per cycle, plus
+    about 0.3 microseconds of interpreter per line: on 10 KB records a third of numpy's cost)."""
     if _short_lines(data, a, b):
         from shardclaim.dataset.lineends import count_and_blanks
 

@@ -2,9 +2,10 @@
 
 1. **Cuts** (the main process, a few reads per range): where each range ends is found by reading 64 KiB
    around its target (the shard's share of the bytes, or the chunk limit), never the whole file.
-2. **Scans** (this process and a background one, each half of the bytes): each range is read once from
+2. **Scans** (this thread and a second one, each half of the bytes): each range is read once from
    the page cache, its CRC32C taken and its records counted
-   (:func:`~shardclaim.dataset.deal.lines_and_blanks`).
+   (:func:`~shardclaim.dataset.deal.lines_and_blanks`). Reading, CRC32C and the line walk all leave the
+   GIL (:mod:`~shardclaim.dataset.lineends`), so two threads use two cores without a process to start.
 
 The ranges are the ones the sequential scan of :mod:`.byref` would make on the same file, except that
 they are not also cut every 64 MiB (the sequential scan's window): a range is at most ``chunk_size_mb``.
@@ -13,10 +14,9 @@ they are not also cut every 64 MiB (the sequential scan's window): a range is at
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import crc32c
 
@@ -29,7 +29,7 @@ __all__ = ["PARALLEL_FROM", "Cut", "RangeScan", "cut_file", "scan_ranges"]
 log = logging.getLogger("shardclaim.dataset")
 _PROBE = 64 << 10
 _PIECE = 8 << 20
-# Starting the two processes costs ~0.15 s; below this much input one process scans it all.
+# Below this much input one thread scans it all.
 PARALLEL_FROM = 96 << 20
 
 #: (shard, input index, first byte, end byte) of one range
@@ -135,8 +135,8 @@ def _scan_many(jobs: list[tuple[str, int, int]]) -> list[RangeScan]:
 
 
 def scan_ranges(jobs: list[tuple[str, int, int]], *, parallel: bool) -> list[RangeScan]:
-    """Every range scanned, in order: the first half of the bytes here while a background process scans
-    the second half (``parallel``), or all here."""
+    """Every range scanned, in order: the first half of the bytes here while a second thread scans the
+    second half (``parallel``), or all here."""
     if not parallel or len(jobs) < 2:
         return _scan_many(jobs)
     total = sum(b - a for _, a, b in jobs)
@@ -146,7 +146,7 @@ def scan_ranges(jobs: list[tuple[str, int, int]], *, parallel: bool) -> list[Ran
             break
         done += b - a
     split = max(1, min(split, len(jobs) - 1))
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shardclaim-scan") as pool:
         second = pool.submit(_scan_many, jobs[split:])
         first = _scan_many(jobs[:split])
         return first + second.result()
