@@ -604,3 +604,11 @@ def test_validators_are_forked_only_while_this_process_has_no_other_thread() -> 
         other.join()
     if sys.platform == "linux" and threading.active_count() == 1:
         assert validate._context().get_start_method() == "fork"
+
+
+def test_validators_take_every_cpu_but_the_builders_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardclaim.dataset import validate
+
+    for cpus, expected in [(2, 2), (3, 2), (4, 3), (8, 7), (64, 8)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        assert validate.validators() == expected
