@@ -5,9 +5,9 @@
 
 Generates the JSONL with ../shared/bench/gen_jsonl.py and compresses it once with ``gzip -6`` and
 ``zstd -3`` (cached in DIR, default /var/tmp/shardclaim-bench); warms the page cache; then alternates,
-round by round: ``gzip -dc``, the ``.gz`` build, ``zstd -dc``, the ``.zst`` build decoded by a ``zstd``
-process (``SHARDCLAIM_ZSTD=process``) and by python-zstandard (``SHARDCLAIM_ZSTD=python``) (8 shards, 100 MiB
-chunks, each build timed to a final ``sync``). Prints medians and the median over rounds of each build's
+round by round: ``gzip -dc``, the ``.gz`` build, ``zstd -dc``, the ``.zst`` build decoded by
+python-zstandard (the default) and by a ``zstd`` process (``SHARDCLAIM_ZSTD=process``) (8 shards, 100
+MiB chunks, each build timed to a final ``sync``). Prints medians and the median over rounds of each build's
 ratio to its decompressor's time in the same round: the targets are a ``.gz`` build in at most 0.5x the
 time of ``gzip -dc`` and a ``.zst`` build at 80 % of ``zstd -dc``'s speed (at most 1.25x its time).
 """
@@ -63,8 +63,8 @@ def main() -> int:
         "gzip -dc": ["sh", "-c", f'mkdir -p "{out}" && exec gzip -dc "{gz}" > /dev/null'],
         "create .gz": [*create, str(gz)],
         "zstd -dc": ["sh", "-c", f'mkdir -p "{out}" && exec zstd -dc -q "{zst}" > /dev/null'],
-        "create .zst": ["env", "SHARDCLAIM_ZSTD=process", *create, str(zst)],
-        "zst (python)": ["env", "SHARDCLAIM_ZSTD=python", *create, str(zst)],
+        "create .zst": ["env", "SHARDCLAIM_ZSTD=python", *create, str(zst)],
+        ".zst (zstd proc)": ["env", "SHARDCLAIM_ZSTD=process", *create, str(zst)],
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(args.rounds):
@@ -81,7 +81,7 @@ def main() -> int:
         ("create .gz", "gzip -dc"),
         ("zstd -dc", None),
         ("create .zst", "zstd -dc"),
-        ("zst (python)", "zstd -dc"),
+        (".zst (zstd proc)", "zstd -dc"),
     ):
         med = statistics.median(times[name])
         line = f"  {name:12s} {med:6.2f} s  {size / med:7.0f} MiB/s"
