@@ -160,3 +160,17 @@ def test_an_operating_system_error_is_a_message_and_exit_1_not_a_traceback(tmp_p
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("shardclaim: ")
     assert "/proc/shardclaim-x" in result.stderr
+
+
+def test_the_command_line_loads_no_command_until_one_runs() -> None:
+    """Building the parser imports no command's machinery: `shardclaim create` starts without the
+    manager, the stores or the live view (each import is start-up time on every invocation)."""
+    code = (
+        "import sys, shardclaim.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('shardclaim.view', 'shardclaim.manager',"
+        " 'shardclaim.status', 'shardclaim.lease', 'shardclaim.store', 'shardclaim.dataset'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from shardclaim.cli.options import positive_float
 from shardclaim.errors import TransientStoreError
-from shardclaim.view.snapshot import Snapshot, take
 
 if TYPE_CHECKING:
     import argparse
 
     from shardclaim.manager import ShardManager
+    from shardclaim.view.snapshot import Snapshot
 
 __all__ = ["TIMED_OUT", "register", "run_wait", "wait"]
 
@@ -77,7 +77,10 @@ def wait(
 ) -> tuple[int, Snapshot | None]:
     """Look until settled: (exit status, last look). Never sleeps past the deadline; a look is made at
     the deadline before giving up. A transient store error is logged once and retried."""
-    look = look if look is not None else lambda: take(manager)
+    if look is None:
+        from shardclaim.view.snapshot import take
+
+        look = lambda: take(manager)  # noqa: E731
     deadline = None if timeout is None else clock() + timeout
     snap: Snapshot | None = None
     warned = False
