@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import itertools
 import logging
@@ -612,3 +613,59 @@ def test_validators_take_every_cpu_but_the_builders_own(monkeypatch: pytest.Monk
     for cpus, expected in [(2, 2), (3, 2), (4, 3), (8, 7), (64, 8)]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
         assert validate.validators() == expected
+
+
+_STUCK_VALIDATOR_BUILD = """
+import os, sys, threading
+from shardclaim.dataset import validate
+validate.BACKGROUND_FROM = 0  # validate in background processes, even this small input
+
+def stuck(path, name, start, end):  # a validator that reports itself, then never finishes
+    os.write(int(sys.argv[3]), f"{os.getpid()}\\n".encode())
+    threading.Event().wait()
+
+validate._check_range = stuck
+from shardclaim.dataset.build import create_sharded_dataset
+create_sharded_dataset(sys.argv[1], sys.argv[2], num_shards=2)
+"""
+
+
+def test_validators_die_with_a_killed_builder_and_leave_its_output_buildable(tmp_path: Path) -> None:
+    """SIGKILL the builder while its validators run: they must not live on (a forked one would hold the
+    build lock, so every later build of that output failed as "in progress", and the builder's stdout
+    and stderr). A real builder process, real validator processes."""
+    import select
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(records(50)))
+    read_end, write_end = os.pipe()
+    pids: list[int] = []
+    builder = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_VALIDATOR_BUILD, str(src), str(tmp_path / "ds"), str(write_end)],
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as reports:
+            while len(pids) < 2:
+                ready, _, _ = select.select([reports], [], [], 120)
+                assert ready, "the validators never started"
+                pids += [int(x) for x in reports.read(4096).split()]
+            watches = [os.pidfd_open(pid) for pid in pids]
+            builder.kill()
+            builder.wait(timeout=60)
+            try:
+                for watch in watches:  # readable once that process has exited
+                    assert select.select([watch], [], [], 60)[0], "a validator outlived its builder"
+            finally:
+                for watch in watches:
+                    os.close(watch)
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+            builder.wait()
+        for pid in pids:  # (should they have survived: not left behind by a failing run)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2, overwrite=True)
+    assert master["total_tasks"] == 50

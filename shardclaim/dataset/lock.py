@@ -55,6 +55,15 @@ STALE_AFTER = timedelta(seconds=120)
 
 _held: set[str] = set()  # locks this process holds (flock does not exclude threads on NFS)
 _held_mutex = threading.Lock()
+_descriptors: set[int] = set()  # the open lock files of the FileLocks this process holds
+
+
+def held_descriptors() -> list[int]:
+    """The file descriptors of the build locks this process holds: a forked child inherits them, and
+    with them the lock, which would then outlive the build; the child closes them first (see
+    :mod:`~shardclaim.dataset.validate`)."""
+    with _held_mutex:
+        return sorted(_descriptors)
 
 
 def _holder_info() -> dict[str, Any]:
@@ -116,6 +125,8 @@ class FileLock:
                 os.close(fd)
                 raise
             self._fd = fd
+            with _held_mutex:
+                _descriptors.add(fd)
             info = orjson.dumps(_holder_info())
             os.ftruncate(fd, 0)
             os.pwrite(fd, info, 0)
@@ -133,6 +144,8 @@ class FileLock:
         except OSError:
             pass
         finally:
+            with _held_mutex:
+                _descriptors.discard(self._fd)
             os.close(self._fd)
             self._fd = -1
             if self._process is not None:

@@ -13,8 +13,10 @@ when several lines are bad, the first in input order is reported.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ import simdjson
 
 from shardclaim.dataset.inputs import input_name, is_blank, lines_of, open_inputs, size_of
 from shardclaim.dataset.localfs import is_local
+from shardclaim.dataset.lock import held_descriptors
 from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
 from shardclaim.errors import InvalidRecordError
 
@@ -35,6 +38,7 @@ Invalid = tuple[str, int, str]
 #: (byte offset of the first bad line, its problem) or None; integers beyond 64 bits in good lines
 Share = tuple[tuple[int, Invalid] | None, int]
 _READ = 8 << 20
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 def check_lines(lines: Iterator[tuple[str, int, memoryview]]) -> Share:
@@ -105,6 +109,22 @@ def _line_number(path: str, offset: int) -> int:
     return count + 1
 
 
+def _worker_start(parent: int, inherited: list[int]) -> None:
+    """First thing in each validator: it dies with the builder, and a forked one lets go of the build
+    lock it inherited. A validator left behind by a builder killed with SIGKILL would otherwise sleep
+    forever, holding the lock (so every later build of that output would fail as "in progress") and
+    the builder's standard output and error (so a pipe reading them would never end)."""
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the builder died before that took effect
+            os._exit(1)
+
+
 def _context() -> Any:
     """fork where it is safe - on Linux, with no other thread in this process (so none can hold a lock
     the child would inherit) - which starts a validator in milliseconds; else spawn, which starts a new
@@ -139,7 +159,14 @@ class BackgroundValidator:
 
     def __init__(self, files: list[Any]) -> None:
         workers = validators()
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+        context = _context()
+        inherited = held_descriptors() if context.get_start_method() == "fork" else []
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_worker_start,
+            initargs=(os.getpid(), inherited),
+        )
         self._futures: list[tuple[int, Future[Share]]] = []
         sizes = [size_of(f) for f in files]
         share = max(1, -(-sum(sizes) // workers))
