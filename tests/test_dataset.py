@@ -669,3 +669,31 @@ def test_validators_die_with_a_killed_builder_and_leave_its_output_buildable(tmp
                 os.kill(pid, signal.SIGKILL)
     master = create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=2, overwrite=True)
     assert master["total_tasks"] == 50
+
+
+@pytest.mark.parametrize("change", ["append", "rewrite in place"])
+def test_an_input_written_to_during_a_background_validation_fails_the_build(
+    tmp_path: Path, change: str
+) -> None:
+    """The validators read the input again by its path: if it changed meanwhile they did not check what
+    the builder copied, so the build must fail (nothing is published) rather than publish unchecked
+    lines as validated."""
+    from shardclaim.dataset import validate
+    from shardclaim.dataset.inputs import open_inputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(records(200)))
+    past = src.stat().st_mtime_ns - 10**9  # a write now gets a later time, whatever the clock's grain
+    os.utime(src, ns=(past, past))
+    background = validate.BackgroundValidator(open_inputs(str(src)))
+    try:
+        if change == "append":
+            with src.open("ab") as f:
+                f.write(b"{not json\n")
+        else:
+            with src.open("r+b") as f:  # the same bytes written again (whatever the validators read,
+                f.write(b"{")  # it is valid): only the file's time says it changed
+        with pytest.raises(InputError, match="changed while it was read"):
+            background.result()
+    finally:
+        background.close()

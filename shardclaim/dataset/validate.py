@@ -29,7 +29,7 @@ from shardclaim.dataset.inputs import input_name, is_blank, lines_of, open_input
 from shardclaim.dataset.localfs import is_local
 from shardclaim.dataset.lock import held_descriptors
 from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
-from shardclaim.errors import InvalidRecordError
+from shardclaim.errors import InputError, InvalidRecordError
 
 __all__ = ["BackgroundValidator", "Invalid", "check_lines"]
 
@@ -114,6 +114,7 @@ def _worker_start(parent: int, inherited: list[int]) -> None:
     lock it inherited. A validator left behind by a builder killed with SIGKILL would otherwise sleep
     forever, holding the lock (so every later build of that output would fail as "in progress") and
     the builder's standard output and error (so a pipe reading them would never end)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the builder's to handle: it stops us
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -123,6 +124,12 @@ def _worker_start(parent: int, inherited: list[int]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the builder died before that took effect
             os._exit(1)
+
+
+def _stamp(f: Any) -> tuple[int, int, int]:
+    """What tells a local input changed: its size, modification time (ns) and inode."""
+    st = os.stat(f.path)
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _context() -> Any:
@@ -168,6 +175,8 @@ class BackgroundValidator:
             initargs=(os.getpid(), inherited),
         )
         self._futures: list[tuple[int, Future[Share]]] = []
+        self._files = files
+        self._stamps = [_stamp(f) for f in files]  # before anyone reads: see result()
         sizes = [size_of(f) for f in files]
         share = max(1, -(-sum(sizes) // workers))
         for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
@@ -197,15 +206,35 @@ class BackgroundValidator:
         return None
 
     def result(self) -> Invalid | None:
-        """Wait for every share; the first bad line in input order, or None."""
+        """Wait for every share; the first bad line in input order, or None. Raises :class:`InputError`
+        for an input changed since the validators started: they read the input again by its path, so
+        they checked what the builder copied only if it did not change meanwhile (size, modification
+        time and inode, as ``--by-reference`` pins a local source)."""
         found = [(index, *r) for index, job in self._futures if (r := job.result()[0]) is not None]
-        return min(found, key=lambda x: (x[0], x[1]))[2] if found else None
+        if found:
+            return min(found, key=lambda x: (x[0], x[1]))[2]
+        for f, stamp in zip(self._files, self._stamps, strict=True):
+            if _stamp(f) != stamp:
+                name = input_name(f)
+                raise InputError(
+                    f"{name}: changed while it was read (it was written to during the build); nothing was "
+                    "published: build again once it is complete",
+                    name,
+                )
+        return None
 
     def big_integers(self) -> int:
         """Wait for every share; how many records hold integers beyond 64 bits."""
         return sum(job.result()[1] for _, job in self._futures)
 
     def close(self) -> None:
+        """Stop at once: queued shares are cancelled and running ones stopped (a validator ignores
+        Ctrl-C, and a share of a large input would otherwise run to its end before the builder exits)."""
         for _, job in self._futures:
             job.cancel()
+        if any(not job.done() for _, job in self._futures):
+            processes: dict[int, Any] = getattr(self._pool, "_processes", None) or {}
+            for process in list(processes.values()):
+                with contextlib.suppress(Exception):
+                    process.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
