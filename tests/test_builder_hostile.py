@@ -307,6 +307,13 @@ def deal(*a, **kw):
     return _deal(*a, **kw)
 build.deal_block = deal
 
+import shardclaim.dataset.output_local as output_local
+_fsync = output_local._fsync_directory
+def fsync(path):  # in publish, just after the new dataset was swapped in (or moved in)
+    reached("swapped")
+    return _fsync(path)
+output_local._fsync_directory = fsync
+
 _publish = LocalOutput.publish
 def publish(self, shards, master):
     reached("publish")
@@ -752,3 +759,89 @@ def test_gzip_input_planned_blocks(
         )
         results.append(assert_exact(str(out), [plain.read_bytes()])[1])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_just_after_the_switch(
+    driver: Path, big_input: Path, small_dataset_input: Path, tmp_path: Path, sig: int
+) -> None:
+    """Interrupted in publish just after the new dataset took the old one's place (the old tree not
+    yet removed): the output holds the new dataset, exact, and takes a new build at once."""
+    out = _previous(tmp_path, small_dataset_input)
+    d = Driver(driver, _create_args(big_input, out, "--overwrite"), at="swapped")
+    d.reached()
+    fds = _pidfds(_descendants(d.proc.pid))
+    d.proc.send_signal(sig)
+    code, _, err = d.finish()
+    _assert_all_exit(fds)
+    assert code in {0, 130, -signal.SIGKILL}, err
+    assert_exact(str(out), [big_input.read_bytes()])
+    _rebuild_at_once(out, small_dataset_input)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def _bad_line_at_share(big: bytes, workers: int, shift: int) -> tuple[bytes, int]:
+    """``big`` with a bad line beginning ``shift`` bytes after where the first validator's share ends
+    (a negative shift: the line straddles it); returns the bytes and the bad line's number."""
+    bad = b'{"bad": tru}\n'
+    target = len(big) // workers
+    cut = big.rindex(b"\n", 0, target - 4096) + 1
+    prefix, rest = big[:cut], big[cut:]
+    rest = rest[rest.index(b"\n") + 1 :]  # the filler takes that line's place
+    fill = 0
+    for _ in range(50):  # the share moves with the filler: settle the filler's length
+        total = len(prefix) + fill + len(bad) + len(rest)
+        share = -(-total // workers)
+        want = share + shift - len(prefix)
+        if want == fill:
+            break
+        fill = want
+    assert fill >= 20
+    assert fill == share + shift - len(prefix)
+    filler = b'{"f":"' + b"y" * (fill - 9) + b'"}\n'
+    data = prefix + filler + bad + rest
+    assert -(-len(data) // workers) + shift == data.index(bad)
+    return data, prefix.count(b"\n") + 2
+
+
+@pytest.mark.parametrize("shift", [-13, -6, -1, 0, 1])
+def test_bad_line_at_a_validator_share_boundary(
+    driver: Path, big_input: Path, tmp_path: Path, shift: int
+) -> None:
+    """A bad line that begins exactly where a validator's byte range ends, just after, or straddles
+    it: found, with its line number, whichever validator owns it."""
+    from shardclaim.dataset.validate import validators
+
+    data, line = _bad_line_at_share(big_input.read_bytes(), validators(), shift)
+    source = tmp_path / "edge.jsonl"
+    source.write_bytes(data)
+    out = tmp_path / "out"
+    d = Driver(driver, _create_args(source, out), at="validators", do="report")
+    assert len(d.reached()) >= 2
+    code, _, err = d.finish()
+    assert code == 1, err
+    assert f"shardclaim: {source}, line {line}: not valid JSON".encode() in err
+    assert not out.exists()
+
+
+def test_first_bad_line_in_input_order_across_files(driver: Path, big_input: Path, tmp_path: Path) -> None:
+    """Two inputs of 50 MiB (validated in the background together), a bad line near the end of the
+    first and one near the start of the second: the first one is reported, named by its own file and
+    line; nothing is published."""
+    data = big_input.read_bytes()
+    half = data.index(b"\n", len(data) // 2) + 1
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    bad_path, line_one = _with_bad_line(big_input, tmp_path, 0.45, b"[1,2\n")
+    one = bad_path.read_bytes()
+    bad_path.unlink()
+    first.write_bytes(one[: one.index(b"\n", half) + 1])
+    cut = data.index(b"\n", half + 1000) + 1
+    second.write_bytes(data[half:cut] + b"{]\n" + data[cut:])
+    out = tmp_path / "out"
+    args = ["--input_file", str(first), str(second), "--output_dir", str(out)]
+    d = Driver(driver, args, at="validators", do="report")
+    assert len(d.reached()) >= 2
+    code, _, err = d.finish()
+    assert code == 1, err
+    assert f"shardclaim: {first}, line {line_one}: not valid JSON".encode() in err
+    assert not out.exists()
