@@ -295,12 +295,33 @@ if os.environ.get("HOSTILE_HOLD"):  # each validator's job waits for a byte befo
         return _check(*args)
     validate._check_range = held_check
 
+def at_exit():  # which validators still run as the interpreter exits; then let held ones go
+    alive = []
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    os.write(rep, ("at exit %s\n" % " ".join(map(str, alive))).encode())
+    os.write(int(os.environ["HOSTILE_RELEASE"]), b"x" * 64)
+
 _init = validate.BackgroundValidator.__init__
 def init(self, files):
     _init(self, files)
     pids.extend(self._pool._processes)
+    if os.environ.get("HOSTILE_EXIT_REPORT"):
+        import threading
+        threading._register_atexit(at_exit)  # runs before the process pool's own exit handler
     reached("validators")
 validate.BackgroundValidator.__init__ = init
+
+_bar = build._progress_bar
+def bar(*a, **kw):  # (the writer's threads and the validators are running by then)
+    reached("bar")
+    return _bar(*a, **kw)
+build._progress_bar = bar
 
 _deal = build.deal_block
 dealt = [0]
@@ -851,3 +872,44 @@ def test_first_bad_line_in_input_order_across_files(driver: Path, big_input: Pat
     assert code == 1, err
     assert f"shardclaim: {first}, line {line_one}: not valid JSON".encode() in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        "block:1",
+        "block:6",
+        pytest.param(
+            "validators",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a KeyboardInterrupt between BackgroundValidator() returning and _build's try "
+                "leaves the pool unclosed: the interpreter's exit then waits for every validator to "
+                "finish its whole share",
+            ),
+        ),
+        pytest.param(
+            "bar",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="_progress_bar (importing tqdm with --verbose) runs outside _build's try: a "
+                "KeyboardInterrupt there closes neither the validators nor the chunk writer",
+            ),
+        ),
+    ],
+)
+def test_sigint_stops_running_validators(driver: Path, big_input: Path, tmp_path: Path, at: str) -> None:
+    """SIGINT while the validators are still in their first share (held there, as on a large input),
+    from the moment they start on: the builder stops them before it exits, rather than wait for their
+    shares to end."""
+    out = tmp_path / "out"
+    d = Driver(driver, _create_args(big_input, out), at=at, hold=True, env={"HOSTILE_EXIT_REPORT": "1"})
+    validators = d.reached()
+    assert len(validators) >= 2
+    fds = _pidfds(sorted({*validators, *_descendants(d.proc.pid)}))
+    d.proc.send_signal(signal.SIGINT)
+    alive_at_exit = d.reached()
+    code, _, err = d.finish()
+    _assert_all_exit(fds)
+    assert code == 130, err
+    assert alive_at_exit == [], "validators still running as the builder exits"
