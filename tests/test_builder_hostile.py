@@ -913,3 +913,64 @@ def test_sigint_stops_running_validators(driver: Path, big_input: Path, tmp_path
     _assert_all_exit(fds)
     assert code == 130, err
     assert alive_at_exit == [], "validators still running as the builder exits"
+
+
+@pytest.mark.parametrize(
+    "large",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a pipe among inputs large enough for background validation gets a validator "
+                "share too: it reads from the pipe, seeks it, and the build fails with 'File or stream "
+                "is not seekable.', naming no input (with bash <(...) too; a one-shot writer on a named pipe "
+                "leaves the builder waiting forever to open it)",
+            ),
+        ),
+    ],
+    ids=["small-file", "large-file"],
+)
+def test_pipe_input_beside_a_file(
+    driver: Path, big_input: Path, small_dataset_input: Path, tmp_path: Path, large: bool
+) -> None:
+    """``--input_file big.jsonl <(zcat more.jsonl.gz)``: a pipe (size 0) beside a 100 MiB file. Without
+    the big file, or with a small one, the pipe builds; beside it, the build must still hold every
+    record of both, exactly (or refuse the pipe with an error that names it)."""
+    import threading
+
+    fifo = tmp_path / "more.fifo"
+    os.mkfifo(fifo)
+    piped = b"".join(_record(i, 64) for i in range(30000))
+    stop = threading.Event()
+    delivered = threading.Event()
+
+    def feed() -> None:
+        # Like a writer that starts again for each reader that opens the pipe: the records go, whole,
+        # to the first reader that takes them all; every other reader gets an empty stream (so no
+        # reader waits forever for a writer, whoever opens the pipe and when).
+        while not stop.is_set():
+            fd = os.open(fifo, os.O_WRONLY)
+            with contextlib.suppress(BrokenPipeError):
+                if not delivered.is_set():
+                    view = memoryview(piped)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    delivered.set()
+            os.close(fd)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out = tmp_path / "out"
+    companion = big_input if large else small_dataset_input
+    args = ["--input_file", str(companion), str(fifo), "--output_dir", str(out)]
+    d = Driver(driver, args, at="never")
+    code, _, err = d.finish()
+    stop.set()
+    # A writer waiting for a reader: let it end (a daemon thread: never waited for).
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    if code != 0:
+        assert str(fifo).encode() in err, err
+    assert code == 0, err
+    assert_exact(str(out), [companion.read_bytes(), piped])
