@@ -974,3 +974,26 @@ def test_pipe_input_beside_a_file(
         assert str(fifo).encode() in err, err
     assert code == 0, err
     assert_exact(str(out), [companion.read_bytes(), piped])
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["builder", "process-group"])
+def test_sigterm_mid_build(
+    driver: Path, big_input: Path, small_dataset_input: Path, tmp_path: Path, group: bool
+) -> None:
+    """SIGTERM (``timeout``, ``docker stop``; systemd sends it to the whole group) in the middle of a
+    validated build over an old dataset: the builder dies at once without its cleanup, and still no
+    process outlives it, the old dataset is intact and the output takes a build at once."""
+    out = _previous(tmp_path, small_dataset_input)
+    d = Driver(driver, _create_args(big_input, out, "--overwrite"), at="block:5", start_new_session=group)
+    validators = d.reached()
+    assert len(validators) >= 2
+    fds = _pidfds(sorted({*validators, *_descendants(d.proc.pid)}))
+    if group:
+        os.killpg(d.proc.pid, signal.SIGTERM)
+    else:
+        d.proc.send_signal(signal.SIGTERM)
+    code, _, err = d.finish()
+    _assert_all_exit(fds)
+    assert code == -signal.SIGTERM, err
+    assert_exact(str(out), [small_dataset_input.read_bytes()])
+    _rebuild_at_once(out, small_dataset_input)
