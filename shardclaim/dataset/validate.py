@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -126,10 +127,18 @@ def _worker_start(parent: int, inherited: list[int]) -> None:
             os._exit(1)
 
 
-def _stamp(f: Any) -> tuple[int, int, int]:
-    """What tells a local input changed: its size, modification time (ns) and inode."""
+def _stamp(f: Any) -> tuple[int, int, int, int]:
+    """What tells a local input changed: its size, modification and change times (ns; the change time
+    cannot be set back, as ``touch -r`` or ``rsync -a`` set the modification time) and inode."""
     st = os.stat(f.path)
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _context() -> Any:
@@ -176,26 +185,32 @@ class BackgroundValidator:
         )
         self._futures: list[tuple[int, Future[Share]]] = []
         self._files = files
-        self._stamps = [_stamp(f) for f in files]  # before anyone reads: see result()
-        sizes = [size_of(f) for f in files]
-        share = max(1, -(-sum(sizes) // workers))
-        for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
-            name = input_name(f)
-            if getattr(f, "compression", None):
-                self._futures.append((index, self._pool.submit(_check_whole, f.path, name)))
-                continue
-            for start in range(0, max(size, 1), share):
-                job = self._pool.submit(_check_range, f.path, name, start, min(start + share, size))
-                self._futures.append((index, job))
+        try:  # (an error or Ctrl-C half way: no validator is left running its share)
+            self._stamps = [_stamp(f) for f in files]  # before anyone reads: see result()
+            sizes = [size_of(f) for f in files]
+            share = max(1, -(-sum(sizes) // workers))
+            for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
+                name = input_name(f)
+                if getattr(f, "compression", None):
+                    self._futures.append((index, self._pool.submit(_check_whole, f.path, name)))
+                    continue
+                for start in range(0, max(size, 1), share):
+                    job = self._pool.submit(_check_range, f.path, name, start, min(start + share, size))
+                    self._futures.append((index, job))
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def suits(files: list[Any], skip_invalid: bool) -> bool:
-        """Worth it with a second core and local inputs large enough to pay for starting the
-        processes, when no line is to be skipped."""
+        """Worth it with a second core and inputs large enough to pay for starting the processes,
+        when no line is to be skipped; possible only when every input is a regular local file (the
+        validators read it again by its path: a pipe or a device would give them other bytes, or
+        none)."""
         return (
             not skip_invalid
             and _cpus() > 1
-            and all(is_local(f.fs) for f in files)
+            and all(is_local(f.fs) and _regular(f.path) for f in files)
             and sum(size_of(f) for f in files) >= BACKGROUND_FROM
         )
 
@@ -208,8 +223,8 @@ class BackgroundValidator:
     def result(self) -> Invalid | None:
         """Wait for every share; the first bad line in input order, or None. Raises :class:`InputError`
         for an input changed since the validators started: they read the input again by its path, so
-        they checked what the builder copied only if it did not change meanwhile (size, modification
-        time and inode, as ``--by-reference`` pins a local source)."""
+        they checked what the builder copied only if it did not change meanwhile (size, times and
+        inode; ``--by-reference`` pins a local source in the same spirit)."""
         found = [(index, *r) for index, job in self._futures if (r := job.result()[0]) is not None]
         if found:
             return min(found, key=lambda x: (x[0], x[1]))[2]
