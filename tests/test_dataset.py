@@ -686,6 +686,7 @@ def test_an_input_written_to_during_a_background_validation_fails_the_build(
     past = src.stat().st_mtime_ns - 10**9  # a write now gets a later time, whatever the clock's grain
     os.utime(src, ns=(past, past))
     background = validate.BackgroundValidator(open_inputs(str(src)))
+    background.start()
     try:
         if change == "append":
             with src.open("ab") as f:

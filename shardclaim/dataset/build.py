@@ -171,6 +171,7 @@ def _build(
 
             if BackgroundValidator.suits(files, opts.skip_invalid):
                 background = BackgroundValidator(files)
+                background.start()
         writer = ChunkWriter(output.fs, output.chunk_base, num_shards, opts.limit)
         bar = _progress_bar(files, progress)
         sys.setswitchinterval(0.0002)

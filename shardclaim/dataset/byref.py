@@ -129,6 +129,8 @@ class _Validator:
         from shardclaim.dataset.validate import BackgroundValidator, check_lines
 
         self._background = BackgroundValidator(files) if BackgroundValidator.suits(files, False) else None
+        if self._background is not None:
+            self._background.start()
         self._inline = None
         if self._background is None:
             from shardclaim.dataset.inputs import lines_of

@@ -185,6 +185,13 @@ class BackgroundValidator:
         )
         self._futures: list[tuple[int, Future[Share]]] = []
         self._files = files
+        self._workers = workers
+        self._stamps: list[tuple[int, int, int, int]] = []
+
+    def start(self) -> None:
+        """Start validating. Apart from the constructor so that the caller holds the validator (to
+        close it) before any process runs: a Ctrl-C at any point leaves none running its share."""
+        files, workers = self._files, self._workers
         try:  # (an error or Ctrl-C half way: no validator is left running its share)
             self._stamps = [_stamp(f) for f in files]  # before anyone reads: see result()
             sizes = [size_of(f) for f in files]
