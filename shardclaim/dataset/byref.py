@@ -31,7 +31,7 @@ import crc32c
 
 from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import input_name, input_names, is_blank, secrets_of
-from shardclaim.dataset.localfs import is_local
+from shardclaim.dataset.localfs import is_local, usable_cpus
 from shardclaim.dataset.records import BOM
 from shardclaim.errors import ChunkCorruptError, InputError
 from shardclaim.layout import chunk_name
@@ -190,7 +190,7 @@ class _Scan:
                 )  # fmt: skip
             cuts += found
             self.done += size
-        parallel = self.total >= PARALLEL_FROM and (os.cpu_count() or 1) > 1
+        parallel = self.total >= PARALLEL_FROM and usable_cpus() > 1
         scans = scan_ranges([(files[index].path, a, b) for _, index, a, b in cuts], parallel=parallel)
         for (shard, index, a, b), (records, blanks, crc) in zip(cuts, scans, strict=True):
             self.blank += blanks

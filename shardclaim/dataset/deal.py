@@ -3,9 +3,9 @@
 Each block the builder reads (an 8 MiB window of an input, less the line it shares with the next
 window) is cut into about ``4 N`` runs of equal bytes, each ending at the first line end at or after its
 share; the runs go to the shards in rotation, the rotation carrying on from block to block. No Python
-code runs per short line: numpy lists a block's line ends in one pass, which gives the cuts, each run's
-records and the lines that may be blank (:mod:`~shardclaim.dataset.lineends`; long lines are walked with
-``find``, see :func:`lines_and_blanks`), so the build goes at the speed of copying bytes
+code runs per line: a block's line ends, found out of the interpreter (:mod:`~shardclaim.dataset.lineends`:
+a C walk, else numpy, which leaves long lines to ``find``, see :func:`lines_and_blanks`), give the cuts,
+each run's records and the lines that may be blank, so the build goes at the speed of copying bytes
 (``round_robin`` spends about a microsecond of interpreter time per line, which on 470-byte records is
 most of the build).
 
@@ -91,13 +91,13 @@ def plan_block(
     """The blank lines of ``data[start:end]`` and the newlines in each of its runs, cut as
     :func:`deal_block` cuts them."""
     share = (end - start) // (RUNS_PER_SHARD * num_shards)
-    counts: list[int] = []
-    holes: list[tuple[int, int]] = []
-    pos = start
     if _short_lines(data, start, end):  # the block's line ends at once (lineends)
         from shardclaim.dataset.lineends import plan_runs
 
         return plan_runs(data, start, end, share)
+    counts: list[int] = []
+    holes: list[tuple[int, int]] = []
+    pos = start
     while pos < end:
         cut = end if pos + share >= end else data.index(b"\n", pos + share - 1, end) + 1
         count, blank = lines_and_blanks(data, pos, cut)
@@ -114,8 +114,8 @@ Plan = tuple[list[tuple[int, int]], list[int]]
 def planned(blocks: Iterator[Block], num_shards: int) -> Iterator[tuple[Block, Future[Plan] | None]]:
     """Each block of ``blocks`` (:func:`~shardclaim.dataset.inputs.blocks_of` with two buffers) with its
     plan (:func:`plan_block`; None for a block dealt line by line), the next block's plan being made
-    in a thread while the caller deals this one: numpy leaves the GIL while it scans, so the scan runs
-    on a second core beside the copying. A block's plan is ready once its ``result()`` returns, which
+    in a thread while the caller deals this one: the line walk leaves the GIL, so it runs on a second
+    core beside the copying. A block's plan is ready once its ``result()`` returns, which
     the caller asks before dealing it, so a buffer is never read into while its plan is being made."""
     with ThreadPoolExecutor(1, thread_name_prefix="shardclaim-plan") as pool:
         pending: tuple[Block, Future[Plan] | None] | None = None

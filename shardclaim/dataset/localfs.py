@@ -21,7 +21,17 @@ __all__ = [
     "filesystem",
     "filesystem_type",
     "is_local",
+    "usable_cpus",
 ]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a container's or taskset's share), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 
 # What fsspec's compression="infer" calls these suffixes, and how to open them.
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".xz": "xz"}

@@ -27,7 +27,7 @@ from typing import Any
 import simdjson
 
 from shardclaim.dataset.inputs import input_name, is_blank, lines_of, open_inputs, size_of
-from shardclaim.dataset.localfs import is_local
+from shardclaim.dataset.localfs import is_local, usable_cpus
 from shardclaim.dataset.lock import held_descriptors
 from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
 from shardclaim.errors import InputError, InvalidRecordError
@@ -150,23 +150,16 @@ def _context() -> Any:
     return mp.get_context("spawn")
 
 
-def _cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container's or taskset's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def validators() -> int:
     """How many processes validate: every CPU but the one the builder writes with (two on two CPUs,
     where the three share them), at most 8. Validating is the build's heaviest work (simdjson parses
     about a million 470-byte lines a second per core here), so it takes what the machine has."""
-    cpus = _cpus()
+    cpus = usable_cpus()
     return 2 if cpus <= 2 else min(8, cpus - 1)
 
 
-# Starting the two processes costs ~0.15 s; the main thread validates this much in about that time.
+# Starting the processes costs ~0.15 s when they are spawned (milliseconds when forked); the main thread
+# validates this much in about that time.
 BACKGROUND_FROM = 96 << 20
 
 
@@ -194,7 +187,7 @@ class BackgroundValidator:
         files, workers = self._files, self._workers
         try:  # (an error or Ctrl-C half way: no validator is left running its share)
             self._stamps = [_stamp(f) for f in files]  # before anyone reads: see result()
-            sizes = [size_of(f) for f in files]
+            sizes = [size for size, *_ in self._stamps]
             share = max(1, -(-sum(sizes) // workers))
             for index, (f, size) in enumerate(zip(files, sizes, strict=True)):
                 name = input_name(f)
@@ -216,7 +209,7 @@ class BackgroundValidator:
         none)."""
         return (
             not skip_invalid
-            and _cpus() > 1
+            and usable_cpus() > 1
             and all(is_local(f.fs) and _regular(f.path) for f in files)
             and sum(size_of(f) for f in files) >= BACKGROUND_FROM
         )

@@ -36,6 +36,7 @@ import subprocess
 import tempfile
 from typing import IO
 
+from shardclaim.dataset.localfs import usable_cpus
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["ENV", "ZstdFrames", "ZstdProcessReader", "truncated", "zstd_executable"]
@@ -60,18 +61,13 @@ def zstd_executable(raw: IO[bytes]) -> str | None:
     choice = os.environ.get(ENV, "") or "python"
     if choice not in ("process", "python"):
         raise ValueError(f"{ENV} must be 'python' or 'process', got {choice!r}")
-    if choice == "python" or not isinstance(raw, io.FileIO) or _cpus() < 2:
+    if choice == "python" or not isinstance(raw, io.FileIO) or usable_cpus() < 2:
         return None
     try:
         regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
     except (OSError, ValueError):
         return None
     return shutil.which("zstd") if regular else None
-
-
-def _cpus() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 class ZstdProcessReader:
