@@ -518,6 +518,25 @@ def _previous(tmp_path: Path, small: Path) -> Path:
     return out
 
 
+def _interrupt_overwrite(
+    driver: Path, big: Path, small: Path, tmp_path: Path, *, at: str, sig: int, env: dict[str, str]
+) -> None:
+    """A validated build of ``big`` over a dataset of ``small`` (``--overwrite``), sent ``sig`` at
+    ``at``: the builder exits, every process it started ends, its output pipes close, the old dataset is
+    intact and the output takes a new build at once."""
+    out = _previous(tmp_path, small)
+    d = Driver(driver, _create_args(big, out, "--overwrite"), at=at, env=env)
+    validators = d.reached()
+    assert len(validators) >= 2
+    fds = _pidfds(sorted({*validators, *_descendants(d.proc.pid)}))
+    d.proc.send_signal(sig)
+    code, _, err = d.finish()
+    _assert_all_exit(fds)
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
+    assert_exact(str(out), [small.read_bytes()])
+    _rebuild_at_once(out, small)
+
+
 @pytest.mark.parametrize("at", ["validators", "block:1", "block:7", "publish"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_overwrite_leaves_nothing(
@@ -527,17 +546,7 @@ def test_interrupted_overwrite_leaves_nothing(
     moment (validators just started, first block, seventh block, just before publishing): the builder
     exits, every process it started ends, its output pipes close, the old dataset is intact and the
     output takes a new build at once."""
-    out = _previous(tmp_path, small_dataset_input)
-    d = Driver(driver, _create_args(big_input, out, "--overwrite"), at=at)
-    validators = d.reached()
-    assert len(validators) >= 2
-    fds = _pidfds(sorted({*validators, *_descendants(d.proc.pid)}))
-    d.proc.send_signal(sig)
-    code, _, err = d.finish()
-    _assert_all_exit(fds)
-    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
-    assert_exact(str(out), [small_dataset_input.read_bytes()])
-    _rebuild_at_once(out, small_dataset_input)
+    _interrupt_overwrite(driver, big_input, small_dataset_input, tmp_path, at=at, sig=sig, env={})
 
 
 def _with_bad_line(big: Path, tmp_path: Path, fraction: float, bad: bytes) -> tuple[Path, int]:
@@ -668,17 +677,9 @@ def test_interrupted_with_spawned_validators(
 ) -> None:
     """The same interruptions when the builder runs beside another thread (a library caller's): the
     validators are spawned (with multiprocessing's resource tracker), and still none outlives it."""
-    out = _previous(tmp_path, small_dataset_input)
-    d = Driver(driver, _create_args(big_input, out, "--overwrite"), at=at, env={"HOSTILE_THREAD": "1"})
-    validators = d.reached()
-    assert len(validators) >= 2
-    fds = _pidfds(sorted({*validators, *_descendants(d.proc.pid)}))
-    d.proc.send_signal(sig)
-    code, _, err = d.finish()
-    _assert_all_exit(fds)
-    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
-    assert_exact(str(out), [small_dataset_input.read_bytes()])
-    _rebuild_at_once(out, small_dataset_input)
+    _interrupt_overwrite(
+        driver, big_input, small_dataset_input, tmp_path, at=at, sig=sig, env={"HOSTILE_THREAD": "1"}
+    )
 
 
 @pytest.mark.parametrize("at", ["validators", "block:1", "block:7", "validated"])
