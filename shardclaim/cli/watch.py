@@ -18,13 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from shardclaim.errors import TransientStoreError
-from shardclaim.view.follow import Follower
-from shardclaim.view.frame import frame, line
 
 if TYPE_CHECKING:
     import argparse
 
     from shardclaim.manager import ShardManager
+    from shardclaim.view.follow import Follower
 
 __all__ = ["WATCH_COST", "run_watch", "watch"]
 
@@ -66,6 +65,9 @@ def watch(
 
     A look that fails on a transient store error is shown and retried at the next refresh.
     """
+    from shardclaim.view.follow import Follower  # (here: `status --help` reads WATCH_COST above)
+    from shardclaim.view.frame import frame, line
+
     follower = (
         follower if follower is not None else Follower(manager, window_seconds=max(60.0, 10 * interval))
     )
