@@ -1,8 +1,9 @@
 # A shardclaim worker image: `docker run IMAGE status gs://bucket/ds` (any shardclaim command; gs://, s3://).
 # No credentials are baked in: mount them or use the metadata server (see README, "Docker").
 
-# The wheel is built where a C compiler is (the full image), so it carries the C line scan
-# (shardclaim._scan, an optional extension: the slim image has no compiler and would go without it).
+# The wheel is built where a C compiler is (the full image), so it carries the C line scan and line
+# check (shardclaim._scan and _valid, optional extensions: the slim image has no compiler and would go
+# without them).
 FROM python:3.11 AS wheel
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
@@ -10,7 +11,7 @@ COPY shardclaim ./shardclaim
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -c "import glob, sys, zipfile; \
 names = zipfile.ZipFile(glob.glob('/wheels/shardclaim-*.whl')[0]).namelist(); \
-sys.exit(not any(n.startswith('shardclaim/_scan') for n in names))"
+sys.exit(not all(any(n.startswith('shardclaim/' + m) for n in names) for m in ('_scan', '_valid')))"
 
 FROM python:3.11-slim
 

@@ -44,7 +44,7 @@ from shardclaim.dataset.inputs import (
     size_of,
 )
 from shardclaim.dataset.output import Output, prepare_output, shard_entries
-from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in
+from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in, c_walk
 from shardclaim.errors import InputError, InvalidRecordError
 from shardclaim.layout import FORMAT_VERSION
 
@@ -237,12 +237,14 @@ def _distribute(
     background: BackgroundValidator | None,
 ) -> dict[str, int]:
     stats = {"records": 0, "invalid": 0, "blank": 0, "bytes": 0, "big": 0}
-    parse = None
+    parse: Any = None  # inline validation: the C walk, a line at a time, else simdjson's parse
     if opts.validate and background is None:
-        import simdjson
+        parse = c_walk()
+        if parse is None:
+            import simdjson
 
-        parse = simdjson.Parser().parse
-    walk = _Walk(writer, opts, total, parse)
+            parse = simdjson.Parser().parse
+    walk = _Walk(writer, opts, total, parse, c_check=parse is not None and parse is c_walk())
     blocks = opts.strategy == "blocks"
     current = 0
     if blocks and parse is None:  # no Python code per line: each block planned ahead (see deal)
@@ -274,11 +276,12 @@ class _Walk:
     """The line-by-line part of the distribution: blank lines, inline validation, and dealing one line
     per turn (``round_robin``, ``contiguous``, and ``blocks`` on blocks too small for runs)."""
 
-    def __init__(self, writer: ChunkWriter, opts: Options, total: int, parse: Any) -> None:
+    def __init__(self, writer: ChunkWriter, opts: Options, total: int, parse: Any, *, c_check: bool) -> None:
         self.writer = writer
         self.opts = opts
         self.total = total
         self.parse = parse
+        self.c_check = c_check  # parse is the C walk: (data, begin, end) -> first unsure offset
         self.turn = 0  # the rotation: a line's (round_robin, small blocks) or a run's (blocks)
         self.lineno = 0
 
@@ -289,6 +292,7 @@ class _Walk:
         the lines left out (blank, or invalid and skipped)."""
         n, total, parse, add = self.opts.num_shards, self.total, self.parse, self.writer.add
         contiguous = self.opts.strategy == "contiguous"
+        c_check = self.c_check
         records, nbytes, turn, lineno = stats["records"], stats["bytes"], self.turn, self.lineno
         holes = []
         # The same walk as inputs.lines_of, written out: a generator step per line costs ~15% of the
@@ -307,9 +311,13 @@ class _Walk:
                 continue
             if parse is not None:  # records.fast_validator, written out (a call per line costs ~10%)
                 try:
-                    if first == 0xEF and line[:3] == BOM:
+                    if c_check:
+                        if parse(data, begin, nl) != nl:
+                            raise ValueError("unsure")  # the rule decides
+                    elif first == 0xEF and line[:3] == BOM:
                         raise ValueError("BOM")  # simdjson skips one; the rule does not
-                    parse(line)
+                    else:
+                        parse(line)
                 except FAST_ERRORS:
                     try:
                         stats["big"] += 1 if big_integers_in(line) else 0

@@ -1,0 +1,348 @@
+"""The C fast path of the validator (``shardclaim._valid``) against the rule: it may be too careful,
+never too lenient. Every line it accepts is a record with no integer beyond 64 bits, by the rule
+(``records.loads_exact``) and by the tests' own oracle; it accepts the ordinary records a build meets
+(else it would be no fast path); a walk over many lines stops exactly where a line-by-line check does;
+and nothing outside the given range is read, shown with a guard page after the buffer."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+
+from shardclaim.dataset import records
+from shardclaim.errors import InvalidRecordError
+from tests.test_build_json import TRICKY, exact
+
+_valid = pytest.importorskip("shardclaim._valid", reason="shardclaim._valid is not built (no C compiler?)")
+first_unsure: Callable[[bytes | bytearray | memoryview, int, int], int] = _valid.first_unsure
+
+I64_MIN, U64_MAX = -(2**63), 2**64 - 1
+
+
+def accepted(line: bytes) -> bool:
+    """The C verdict on one line (its newline may be there): a record for certain, or a blank line."""
+    return first_unsure(line, 0, len(line)) == len(line)
+
+
+def is_blank(line: bytes) -> bool:
+    return not line.strip(b" \t\r\n")
+
+
+def no_big_integers(value: object) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and not I64_MIN <= v <= U64_MAX:
+            return False
+        if isinstance(v, dict):
+            stack += v.values()
+        elif isinstance(v, list):
+            stack += v
+    return True
+
+
+def assert_safe(line: bytes) -> bool:
+    """If C accepts ``line`` (and it is not blank), the rule and the oracle do, with no big integer.
+    Returns the C verdict."""
+    ok = accepted(line)
+    if ok and not is_blank(line):
+        body = line.rstrip(b"\n")
+        try:
+            assert records.big_integers_in(line) == 0, line[:200]
+        except InvalidRecordError as e:
+            raise AssertionError(f"C accepted what the rule refuses ({e.reason}): {line[:200]!r}") from None
+        assert no_big_integers(exact(body)), line[:200]
+    return ok
+
+
+# --- values: ordinary ones (C must accept them) and edge ones (C may leave them to the rule) ---
+
+
+CODE_POINTS = [0xE9, 0x416, 0x7FF, 0x800, 0x4E2D, 0xFFFD, 0xFFFE, 0x10000, 0x1F7E5, 0x10FFFF]
+
+
+def _string(rnd: random.Random, edgy: bool) -> str:
+    out = []
+    for _ in range(rnd.choice([0, 1, 3, 8, 20, 70])):
+        kind = rnd.random()
+        if kind < 0.55:
+            out.append(rnd.choice("abcxyz 019_-/:,{}[]"))
+        elif kind < 0.65:
+            out.append(rnd.choice(['\\"', "\\\\", "\\/", "\\b", "\\f", "\\n", "\\r", "\\t"]))
+        elif kind < 0.72:
+            out.append(f"\\u{rnd.choice([0, 0x1F, 0x41, 0xE9, 0x7FF, 0x800, 0xFFFD, 0xFFFF]):04x}")
+        elif kind < 0.76:
+            hi, lo = rnd.randint(0xD800, 0xDBFF), rnd.randint(0xDC00, 0xDFFF)
+            out.append(f"\\u{hi:04x}\\u{lo:04X}")
+        elif kind < 0.80 and edgy:
+            out.append(f"\\u{rnd.choice([0xD800, 0xDBFF, 0xDC00, 0xDFFF]):04x}")  # lone surrogates
+        else:
+            out.append(chr(rnd.choice(CODE_POINTS)))
+    return '"' + "".join(out) + '"'
+
+
+def _number(rnd: random.Random, edgy: bool) -> str:
+    kind = rnd.random()
+    if kind < 0.4:
+        return str(rnd.choice([0, 1, 7, -3, 42, 10**17, -(10**17), 10**18 - 1, -(10**18 - 1)]))
+    if kind < 0.7:
+        return repr(rnd.uniform(-1e6, 1e6))
+    if kind < 0.85 or not edgy:
+        mantissa = rnd.choice(["0", "1", "-1", "12.5", "0.001", "-0.0", "9.87654321"])
+        return f"{mantissa}{rnd.choice('eE')}{rnd.choice(['', '+', '-'])}{rnd.randint(0, 250)}"
+    return rnd.choice(
+        [
+            "9" * rnd.randint(19, 25),
+            "-" + "9" * rnd.randint(18, 22),
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "1e308",
+            "1.8e308",
+            "1e309",
+            "-1e400",
+            "1e-300",
+            "1e-324",
+            "4.9e-324",
+            "1e-400",
+            "0e999",
+            "0.0e-9999",
+            "1e0000000000005",
+            "0." + "0" * rnd.randint(290, 320) + "1",
+            "1" + "0" * rnd.randint(290, 320) + ".0",
+            "123456789012345678901234567890e-10",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+        ]
+    )
+
+
+def value(rnd: random.Random, depth: int = 0, edgy: bool = False) -> str:
+    ws = (lambda: rnd.choice(["", "", "", " ", "\t", "\r", "  \t"])) if rnd.random() < 0.3 else (lambda: "")
+    kind = rnd.random() if depth < 6 else rnd.random() * 0.6
+    if kind < 0.2:
+        return _string(rnd, edgy)
+    if kind < 0.45:
+        return _number(rnd, edgy)
+    if kind < 0.55:
+        return rnd.choice(["true", "false", "null"])
+    if kind < 0.8:
+        items = [ws() + value(rnd, depth + 1, edgy) + ws() for _ in range(rnd.randint(0, 5))]
+        return "[" + ",".join(items) + ws() + "]"
+    members = [
+        ws() + _string(rnd, edgy) + ws() + ":" + ws() + value(rnd, depth + 1, edgy) + ws()
+        for _ in range(rnd.randint(0, 5))
+    ]
+    return "{" + ",".join(members) + ws() + "}"
+
+
+INTERESTING = (
+    b'"\\{}[],:. -+eE019tfnu\x00\x01\x1f\x7f\x80\xbf\xc0\xc2\xdf\xe0\xed\xef\xf0\xf4\xf5\xff\t\r\n\x0b\x0c'
+)
+
+
+def mutants(rnd: random.Random, line: bytes, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        b = bytearray(line)
+        op = rnd.random()
+        at = rnd.randint(0, max(len(b) - 1, 0))
+        if op < 0.25 and b:
+            del b[at]
+        elif op < 0.5:
+            b.insert(at, rnd.choice(INTERESTING))
+        elif op < 0.7 and b:
+            b[at] = rnd.choice(INTERESTING)
+        elif op < 0.8:
+            b = b[:at]
+        elif op < 0.9 and b:
+            j = rnd.randint(at, len(b))
+            b[at:at] = b[at:j]
+        elif op < 0.95:
+            b[at:at] = rnd.choice([b"\xef\xbb\xbf", b"\\u", b"\\ud800", b"1e", b"-", b"tru", b"\\"])
+        else:  # a bracket for another
+            brackets = [i for i, c in enumerate(b) if c in b"{}[]"]
+            if brackets:
+                i = rnd.choice(brackets)
+                b[i] = rnd.choice(b"{}[]")
+        out.append(bytes(b).replace(b"\n", b""))
+    return out
+
+
+# --- the properties ---
+
+
+@pytest.mark.parametrize("case", list(TRICKY))
+def test_the_tricky_lines_are_never_accepted_wrongly(case: str) -> None:
+    line, kind = TRICKY[case]
+    ok = assert_safe(line + b"\n")
+    if kind == "invalid":
+        assert not ok
+    if kind == "blank":
+        assert ok  # skipped as blank, as the validator does
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ordinary_records_are_accepted(seed: int) -> None:
+    rnd = random.Random(seed)
+    for _ in range(400):
+        line = value(rnd).encode() + b"\n"
+        assert accepted(line), line[:300]
+        assert_safe(line)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_edge_values_and_mutants_are_never_accepted_wrongly(seed: int) -> None:
+    rnd = random.Random(1000 + seed)
+    checked = refused = 0
+    for _ in range(250):
+        base = value(rnd, edgy=True).encode()
+        for line in [base, *mutants(rnd, base, 12)]:
+            checked += 1
+            refused += not assert_safe(line + b"\n")
+            assert_safe(line)  # a last line without its newline
+    assert refused > checked // 4  # the mutants did reach the refusals
+
+
+def test_every_line_of_one_or_two_bytes() -> None:
+    for a in range(256):
+        assert_safe(bytes([a]))
+        for b in range(256):
+            assert_safe(bytes([a, b]) + b"\n")
+
+
+def test_every_short_line_over_the_grammar_s_bytes() -> None:
+    alphabet = b'"\\{}[],:0-1.eEtu \xc3\xa9\xed\xa0'
+    for a in alphabet:
+        for b in alphabet:
+            for c in alphabet:
+                assert_safe(bytes([a, b, c]))
+                assert_safe(bytes([b"["[0], a, b, c, b"]"[0]]))
+                assert_safe(bytes([b'"'[0], a, b, c, b'"'[0]]) + b"\n")
+
+
+GRAMMAR_ERRORS = [
+    b'{"a":1]', b"[1}", b'{"a"}', b'{"a":}', b"{:1}", b'{"a" 1}', b"[1 2]", b"{,}", b"[,1]",
+    b'{"a":1,}', b"[1,]", b'{"a":1 "b":2}', b"]", b"}", b"[]]", b"{}}", b"[{]}", b'{"a":[}]',
+    b'"a":1', b"1,2", b"[1x]", b"truex", b"01", b"[1.5.5]", b"[-]", b"[1e5e5]", b"[.5]", b"[5.]",
+    b"[+1]", b"[0x10]", b"[tru]", b"[nul]", b"{1:2}", b"{true:1}", b'["a" "b"]', b'["a"1]',
+    b'{"a"::1}', b"[[]", b'{"a":1}}', b"[] []", b"[]x", b'""""',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("line", GRAMMAR_ERRORS)
+def test_grammar_errors_are_never_accepted(line: bytes) -> None:
+    assert not accepted(line)
+    assert not accepted(line + b"\n")
+    for inside in (b"[" + line + b"]\n", b'{"k":' + line + b"}\n", b"[[" + line + b"],{}]\n"):
+        assert_safe(inside)
+
+
+def test_nesting_is_accepted_to_1000_levels_and_left_to_the_rule_beyond() -> None:
+    assert accepted(b"[" * 1000 + b"]" * 1000)
+    assert accepted(b'{"a":' * 1000 + b"1" + b"}" * 1000)
+    assert not accepted(b"[" * 1001 + b"]" * 1001)
+    assert not accepted(b"[" * 100_000)  # unclosed and deep: no stack overflow
+
+
+def test_numbers_near_the_rule_s_edges() -> None:
+    assert accepted(b"[999999999999999999,-999999999999999999]")  # 18 digits
+    assert not accepted(b"[9999999999999999999]")  # 19: the rule counts the big ones
+    assert accepted(b"[1e300,1e-300,-1.5E+300,0e300,0.0,12e299,0.0001e-296]")
+    for edge in [b"1e301", b"1e-301", b"1e1000", b"0.00001e-296", b"12e300"]:
+        assert not accepted(b"[" + edge + b"]"), edge
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_walk_over_many_lines_stops_where_the_line_by_line_check_does(seed: int) -> None:
+    rnd = random.Random(seed)
+    lines = []
+    for _ in range(600):
+        base = value(rnd, edgy=rnd.random() < 0.3).encode()
+        lines.append(rnd.choice([base, base, base, *mutants(rnd, base, 1), b"", b" \t\r"]))
+    data = b"\n".join(lines) + rnd.choice([b"\n", b""])
+    verdicts = [accepted(line + b"\n") or is_blank(line) for line in lines]
+    starts, pos = [], 0
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    unsure, pos = [], 0
+    while (pos := first_unsure(data, pos, len(data))) < len(data):
+        unsure.append(pos)
+        nl = data.find(b"\n", pos)
+        pos = len(data) if nl < 0 else nl + 1
+    assert unsure == [s for s, ok in zip(starts, verdicts, strict=True) if not ok]
+    assert any(verdicts)
+    assert not all(verdicts)
+
+
+def test_a_range_is_checked_alone() -> None:
+    data = b'oops\n{"a": 1}\n[2]\nbad\n'
+    assert first_unsure(data, 0, len(data)) == 0
+    assert first_unsure(data, 5, len(data)) == 18
+    assert first_unsure(data, 5, 18) == 18
+    assert first_unsure(data, 5, 12) == 5  # '{"a": ' alone, cut by the range: unsure
+    assert first_unsure(bytearray(data), 5, 18) == 18
+    assert first_unsure(memoryview(data), 5, 18) == 18
+    assert first_unsure(data, 7, 7) == 7
+
+
+@pytest.mark.parametrize(("a", "b"), [(-1, 3), (3, 2), (0, 100), (2**70, 2**71)])
+def test_a_range_outside_the_data_is_refused(a: int, b: int) -> None:
+    with pytest.raises((ValueError, OverflowError)):
+        first_unsure(b"[1]\n[2]\n", a, b)
+
+
+def test_nothing_past_the_range_is_read() -> None:
+    """Each line ends the buffer, just before a page the process may not read: a read past the end
+    kills the child with SIGSEGV."""
+    lines = [
+        b"tru", b"t", b"fals", b"nul", b"1e", b"1.", b"-", b"0.5e+", b'"', b'"\\', b'"\\u',
+        b'"\\u12', b'"\\ud83d', b'"\\ud83d\\', b'"\\ud83d\\ude0', b'"\xc3', b'"\xe4\xb8',
+        b'"\xf0\x9f\x9f', b"[", b"{", b'{"a"', b'{"a":', b"[1,", b" ", b"\t\r", b"12345678901234567",
+        b"[[[[", b'"abcdefghijklmnopqrstuvwxyz0123456789', b'["' + b"x" * 40, b"true", b"[1]",
+        b'{"a":"\\ud83d\\ude00"}',
+    ]  # fmt: skip
+    script = textwrap.dedent(
+        """
+        import ctypes, json, mmap, sys
+        from shardclaim._valid import first_unsure
+        page = mmap.PAGESIZE
+        region = mmap.mmap(-1, 2 * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        assert libc.mprotect(base + page, page, 0) == 0  # PROT_NONE
+        view = memoryview(region)[:page]
+        out = []
+        for line in json.loads(sys.argv[1]):
+            data = line.encode("latin-1")
+            at = page - len(data)
+            view[at:] = data
+            out.append(first_unsure(view, at, page) - at)
+            nl = data + b"\\n"
+            view[page - len(nl):] = nl
+            out.append(first_unsure(view, page - len(nl), page) - (page - len(nl)))
+        print(json.dumps(out))
+        """
+    )
+    arg = json.dumps([line.decode("latin-1") for line in lines])
+    done = subprocess.run(
+        [sys.executable, "-c", script, arg], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    expected = []
+    for line in lines:
+        expected += [len(line) if accepted(line) else 0, len(line) + 1 if accepted(line + b"\n") else 0]
+    assert got == expected
+    assert got[lines.index(b"true") * 2] == 4  # and a complete last line is accepted there
