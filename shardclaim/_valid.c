@@ -26,10 +26,11 @@
  * and measured 30 % slower on these records: they hold about one token per four bytes, and it is the
  * tokens that cost.
  *
- * Guarantees: the range is checked before a byte is read (ValueError); nothing past a line's newline is
- * read, except within the buffer by the 16-byte string step, which checks its bound; a last line
- * without a newline is copied with one appended; the buffer is released on every path; the GIL is
- * released for the walk.
+ * Guarantees: the range is checked before a byte is read (ValueError); nothing outside it is read (a
+ * last line without a newline is checked on a copy with one appended); within it, a line's scans stop
+ * at its newline, except that the 16-byte string step and a literal's compare may look up to 15 and 4
+ * bytes on, bounded by the range; the buffer is released on every path; the GIL is released for the
+ * walk.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -361,24 +362,29 @@ scalar_end(const unsigned char *p, const unsigned char *e)
         goto array_open;                                                                                      \
     }                                                                                                         \
     if (((p) = scalar_end((p), e)) == NULL) {                                                                 \
-        return 0;                                                                                             \
+        return NULL;                                                                                          \
     }
 
-/* Whether p[0:e] is certainly a record; *e must be a newline (the sentinel), and nothing past it is
- * read. */
-static int
-is_record(const unsigned char *p, const unsigned char *e)
+/* The line starting at p, up to its newline: if it is blank or certainly a record, where its newline
+ * is, else NULL. e is the end of the walk, whose last byte is a newline: every scan stops at the line's
+ * own newline (the sentinel: whitespace, strings, numbers and the grammar all refuse it), so most steps
+ * check no bound, and nothing past e - 1 is read. */
+static const unsigned char *
+line_end(const unsigned char *p, const unsigned char *e)
 {
     unsigned char stack[MAX_DEPTH]; /* '{' or '[' per open container */
     int depth = 0;
 
     SKIP_WS(p);
+    if (*p == '\n') {
+        return p; /* a blank line */
+    }
     VALUE(p);
     goto document_end;
 
 object_open: /* p at '{' */
     if (depth == MAX_DEPTH) {
-        return 0;
+        return NULL;
     }
     stack[depth++] = '{';
     p++;
@@ -389,11 +395,11 @@ object_open: /* p at '{' */
     }
 object_key: /* p at the first byte of a key */
     if (*p != '"' || (p = string_end(p, e)) == NULL) {
-        return 0;
+        return NULL;
     }
     SKIP_WS(p);
     if (*p != ':') {
-        return 0;
+        return NULL;
     }
     p++;
     SKIP_WS(p);
@@ -409,11 +415,11 @@ object_next: /* after a member's value */
         p++;
         goto scope_end;
     }
-    return 0;
+    return NULL;
 
 array_open: /* p at '[' */
     if (depth == MAX_DEPTH) {
-        return 0;
+        return NULL;
     }
     stack[depth++] = '[';
     p++;
@@ -440,7 +446,7 @@ array_next: /* after an element */
         p++;
         goto scope_end;
     }
-    return 0;
+    return NULL;
 
 scope_end: /* p after a '}' or ']' that closed the container on top */
     if (--depth == 0) {
@@ -453,50 +459,38 @@ scope_end: /* p after a '}' or ']' that closed the container on top */
 
 document_end:
     SKIP_WS(p);
-    return p == e;
-}
-
-/* Whether p[0:e] is a blank line (*e: a newline). */
-static inline int
-blank(const unsigned char *p, const unsigned char *e)
-{
-    SKIP_WS(p);
-    return p == e;
-}
-
-/* Whether the line p[0:n] (no newline in it) is neither blank nor certainly a record, checked on a
- * copy with a newline appended. -1 when there is no memory for the copy. */
-static int
-unsure_copy(const unsigned char *p, Py_ssize_t n)
-{
-    unsigned char *copy = malloc((size_t)n + 1);
-    int unsure;
-    if (copy == NULL) {
-        return -1;
-    }
-    memcpy(copy, p, (size_t)n);
-    copy[n] = '\n';
-    unsure = !blank(copy, copy + n) && !is_record(copy, copy + n);
-    free(copy);
-    return unsure;
+    return *p == '\n' ? p : NULL;
 }
 
 /* The first line of base[a:b] neither blank nor certainly a record: its offset, b if none, or -1 when
- * there is no memory. */
+ * there is no memory. A last line without a newline is checked on a copy with one appended. */
 static Py_ssize_t
 scan_lines(const unsigned char *base, Py_ssize_t a, Py_ssize_t b)
 {
-    const unsigned char *p = base + a, *end = base + b;
-    while (p < end) {
-        const unsigned char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (nl == NULL) { /* a last line without a newline */
-            int unsure = unsure_copy(p, end - p);
-            return unsure < 0 ? -1 : unsure ? p - base : b;
-        }
-        if (!blank(p, nl) && !is_record(p, nl)) {
+    const unsigned char *p = base + a, *end = base + b, *last = end;
+    while (last > p && last[-1] != '\n') {
+        last--;
+    }
+    while (p < last) {
+        const unsigned char *nl = line_end(p, last);
+        if (nl == NULL) {
             return p - base;
         }
         p = nl + 1;
+    }
+    if (last < end) {
+        unsigned char *copy = malloc((size_t)(end - last) + 1);
+        int unsure;
+        if (copy == NULL) {
+            return -1;
+        }
+        memcpy(copy, last, (size_t)(end - last));
+        copy[end - last] = '\n';
+        unsure = line_end(copy, copy + (end - last) + 1) == NULL;
+        free(copy);
+        if (unsure) {
+            return last - base;
+        }
     }
     return b;
 }
