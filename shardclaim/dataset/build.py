@@ -281,7 +281,7 @@ class _Walk:
         self.opts = opts
         self.total = total
         self.parse = parse
-        self.c_check = c_check  # parse is the C walk: (data, begin, end) -> first unsure offset
+        self.c_check = c_check  # parse is the C walk: (data, a, b) -> where its first unsure line begins
         self.turn = 0  # the rotation: a line's (round_robin, small blocks) or a run's (blocks)
         self.lineno = 0
 
@@ -299,6 +299,7 @@ class _Walk:
         # whole --no-validate build on 10 KB records. add() copies the line out of the block at once.
         view = memoryview(data)
         pos = start
+        unsure = parse(data, start, end) if c_check else -1  # the C walk: the first line to look at
         while pos < end:
             nl = data.index(b"\n", pos, end) + 1
             lineno += 1
@@ -312,7 +313,8 @@ class _Walk:
             if parse is not None:  # records.fast_validator, written out (a call per line costs ~10%)
                 try:
                     if c_check:
-                        if parse(data, begin, nl) != nl:
+                        if begin == unsure:  # (the lines before it are records)
+                            unsure = parse(data, nl, end)
                             raise ValueError("unsure")  # the rule decides
                     elif first == 0xEF and line[:3] == BOM:
                         raise ValueError("BOM")  # simdjson skips one; the rule does not
