@@ -471,12 +471,20 @@ def gcs_dataset(tmp_path: Path, url: str, num_shards: int = 3) -> list[bytes]:
     return lines
 
 
-@pytest.mark.gcs
+@pytest.fixture(params=[pytest.param("gcs", marks=pytest.mark.gcs), pytest.param("s3", marks=pytest.mark.s3)])
+def bucket_ds(request: pytest.FixtureRequest) -> str:
+    """A dataset URL in a bucket of a test server: GCS (its test server), and S3 (moto; there the build
+    marker is a create-if-absent on an ETag store)."""
+    if request.param == "s3":
+        return f"s3://{request.getfixturevalue('s3_bucket')}/ds"
+    return f"gs://{request.getfixturevalue('gcs_bucket')}/ds"
+
+
 @pytest.mark.parametrize("failure", ["missing input", "malformed line"])
-def test_on_gcs_a_failed_overwrite_leaves_the_old_dataset_as_it_was(
-    tmp_path: Path, gcs_bucket: str, failure: str
+def test_in_a_bucket_a_failed_overwrite_leaves_the_old_dataset_as_it_was(
+    tmp_path: Path, bucket_ds: str, failure: str
 ) -> None:
-    url = f"gs://{gcs_bucket}/ds"
+    url = bucket_ds
     gcs_dataset(tmp_path, url)
     before = gcs_snapshot(url)
     src, kwargs = failing_input(tmp_path, failure)
@@ -485,11 +493,10 @@ def test_on_gcs_a_failed_overwrite_leaves_the_old_dataset_as_it_was(
     assert gcs_snapshot(url) == before
 
 
-@pytest.mark.gcs
-def test_on_gcs_resharding_a_dataset_from_its_own_chunks_keeps_every_record(
-    tmp_path: Path, gcs_bucket: str
+def test_in_a_bucket_resharding_a_dataset_from_its_own_chunks_keeps_every_record(
+    tmp_path: Path, bucket_ds: str
 ) -> None:
-    url = f"gs://{gcs_bucket}/ds"
+    url = bucket_ds
     lines = gcs_dataset(tmp_path, url, num_shards=4)
     master = create_sharded_dataset(f"{url}/shard_*/chunk_*.jsonl", url, num_shards=2, overwrite=True)
     assert master["total_tasks"] == len(lines)
@@ -497,12 +504,11 @@ def test_on_gcs_resharding_a_dataset_from_its_own_chunks_keeps_every_record(
     assert seed_layout(list(gcs_snapshot(url)), 2)  # no staging objects, no marker, no old shards
 
 
-@pytest.mark.gcs
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_on_gcs_racing_builds_one_wins_and_the_dataset_is_whole(
-    tmp_path: Path, gcs_bucket: str, overwrite: bool
+def test_in_a_bucket_racing_builds_one_wins_and_the_dataset_is_whole(
+    tmp_path: Path, bucket_ds: str, overwrite: bool
 ) -> None:
-    url = f"gs://{gcs_bucket}/ds"
+    url = bucket_ds
     if overwrite:
         gcs_dataset(tmp_path, url)
     flags = ["--overwrite"] if overwrite else []
