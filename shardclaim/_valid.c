@@ -194,7 +194,7 @@ string_end(const unsigned char *p, const unsigned char *e)
         }
         switch (string_class[*p]) {
         case BACKSLASH:
-            switch (p[1]) { /* p[1] is at most the newline at e */
+            switch (p[1]) { /* p[1] is at most the line's newline */
             case '"':
             case '\\':
             case '/':

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -346,3 +347,69 @@ def test_nothing_past_the_range_is_read() -> None:
         expected += [len(line) if accepted(line) else 0, len(line) + 1 if accepted(line + b"\n") else 0]
     assert got == expected
     assert got[lines.index(b"true") * 2] == 4  # and a complete last line is accepted there
+
+
+@pytest.mark.parametrize(
+    ("where", "skip_invalid"), [("inline", False), ("inline", True), ("background", False)]
+)  # (lines to skip are always checked inline)
+def test_a_build_is_the_same_with_the_c_check_and_with_simdjson(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, skip_invalid: bool
+) -> None:
+    """Blocks holding many lines the walk leaves to the rule (big integers, blank lines, and bad lines
+    when they are skipped): the same chunks, counts and big integers, or the same first error, checked
+    in the builder or by its background processes."""
+    from shardclaim import InputError, create_sharded_dataset
+    from shardclaim.dataset import validate
+
+    monkeypatch.setattr(validate, "BACKGROUND_FROM", 0 if where == "background" else 1 << 62)
+    started: list[int] = []
+    real_start = validate.BackgroundValidator.start
+
+    def start(self: validate.BackgroundValidator) -> None:
+        started.append(1)
+        real_start(self)
+
+    monkeypatch.setattr(validate.BackgroundValidator, "start", start)
+    rnd = random.Random(7)
+    lines = []
+    for i in range(3000):
+        kind = rnd.random()
+        if kind < 0.05:
+            lines.append(b'{"id": %d, "big": %d}' % (i, 10**30 + i))
+        elif kind < 0.08:
+            lines.append(rnd.choice([b"", b"  \t", b"\r"]))
+        elif kind < 0.1 and skip_invalid:
+            lines.append(rnd.choice([b"{", b"[1,]", b"\xef\xbb\xbf{}", b'{"a": NaN}', b"\x0c"]))
+        else:
+            lines.append(value(rnd).encode())
+    if not skip_invalid:
+        lines.insert(2500, b'{"oops": tru}')
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+
+    def build(check: str) -> tuple[object, dict[str, bytes]]:
+        if check == "simdjson":
+            monkeypatch.setenv("SHARDCLAIM_SCAN", "python")
+        else:
+            monkeypatch.delenv("SHARDCLAIM_SCAN", raising=False)
+        out = tmp_path / check
+        try:
+            master = create_sharded_dataset(
+                str(src), str(out), num_shards=3, chunk_size_mb=0.05, skip_invalid=skip_invalid
+            )
+        except InputError as e:
+            return str(e).replace(str(src), "SRC"), {}
+        counts = {k: master[k] for k in ("total_tasks", "big_integers", "skipped_invalid", "blank_lines")}
+        files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("chunk_*"))}
+        return counts, files
+
+    c, python = build("c"), build("simdjson")
+    assert len(started) == (2 if where == "background" else 0)
+    assert c == python
+    if skip_invalid:
+        assert isinstance(c[0], dict)
+        assert c[0]["big_integers"] > 100
+        assert c[0]["skipped_invalid"] > 10
+    else:
+        assert isinstance(c[0], str)
+        assert c[0].startswith("SRC, line 2501: not valid JSON (")
