@@ -30,7 +30,11 @@
  * last line without a newline is checked on a copy with one appended); within it, a line's scans stop
  * at its newline, except that the 16-byte string step and a literal's compare may look up to 15 and 4
  * bytes on, bounded by the range; the buffer is released on every path; the GIL is released for the
- * walk.
+ * walk. The caller's part: the buffer must not change during the call. The newline sentinel is read
+ * without the GIL, so a newline overwritten meanwhile (by another thread, or by a writer to a shared
+ * mapping of a file) could let a scan run past the range. The library passes only private buffers (a
+ * block it read into, a validator's own); a hostile pass showed the crash with a page flipped under
+ * the walk, and validators read their ranges with read(), not mmap, for this reason among others.
  */
 
 #define PY_SSIZE_T_CLEAN

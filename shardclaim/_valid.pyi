@@ -1,4 +1,6 @@
 """Which lines are certainly records, decided in C (``shardclaim/_valid.c``; optional: see
 :mod:`shardclaim.dataset.records`)."""
 
-def first_unsure(data: bytes | bytearray | memoryview, a: int, b: int, /) -> int: ...
+def first_unsure(data: bytes | bytearray | memoryview, a: int, b: int, /) -> int:
+    """Where the first line of ``data[a:b]`` neither blank nor certainly a record begins, or ``b``.
+    ``data`` must not change during the call (see ``shardclaim/_valid.c``)."""

@@ -164,6 +164,24 @@ def test_validator_and_reader_agree_on_a_tricky_line(tmp_path: Path, validator: 
     assert sorted(map(key, got)) == sorted(map(key, want))
 
 
+@pytest.mark.parametrize("last", [b"tru", b'{"a": 1', b'["x"] y'])
+def test_a_bad_last_line_without_a_newline_is_worded_as_the_rule_words_it_with_one(
+    tmp_path: Path,
+    validator: str,  # noqa: F811
+    last: bytes,
+) -> None:
+    """The builder gives an input's last line a newline; the background validators judge it so too,
+    so the message is the same wherever the line was checked."""
+    from shardclaim.dataset.records import loads_exact
+    from shardclaim.errors import InvalidRecordError
+
+    with pytest.raises(InvalidRecordError) as rule:
+        loads_exact(last + b"\n")
+    with pytest.raises(InputError) as e:
+        build(tmp_path, [*records(10), last])
+    assert str(e.value).endswith(f"in.jsonl, line 11: not valid JSON ({rule.value.reason})")
+
+
 def test_every_line_the_validator_keeps_the_reader_reads_and_it_skips_only_what_the_reader_cannot(
     tmp_path: Path,
 ) -> None:
