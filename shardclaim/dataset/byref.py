@@ -27,8 +27,7 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import crc32c
-
+from shardclaim.crc import crc32c
 from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import input_name, input_names, is_blank, secrets_of
 from shardclaim.dataset.localfs import is_local, usable_cpus
@@ -281,7 +280,7 @@ class _Scan:
         if records == 0:
             return
         with memoryview(data) as view:
-            crc = crc32c.crc32c(view[a:b])
+            crc = crc32c(view[a:b])
         self._add(self.shard, index, base + a, b - a, records, crc)
 
 
@@ -326,13 +325,13 @@ def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify:
     offset, length = chunk["offset"], chunk["size_bytes"]
     if verify and length <= _IN_MEMORY:
         data = _read(fs, path, offset, length)
-        _check(url, chunk, len(data), crc32c.crc32c(data))
+        _check(url, chunk, len(data), crc32c(data))
         yield data
         return
     if verify:
         crc = size = 0
         for block in _blocks(fs, path, offset, length):
-            crc = crc32c.crc32c(block, value=crc)
+            crc = crc32c(block, value=crc)
             size += len(block)
         _check(url, chunk, size, crc)
     yield from _blocks(fs, path, offset, length)

@@ -55,13 +55,12 @@ def shard_jsonl(dataset: str, shard_id: int, *, start_chunk: int = 0) -> Iterato
 
 
 def _check(path: str, chunk: dict[str, Any], data: bytes) -> None:
-    import crc32c
-
+    from shardclaim.crc import crc32c
     from shardclaim.errors import ChunkCorruptError
 
     if "size_bytes" in chunk and len(data) != chunk["size_bytes"]:
         raise ChunkCorruptError(path, f"{len(data)} bytes, metadata records {chunk['size_bytes']}")
-    got = f"{crc32c.crc32c(data):08x}"
+    got = f"{crc32c(data):08x}"
     if chunk.get("crc32c") is not None and got != chunk["crc32c"]:
         raise ChunkCorruptError(path, f"CRC32C {got}, metadata records {chunk['crc32c']}")
 

@@ -34,8 +34,7 @@ import resource
 import threading
 from typing import Any
 
-import crc32c
-
+from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
 from shardclaim.layout import chunk_name, shard_dir
 
@@ -219,7 +218,7 @@ class ChunkWriter:
         """The shard's buffer, folded into the chunk's CRC32C, goes to a writer."""
         shard = self.shards[shard_id]
         assert shard.buffer is not None  # records > 0, and every record has at least its newline
-        shard.crc = crc32c.crc32c(shard.buffer[: shard.fill], value=shard.crc)
+        shard.crc = crc32c(shard.buffer[: shard.fill], value=shard.crc)
         if shard.file is None:  # the chunk's first bytes: open it here, before any writer needs it
             shard.file = self._open(f"{self._base}/{shard.directory}/{chunk_name(len(shard.chunks))}")
             self._open_files.add(shard.file)

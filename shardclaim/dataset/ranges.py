@@ -18,8 +18,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import crc32c
-
+from shardclaim.crc import crc32c
 from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import is_blank
 from shardclaim.dataset.records import BOM
@@ -115,7 +114,7 @@ def scan_range(path: str, a: int, b: int, buf: bytearray | None = None) -> Range
                 got = os.preadv(f.fileno(), [view[keep : keep + min(len(buf) - keep, b - pos)]], pos)
                 if not got:
                     break
-                crc = crc32c.crc32c(view[keep : keep + got], value=crc)
+                crc = crc32c(view[keep : keep + got], value=crc)
             pos += got
             n = keep + got
             whole = buf.rfind(b"\n", 0, n) + 1

@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import crc32c
-
+from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.records import record_reader
 from shardclaim.errors import ChunkCorruptError
@@ -94,7 +93,7 @@ def verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:
     size = 0
     with fs.open(path, "rb") as f:
         while block := f.read(_BLOCK):
-            crc = crc32c.crc32c(block, value=crc)
+            crc = crc32c(block, value=crc)
             size += len(block)
     want_size = chunk.get("size_bytes")
     if want_size is not None and size != want_size:
