@@ -622,6 +622,15 @@ def test_every_sub_range_of_a_line_is_walked_as_the_bytes_alone() -> None:
 # --- 2. memory safety ------------------------------------------------------------------------------------
 
 
+EDGE_ENDINGS = [  # lines cut where a scan would want one more byte
+    b"tru", b"t", b"fals", b"nul", b"1e", b"1.", b"-", b"0.5e+", b'"', b'"\\', b'"\\u',
+    b'"\\u12', b'"\\ud83d', b'"\\ud83d\\', b'"\\ud83d\\ude0', b'"\xc3', b'"\xe4\xb8',
+    b'"\xf0\x9f\x9f', b"[", b"{", b'{"a"', b'{"a":', b"[1,", b" ", b"\t\r", b"12345678901234567",
+    b"[[[[", b'"abcdefghijklmnopqrstuvwxyz0123456789', b'["' + b"x" * 40, b"true", b"[1]",
+    b'{"a":"\\ud83d\\ude00"}',
+]  # fmt: skip
+
+
 def test_guard_pages_on_both_sides_of_random_lines() -> None:
     """Random mutants end exactly at a page the process may not read (and begin just after one): a read
     past either end kills the child with SIGSEGV. The verdicts match those of ordinary buffers."""
@@ -633,6 +642,7 @@ def test_guard_pages_on_both_sides_of_random_lines() -> None:
         lines += [base, *(_mutate(rnd, base, prev) for _ in range(5))]
         prev = base
     lines += [b'"' + b"x" * n for n in range(40)] + [b'"' + b"y" * n + b"\\" for n in range(40)]
+    lines += EDGE_ENDINGS
     lines = [line for line in lines if len(line) < 3000]
     script = textwrap.dedent(
         """
