@@ -237,14 +237,16 @@ def _distribute(
     background: BackgroundValidator | None,
 ) -> dict[str, int]:
     stats = {"records": 0, "invalid": 0, "blank": 0, "bytes": 0, "big": 0}
-    parse: Any = None  # inline validation: the C walk, a line at a time, else simdjson's parse
+    parse: Any = None  # inline validation: the C walk over each block, else simdjson's parse a line
+    c_check = False
     if opts.validate and background is None:
         parse = c_walk()
+        c_check = parse is not None
         if parse is None:
             import simdjson
 
             parse = simdjson.Parser().parse
-    walk = _Walk(writer, opts, total, parse, c_check=parse is not None and parse is c_walk())
+    walk = _Walk(writer, opts, total, parse, c_check=c_check)
     blocks = opts.strategy == "blocks"
     current = 0
     if blocks and parse is None:  # no Python code per line: each block planned ahead (see deal)

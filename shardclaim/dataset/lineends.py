@@ -26,10 +26,10 @@ and in :func:`plan_runs` for a ``share`` that is not positive or a range that do
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Literal
 
 from shardclaim.dataset.inputs import is_blank
+from shardclaim.dataset.records import c_ruled_out
 
 try:
     from shardclaim._scan import count_and_blanks as _c_count_and_blanks
@@ -58,8 +58,7 @@ Buffer = bytes | bytearray | memoryview
 def implementation() -> Literal["c", "numpy"]:
     """The scan that serves a call made now: ``"c"`` when ``shardclaim._scan`` was built and
     ``SHARDCLAIM_SCAN`` is not ``python`` (or ``numpy``), else ``"numpy"``."""
-    forced = os.environ.get("SHARDCLAIM_SCAN", "").lower() in {"python", "numpy"}
-    return "c" if BUILT and not forced else "numpy"
+    return "c" if BUILT and not c_ruled_out() else "numpy"
 
 
 def count_and_blanks(data: Buffer, a: int, b: int) -> tuple[int, list[tuple[int, int]]]:

@@ -46,6 +46,7 @@ __all__ = [
     "BOM",
     "FAST_ERRORS",
     "big_integers_in",
+    "c_ruled_out",
     "c_walk",
     "fast_validator",
     "loads_exact",
@@ -91,41 +92,55 @@ def _exact(line: bytes | memoryview) -> tuple[Any, int]:
     return value, count
 
 
+def c_ruled_out() -> bool:
+    """Whether ``SHARDCLAIM_SCAN`` is ``python`` (or ``numpy``): then neither C extension serves, this
+    module's check nor :mod:`~shardclaim.dataset.lineends`'s walk. Read at each call (a block's worth
+    of work), so no choice is frozen at import."""
+    return os.environ.get("SHARDCLAIM_SCAN", "").lower() in {"python", "numpy"}
+
+
 def c_walk() -> Callable[[Any, int, int], int] | None:
     """``walk(data, a, b)``: where the first line of ``data[a:b]`` that is neither blank nor certainly a
-    record begins, or ``b`` (``shardclaim._valid.first_unsure``); None where it was not built or
-    ``SHARDCLAIM_SCAN`` is ``python``. Read at each call, as lineends does."""
-    if os.environ.get("SHARDCLAIM_SCAN", "").lower() in {"python", "numpy"}:
-        return None
-    return _C_WALK
+    record begins, or ``b`` (``shardclaim._valid.first_unsure``); None where it was not built or is
+    ruled out (:func:`c_ruled_out`)."""
+    return None if c_ruled_out() else _C_WALK
+
+
+def _fast_accepts() -> Callable[[Any], bool]:
+    """``accepts(line)``: True when the fast check takes a line that is not blank as a record as it is
+    (no integer beyond 64 bits); False leaves it to the rule. The C walk, else simdjson."""
+    walk = c_walk()
+    if walk is not None:
+
+        def accepts_c(line: Any) -> bool:
+            n = len(line)  # (a line opening with whitespace goes to the rule: the walk skips blank ones)
+            return bool(n) and line[0] not in b" \t\r\n" and walk(line, 0, n) == n
+
+        return accepts_c
+    import simdjson
+
+    parse = simdjson.Parser().parse
+
+    def accepts(line: Any) -> bool:
+        if line[0] == 0xEF and bytes(line[:3]) == BOM:
+            return False  # simdjson skips one; the rule does not
+        try:
+            parse(line)
+        except FAST_ERRORS:
+            return False
+        return True
+
+    return accepts
 
 
 def fast_validator() -> Callable[[Any], int]:
     """``check(line) -> 0 | 1`` for a line that is not blank: 1 when the record holds an integer beyond
     64 bits; raises :class:`InvalidRecordError` when the line is not a record. The fast check first
     (see above), the rule when it does not accept the line."""
-    walk = c_walk()
-    if walk is not None:
-
-        def check_c(line: Any) -> int:
-            n = len(line)  # (a line opening with whitespace goes to the rule: the walk skips blank ones)
-            if n and line[0] not in b" \t\r\n" and walk(line, 0, n) == n:
-                return 0
-            return 1 if big_integers_in(line) else 0
-
-        return check_c
-    import simdjson
-
-    parse = simdjson.Parser().parse
+    accepts = _fast_accepts()
 
     def check(line: Any) -> int:
-        try:
-            if line[0] == 0xEF and bytes(line[:3]) == BOM:
-                raise ValueError("BOM")  # simdjson skips one; the rule does not
-            parse(line)
-        except FAST_ERRORS:
-            return 1 if big_integers_in(line) else 0
-        return 0
+        return 0 if accepts(line) else 1 if big_integers_in(line) else 0
 
     return check
 
@@ -136,14 +151,10 @@ def record_reader(master: dict[str, Any]) -> Callable[[bytes], Any]:
     at every line first, as the validator does, and reads those with big integers exactly."""
     if master.get("validated") is True and not master.get("big_integers"):
         return orjson.loads
-    check = fast_validator()
+    accepts = _fast_accepts()
 
     def loads(line: bytes) -> Any:
-        try:
-            big = check(line)
-        except InvalidRecordError:
-            big = 1  # the rule words the error
-        return loads_exact(line) if big else orjson.loads(line)
+        return orjson.loads(line) if accepts(line) else loads_exact(line)
 
     return loads
 
