@@ -9,8 +9,8 @@ checked:
 * bz2, xz: each stream's end marker (and check); several streams are one stream;
 * zstd: the frames themselves are walked (headers and block sizes, without decoding) beside the
   decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
-  when it has one; skippable frames are skipped. A local file is decoded by a ``zstd`` process where
-  the executable is on PATH (unless ``SHARDCLAIM_ZSTD=python``), by python-zstandard otherwise: the
+  when it has one; skippable frames are skipped. python-zstandard decodes, or, with
+  ``SHARDCLAIM_ZSTD=process``, a ``zstd`` process for a local file where the executable is on PATH: the
   same files are accepted and refused either way (:mod:`shardclaim.dataset.zstd`).
 
 gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; gzip, bz2 and xz are
