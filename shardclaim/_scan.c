@@ -70,6 +70,20 @@ check_range(const Py_buffer *buf, Py_ssize_t a, Py_ssize_t b, const char *na, co
     return 0;
 }
 
+/* The buffer of `data` with the range checked: 0, or -1 with an exception set and nothing held. */
+static int
+get_range(PyObject *data, Py_buffer *buf, Py_ssize_t a, Py_ssize_t b, const char *na, const char *nb)
+{
+    if (PyObject_GetBuffer(data, buf, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (check_range(buf, a, b, na, nb) < 0) {
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    return 0;
+}
+
 /* Whether line [begin, nl] (nl: its newline) is JSON whitespace only (a form feed is not). */
 static inline int
 is_blank(const unsigned char *p, Py_ssize_t begin, Py_ssize_t nl)
@@ -150,11 +164,7 @@ count_and_blanks(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
                                      to_ssize, &b)) {
         return NULL;
     }
-    if (PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (check_range(&buf, a, b, "a", "b") < 0) {
-        PyBuffer_Release(&buf);
+    if (get_range(data, &buf, a, b, "a", "b") < 0) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -205,11 +215,7 @@ plan_runs(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "share must be positive, got %zd", share);
         return NULL;
     }
-    if (PyObject_GetBuffer(data, &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (check_range(&buf, start, end, "start", "end") < 0) {
-        PyBuffer_Release(&buf);
+    if (get_range(data, &buf, start, end, "start", "end") < 0) {
         return NULL;
     }
     if (start < end && ((const unsigned char *)buf.buf)[end - 1] != '\n') {
