@@ -8,7 +8,7 @@ the range is read: tests/test_valid_hostile.py.)"""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,6 +179,21 @@ def mutants(rnd: random.Random, line: bytes, n: int) -> list[bytes]:
 # --- the properties ---
 
 
+@pytest.fixture(params=["utf8-16-bytes", "utf8-one-sequence"])
+def each_utf8_step(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test with each way of checking UTF-8 in a string: 16 bytes a step (SSSE3, the default
+    where the CPU has it) and one sequence a step (every other machine)."""
+    simd = _valid.utf8_simd(request.param == "utf8-16-bytes")
+    if request.param == "utf8-16-bytes" and not simd:
+        _valid.utf8_simd(True)
+        pytest.skip("this CPU has no SSSE3")
+    try:
+        yield request.param
+    finally:
+        _valid.utf8_simd(True)
+
+
+@pytest.mark.usefixtures("each_utf8_step")
 @pytest.mark.parametrize("case", list(TRICKY))
 def test_the_tricky_lines_are_never_accepted_wrongly(case: str) -> None:
     line, kind = TRICKY[case]
@@ -189,6 +204,7 @@ def test_the_tricky_lines_are_never_accepted_wrongly(case: str) -> None:
         assert ok  # skipped as blank, as the validator does
 
 
+@pytest.mark.usefixtures("each_utf8_step")
 @pytest.mark.parametrize("seed", range(8))
 def test_ordinary_records_are_accepted(seed: int) -> None:
     rnd = random.Random(seed)
@@ -198,6 +214,7 @@ def test_ordinary_records_are_accepted(seed: int) -> None:
         assert_safe(line)
 
 
+@pytest.mark.usefixtures("each_utf8_step")
 @pytest.mark.parametrize("seed", range(12))
 def test_edge_values_and_mutants_are_never_accepted_wrongly(seed: int) -> None:
     rnd = random.Random(1000 + seed)
@@ -260,6 +277,7 @@ def test_numbers_near_the_rule_s_edges() -> None:
         assert not accepted(b"[" + edge + b"]"), edge
 
 
+@pytest.mark.usefixtures("each_utf8_step")
 @pytest.mark.parametrize("seed", range(4))
 def test_a_walk_over_many_lines_stops_where_the_line_by_line_check_does(seed: int) -> None:
     rnd = random.Random(seed)
@@ -281,6 +299,76 @@ def test_a_walk_over_many_lines_stops_where_the_line_by_line_check_does(seed: in
     assert unsure == [s for s, ok in zip(starts, verdicts, strict=True) if not ok]
     assert any(verdicts)
     assert not all(verdicts)
+
+
+def _utf8_sequences() -> list[bytes]:
+    """Sequences of 1-4 bytes at every edge a UTF-8 check draws (the leads and continuations either side
+    of each limit), valid ones and not, and ASCII bytes the string scan stops at."""
+    edges = [0x00, 0x1F, 0x20, 0x22, 0x5C, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2,
+             0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xF8, 0xFF]  # fmt: skip
+    seqs = [bytes([a]) for a in edges] + [bytes([a, b]) for a in edges for b in edges]
+    seqs += [bytes([a, b, c]) for a in edges if a >= 0xE0 for b in edges for c in (0x41, 0x80, 0xBF, 0xC0)]
+    seqs += [
+        bytes([a, b, c, d])
+        for a in edges
+        if a >= 0xF0
+        for b in edges
+        for c in (0x80, 0xC0)
+        for d in (0x41, 0x80, 0xBF)
+    ]
+    seqs += ["é中😀".encode(), "\u00e9".encode(), b"\\", b'\\"']
+    return [s for s in seqs if 0x0A not in s]
+
+
+def test_utf8_16_bytes_a_step_decides_as_one_sequence_a_step() -> None:
+    """Each edge sequence at each of the 16 places in a block of the SSSE3 step: inside a long string,
+    just before its closing quote, and where the step hands the last bytes of the range to the one-
+    sequence step. Both steps give the same verdict on every line, a valid sequence is accepted, and
+    nothing accepted is refused by the rule."""
+    if not _valid.utf8_simd(True):
+        pytest.skip("this CPU has no SSSE3")
+    lines = []
+    for s in _utf8_sequences():
+        for j in range(16):  # the step starts at the first byte past ASCII: "é" here
+            head = b'["\xc3\xa9' + b"a" * j + s
+            lines += [head + b"b" * 20 + b'"]', head + b'", "' + b"z" * 20 + b'"]', head + b'"]']
+    data = b"\n".join(lines) + b"\n"
+    starts, pos = [], 0
+    for line in lines:
+        starts.append(pos)
+        pos += len(line) + 1
+    verdicts = {}
+    try:
+        for on in (True, False):
+            _valid.utf8_simd(on)
+            verdicts[on] = [
+                first_unsure(data, a, a + len(line) + 1) == a + len(line) + 1
+                for a, line in zip(starts, lines, strict=True)
+            ]
+    finally:
+        _valid.utf8_simd(True)
+    differ = [line for line, x, y in zip(lines, verdicts[True], verdicts[False], strict=True) if x != y]
+    assert not differ, differ[:5]
+    accepted_lines = [line for line, ok in zip(lines, verdicts[True], strict=True) if ok]
+    for line in accepted_lines:
+        assert_safe(line + b"\n")
+    for s in _utf8_sequences():  # and no valid sequence refused
+        try:
+            text = s.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if all(c not in text for c in '"\\') and all(ord(c) >= 0x20 for c in text):
+            assert b'["\xc3\xa9' + b"a" * 5 + s + b"b" * 20 + b'"]' in accepted_lines, s
+    assert 5_000 < len(accepted_lines) < len(lines) // 2
+
+
+def test_a_line_s_verdict_does_not_depend_on_the_bytes_after_it() -> None:
+    """The 16-byte step reads past the quote that ends a string, into the next line when the string ends
+    its line: those bytes must not count against it."""
+    for j in range(16):
+        good = b'["\xc3\xa9' + b"a" * j + b'"]'
+        data = good + b"\n\xff\xfe\x80[1]\n"
+        assert first_unsure(data, 0, len(data)) == len(good) + 1
 
 
 def test_a_range_is_checked_alone() -> None:
