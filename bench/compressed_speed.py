@@ -6,8 +6,9 @@
 Generates the JSONL with ../shared/bench/gen_jsonl.py and compresses it once with ``gzip -6`` and
 ``zstd -3`` (cached in DIR, default /var/tmp/shardclaim-bench); warms the page cache; then alternates,
 round by round: ``gzip -dc``, the ``.gz`` build, ``zstd -dc``, the ``.zst`` build decoded by
-python-zstandard (the default) and by a ``zstd`` process (``SHARDCLAIM_ZSTD=process``) (8 shards, 100
-MiB chunks, each build timed to a final ``sync``). Prints medians and the median over rounds of each build's
+python-zstandard in a child process (the default for a large local file), in the builder's process
+(``SHARDCLAIM_ZSTD=python``) and by a ``zstd`` process (``SHARDCLAIM_ZSTD=process``) (8 shards, 100 MiB
+chunks, each build timed to a final ``sync``). Prints medians and the median over rounds of each build's
 ratio to its decompressor's time in the same round: the targets are a ``.gz`` build in at most 0.5x the
 time of ``gzip -dc`` and a ``.zst`` build at 80 % of ``zstd -dc``'s speed (at most 1.25x its time).
 """
@@ -63,7 +64,8 @@ def main() -> int:
         "gzip -dc": ["sh", "-c", f'mkdir -p "{out}" && exec gzip -dc "{gz}" > /dev/null'],
         "create .gz": [*create, str(gz)],
         "zstd -dc": ["sh", "-c", f'mkdir -p "{out}" && exec zstd -dc -q "{zst}" > /dev/null'],
-        "create .zst": ["env", "SHARDCLAIM_ZSTD=python", *create, str(zst)],
+        "create .zst": ["env", "SHARDCLAIM_ZSTD=auto", *create, str(zst)],
+        ".zst (in process)": ["env", "SHARDCLAIM_ZSTD=python", *create, str(zst)],
         ".zst (zstd proc)": ["env", "SHARDCLAIM_ZSTD=process", *create, str(zst)],
     }
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -71,7 +73,7 @@ def main() -> int:
         for name, cmd in steps.items():
             elapsed, _ = run(cmd, out)
             times[name].append(elapsed)
-            print(f"round {r + 1}: {name:12s} {elapsed:6.2f} s", flush=True)
+            print(f"round {r + 1}: {name:17s} {elapsed:6.2f} s", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     size = src.stat().st_size / 2**20
     print(f"\n{size:.0f} MiB of JSONL ({args.profile}), .gz {gz.stat().st_size / 2**20:.0f} MiB, "
@@ -81,10 +83,11 @@ def main() -> int:
         ("create .gz", "gzip -dc"),
         ("zstd -dc", None),
         ("create .zst", "zstd -dc"),
+        (".zst (in process)", "zstd -dc"),
         (".zst (zstd proc)", "zstd -dc"),
     ):
         med = statistics.median(times[name])
-        line = f"  {name:12s} {med:6.2f} s  {size / med:7.0f} MiB/s"
+        line = f"  {name:17s} {med:6.2f} s  {size / med:7.0f} MiB/s"
         if base is not None:
             ratio = statistics.median(t / b for t, b in zip(times[name], times[base], strict=True))
             line += f"  {ratio:5.2f}x the time of {base}"

@@ -1,7 +1,7 @@
 """``.zst`` inputs decoded by a ``zstd`` process or by python-zstandard: the same bytes out, the same
 files refused with the same errors, and no process or file descriptor left behind however the reading
-ends. Every promise is checked on both decoders (``SHARDCLAIM_ZSTD=process`` with a ``zstd`` executable on
-PATH, and ``SHARDCLAIM_ZSTD=python``)."""
+ends. Every promise is checked on the three decoders (``SHARDCLAIM_ZSTD=process`` with a ``zstd``
+executable on PATH, ``child`` (python-zstandard in a child process) and ``python`` (in this process))."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 import zstandard
 
 from shardclaim import InputError, create_sharded_dataset
+from shardclaim.dataset import zstd
 from shardclaim.dataset.localfs import LocalInput
-from shardclaim.dataset.zstd import ENV, ZstdProcessReader
+from shardclaim.dataset.zstd import ENV, ZstdProcessReader, ZstdReader
+from shardclaim.dataset.zstd_child import ZstdChildReader
 from shardclaim.errors import CompressedStreamError
 from tests.test_build_inputs import zstd_block_ends
 from tests.test_dataset import dataset_lines, records
@@ -31,11 +34,14 @@ NO_FRAME = "no zstd frame in the file"
 HAS_ZSTD = shutil.which("zstd") is not None
 
 
-@pytest.fixture(params=["process", "python"])
+READERS = {"process": ZstdProcessReader, "child": ZstdChildReader, "python": ZstdReader}
+
+
+@pytest.fixture(params=list(READERS))
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "process" and not HAS_ZSTD:
         pytest.skip("no zstd executable on PATH")
-    monkeypatch.setenv(ENV, "process" if request.param == "process" else "python")
+    monkeypatch.setenv(ENV, request.param)
     return str(request.param)
 
 
@@ -56,7 +62,7 @@ BIG = body(80_000)  # 11 MiB decoded: far more than the pipe and zstd's buffers 
 
 def opened(path: Path, decoder: str) -> Any:
     reader = LocalInput(str(path)).open()
-    assert isinstance(reader, ZstdProcessReader) == (decoder == "process"), type(reader)
+    assert type(reader) is READERS[decoder], type(reader)
     return reader
 
 
@@ -94,7 +100,8 @@ def write(tmp_path: Path, blob: bytes, name: str = "in.jsonl.zst") -> Path:
 
 
 def zstd_children() -> list[int]:
-    """This process's zstd children, running or not yet reaped."""
+    """This process's decoding children (``zstd``, or Python running the zstd child), running or not yet
+    reaped."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -104,7 +111,13 @@ def zstd_children() -> list[int]:
         except OSError:  # gone meanwhile
             continue
         name, _, rest = text.partition(") ")
-        if name.endswith("(zstd") and int(rest.split()[1]) == os.getpid():
+        if int(rest.split()[1]) != os.getpid():
+            continue
+        try:
+            child = b"zstd_child" in Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            child = False
+        if name.endswith("(zstd") or child:
             found.append(int(entry))
     return found
 
@@ -238,7 +251,7 @@ def test_a_corrupt_file_is_refused_as_corrupt(
 
 
 def shardclaim(*args: str, decoder: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, ENV: "process" if decoder == "process" else "python"}
+    env = {**os.environ, ENV: decoder}
     return subprocess.run(
         [sys.executable, "-m", "shardclaim", *args], capture_output=True, text=True, env=env, check=False
     )
@@ -274,9 +287,9 @@ def test_closing_early_leaves_no_process_and_no_descriptor(tmp_path: Path, decod
     before = descriptors()
     reader = opened(src, decoder)
     assert read_at_least(reader, 1 << 20) == 1 << 20
-    pid = reader.pid if decoder == "process" else None
+    pid = reader.pid if decoder != "python" else None
     if pid is not None:
-        assert not gone(pid)  # still writing: there is far more than the pipe holds
+        assert not gone(pid)  # still decoding: there is far more than the pipe or the slots hold
     reader.close()
     assert descriptors() == before
     assert zstd_children() == []
@@ -328,22 +341,39 @@ def test_the_command_line_stopped_early_prints_only_its_own_message(tmp_path: Pa
 needs_zstd = pytest.mark.skipif(not HAS_ZSTD, reason="no zstd executable on PATH")
 
 
-@needs_zstd
-def test_a_zstd_process_killed_midway_is_an_error_not_the_end_of_the_input(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        pytest.param(
+            "process", "the zstd process was killed by SIGKILL before the end of the data", marks=needs_zstd
+        ),
+        ("child", "the zstd decoding process was killed by SIGKILL before the end of the data"),
+    ],
+)
+def test_a_decoding_process_killed_midway_is_an_error_not_the_end_of_the_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, problem: str
 ) -> None:
-    monkeypatch.setenv(ENV, "process")
+    monkeypatch.setenv(ENV, kind)
     src = write(tmp_path, compress(BIG, level=1))
-    with opened(src, "process") as reader:
+    with opened(src, kind) as reader:
         assert read_at_least(reader, 1 << 20) == 1 << 20
         os.kill(reader.pid, signal.SIGKILL)
         with pytest.raises(CompressedStreamError) as caught:
             read_all(reader)
-    assert caught.value.problem == "the zstd process was killed by SIGKILL before the end of the data"
+    assert caught.value.problem == problem
     assert not caught.value.truncated
-    with opened(src, "process") as reader:  # a build is refused just the same
+    with opened(src, kind) as reader:  # killed at once
         os.kill(reader.pid, signal.SIGKILL)
-        with pytest.raises(CompressedStreamError):
+        if kind == "child":  # before READY it has read nothing, and this process decodes it all
+            got, refused = bytearray(), ""
+            try:
+                while part := reader.read(1 << 20):
+                    got += part
+            except CompressedStreamError as e:  # (or it said READY first: then refused, as above)
+                refused = e.problem
+            assert refused == problem if refused else got == BIG
+            return
+        with pytest.raises(CompressedStreamError):  # the zstd process: refused just the same
             read_all(reader)
         with pytest.raises(CompressedStreamError):  # and stays refused
             reader.read()
@@ -351,21 +381,92 @@ def test_a_zstd_process_killed_midway_is_an_error_not_the_end_of_the_input(
 
 def test_which_decoder_reads_what(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = write(tmp_path, compress(body(100)))
-    monkeypatch.delenv(ENV, raising=False)  # the default: python-zstandard (the pipe costs more here)
-    with LocalInput(str(src)).open() as reader:
-        assert not isinstance(reader, ZstdProcessReader)
+
+    def reader_type() -> type:
+        with LocalInput(str(src)).open() as reader:
+            return type(reader)
+
+    monkeypatch.delenv(ENV, raising=False)  # the default: a child from CHILD_FROM on, else in process
+    assert src.stat().st_size < zstd.CHILD_FROM
+    assert reader_type() is ZstdReader
+    monkeypatch.setattr(zstd, "CHILD_FROM", src.stat().st_size)
+    assert reader_type() is ZstdChildReader
     monkeypatch.setenv(ENV, "python")
-    with LocalInput(str(src)).open() as reader:
-        assert not isinstance(reader, ZstdProcessReader)
+    assert reader_type() is ZstdReader
+    monkeypatch.setenv(ENV, "child")
+    assert reader_type() is ZstdChildReader
     monkeypatch.setenv(ENV, "process")
-    with LocalInput(str(src)).open() as reader:
-        assert isinstance(reader, ZstdProcessReader) == HAS_ZSTD
+    assert reader_type() is (ZstdProcessReader if HAS_ZSTD else ZstdReader)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-    with LocalInput(str(src)).open() as reader:  # one CPU: nothing to gain
-        assert not isinstance(reader, ZstdProcessReader)
+    for choice in ("auto", "child", "process"):  # one CPU: nothing to gain
+        monkeypatch.setenv(ENV, choice)
+        assert reader_type() is ZstdReader
     monkeypatch.setenv(ENV, "pigz")
-    with pytest.raises(ValueError, match="SHARDCLAIM_ZSTD must be 'python' or 'process', got 'pigz'"):
+    with pytest.raises(
+        ValueError, match="SHARDCLAIM_ZSTD must be one of 'auto', 'child', 'python', 'process'; got 'pigz'"
+    ):
         LocalInput(str(src)).open()
+
+
+@pytest.mark.parametrize("broken", ["no-interpreter", "exits-at-once", "import-fails"])
+def test_a_child_that_cannot_start_leaves_the_decoding_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
+) -> None:
+    """Before it says READY the child has read nothing, so this process decodes the whole file."""
+    from shardclaim.dataset import zstd_child
+
+    monkeypatch.setenv(ENV, "child")
+    data = BIG
+    src = write(tmp_path, compress(data, level=1))
+    if broken == "no-interpreter":
+        monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    elif broken == "exits-at-once":
+        monkeypatch.setattr(sys, "executable", "/bin/false")
+    else:
+        monkeypatch.setattr(zstd_child, "_CHILD", "import shardclaim_no_such_module")
+    with LocalInput(str(src)).open() as reader:
+        got = bytearray()
+        while part := reader.read(1 << 20):
+            got += part
+    assert got == data
+    assert zstd_children() == []
+
+
+def test_the_child_dies_with_the_builder(tmp_path: Path) -> None:
+    """A builder killed with SIGKILL leaves no child decoding behind (its socket closes; and
+    PR_SET_PDEATHSIG, should it be busy decoding)."""
+    src = write(tmp_path, compress(BIG, level=1))
+    script = (
+        "import sys, time\n"
+        "from shardclaim.dataset.zstd_child import ZstdChildReader\n"
+        "r = ZstdChildReader(open(sys.argv[1], 'rb', buffering=0))\n"
+        "r.read(1 << 16)\n"
+        "print(r.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    builder = subprocess.Popen([sys.executable, "-c", script, str(src)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert builder.stdout is not None
+        child = int(builder.stdout.readline())
+        assert not gone(child)
+        builder.kill()
+        builder.wait()
+        deadline = time.monotonic() + 60
+        while not gone(child) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the kernel's doing, and the init process's reaping: no clock to inject
+        assert gone(child) or _zombie(child)
+    finally:
+        builder.kill()
+        builder.wait()
+        if builder.stdout is not None:
+            builder.stdout.close()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].startswith("Z")
+    except OSError:
+        return True
 
 
 @needs_zstd
@@ -385,18 +486,20 @@ def test_without_a_working_zstd_executable_python_decodes(
     assert decoded(src, "python") == data
 
 
-@needs_zstd
-def test_a_pipe_or_a_url_is_decoded_by_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", [pytest.param("process", marks=needs_zstd), "child"])
+def test_a_pipe_or_a_url_is_decoded_by_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
     from shardclaim.dataset.decompress import open_decompressed
 
-    monkeypatch.setenv(ENV, "process")
+    monkeypatch.setenv(ENV, kind)
     data = body(100)
     src = write(tmp_path, compress(data))
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "wb") as w:
         w.write(src.read_bytes())
     with open_decompressed(open(read_end, "rb", buffering=0), "zstd") as reader:
-        assert not isinstance(reader, ZstdProcessReader)
+        assert type(reader) is ZstdReader
         assert reader.read(1 << 20) == data
     master = create_sharded_dataset(f"file://{src}", str(tmp_path / "ds"), num_shards=2)
     assert master["total_tasks"] == 100

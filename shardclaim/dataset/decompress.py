@@ -9,9 +9,10 @@ checked:
 * bz2, xz: each stream's end marker (and check); several streams are one stream;
 * zstd: the frames themselves are walked (headers and block sizes, without decoding) beside the
   decoder, so the file must end exactly at the end of a frame; the decoder checks a frame's checksum
-  when it has one; skippable frames are skipped. python-zstandard decodes, or, with
+  when it has one; skippable frames are skipped. python-zstandard decodes, in a child process for a
+  large local file (:mod:`shardclaim.dataset.zstd_child`), else in this one; with
   ``SHARDCLAIM_ZSTD=process``, a ``zstd`` process for a local file where the executable is on PATH: the
-  same files are accepted and refused either way (:mod:`shardclaim.dataset.zstd`).
+  same files are accepted and refused every way (:mod:`shardclaim.dataset.zstd`).
 
 gzip is inflated by ISA-L (python-isal) where it is installed, by zlib otherwise; gzip, bz2 and xz are
 decompressed in a background thread a few 8 MiB blocks ahead of the builder (:class:`_ReadAhead`).
@@ -30,7 +31,8 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from shardclaim.dataset.zstd import ZstdFrames, ZstdProcessReader, truncated, zstd_executable
+from shardclaim.dataset.zstd import ZstdProcessReader, ZstdReader, truncated, zstd_decoder
+from shardclaim.dataset.zstd_child import ZstdChildReader
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["open_decompressed"]
@@ -42,19 +44,25 @@ def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
     """A reader of the decompressed bytes of ``raw`` (which it closes) that raises
     :class:`CompressedStreamError` rather than ending early."""
     if compression == "zstd":
-        # Not read ahead: side by side here, python-zstandard builds were 1.31x zstd -dc's time with a
-        # read-ahead thread and 1.24x without (gzip: 0.32x with, 0.39x without).
+        # Not read ahead in a thread: python-zstandard wants the GIL back after every call, so a
+        # read-ahead thread made builds slower (1.31x zstd -dc's time against 1.24x). A large local file
+        # is decoded in a child process instead (see shardclaim.dataset.zstd_child).
         try:
-            executable = zstd_executable(raw)
+            decoder, executable = zstd_decoder(raw)
         except BaseException:
             raw.close()
             raise
-        if executable is not None:
+        if decoder == "process":
             try:
                 return ZstdProcessReader(raw, executable)  # type: ignore[arg-type, return-value]
             except OSError:  # it cannot be started (a broken install, no process left): decode here
                 pass
-        return _ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
+        if decoder == "child":
+            try:
+                return ZstdChildReader(raw)  # type: ignore[arg-type, return-value]
+            except OSError:  # no process left, no memory to share: decode here
+                pass
+        return ZstdReader(raw)  # type: ignore[return-value]  # the read()/readinto() subset
     factories: dict[str, Callable[[], Any]] = {
         "gzip": _gzip_decoder_factory(),
         "bz2": bz2.BZ2Decompressor,
@@ -238,62 +246,3 @@ class _StreamReader(_Reader):
                 if self._streams == 0:
                     raise CompressedStreamError(self.kind, f"no {self.kind} data in the file", truncated=True)
                 return False
-
-
-class _ZstdReader(_Reader):
-    """zstandard's stream reader, fed through a tap that walks the frames it reads."""
-
-    kind = "zstd"
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        import zstandard
-
-        super().__init__(raw)
-        self._frames = ZstdFrames()
-        self._tap = _Tap(raw, self._frames)
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            self._tap,  # type: ignore[arg-type]  # it calls read() only
-            read_size=_READ,
-            read_across_frames=True,
-            closefd=False,
-        )
-        self._errors: tuple[type[Exception], ...] = (zstandard.ZstdError,)
-        self._done = False
-
-    def readinto(self, buffer: memoryview | bytearray) -> int:
-        if self._done:
-            return 0
-        try:
-            n: int = self._reader.readinto(buffer)
-        except self._errors as e:
-            if self._tap.eof and not self._frames.at_end_of_frame():  # an error at the end, in a frame
-                raise truncated("zstd") from e
-            raise CompressedStreamError("zstd", f"corrupt zstd data ({e})", truncated=False) from e
-        if n:
-            return n
-        while self._tap.read(_READ):  # the decoder stopped: whatever follows must be frames too
-            pass
-        self._frames.check_end()
-        self._done = True
-        return 0
-
-    def close(self) -> None:
-        self._reader.close()  # type: ignore[no-untyped-call]
-        super().close()
-
-
-class _Tap:
-    """The compressed file as the decoder reads it, every byte also shown to the frame walker."""
-
-    def __init__(self, raw: IO[bytes], frames: ZstdFrames) -> None:
-        self._raw = raw
-        self._frames = frames
-        self.eof = False
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size if size and size > 0 else _READ)
-        if data:
-            self._frames.feed(data)
-        else:
-            self.eof = True
-        return data

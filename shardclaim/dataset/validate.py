@@ -29,6 +29,7 @@ from shardclaim.dataset.inputs import input_name, is_blank, lines_of, open_input
 from shardclaim.dataset.localfs import is_local, usable_cpus
 from shardclaim.dataset.lock import held_descriptors
 from shardclaim.dataset.records import BOM, FAST_ERRORS, big_integers_in, c_walk, fast_validator
+from shardclaim.dataset.zstd import ENV as ZSTD_ENV
 from shardclaim.errors import InputError, InvalidRecordError
 
 __all__ = ["BackgroundValidator", "Invalid", "check_lines"]
@@ -168,6 +169,8 @@ def _worker_start(parent: int, inherited: list[int]) -> None:
     forever, holding the lock (so every later build of that output would fail as "in progress") and
     the builder's standard output and error (so a pipe reading them would never end)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the builder's to handle: it stops us
+    if os.environ.get(ZSTD_ENV, "auto") in ("", "auto"):  # a validator is a background process already:
+        os.environ[ZSTD_ENV] = "python"  # a zstd child of its own would only add a copy (and a process)
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)

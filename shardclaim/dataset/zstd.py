@@ -1,28 +1,31 @@
-"""zstd inputs: the frame walker that checks where a file's frames end, and decoding in a ``zstd``
-process.
+"""zstd inputs: the frame walker that checks where a file's frames end, and the decoders.
 
-By default every ``.zst`` input is decoded in process by python-zstandard
-(:mod:`shardclaim.dataset.decompress`). With ``SHARDCLAIM_ZSTD=process``, a local ``.zst`` file (a
-regular file opened by path) is decoded by a ``zstd -dcq`` child process reading the opened file as its
-standard input, when a ``zstd`` executable is on ``PATH`` and this process may use two CPUs or more:
-decoding then runs on another core, and the builder only reads the decoded bytes from a pipe, straight
-into its own buffer (as xopen does for pigz and zstd); anything else (a URL, a pipe, no ``zstd``) still
-goes to python-zstandard. It is not the default because the pipe is not free: the bytes are copied into
-it and out of it, about a second of CPU per GiB more than python-zstandard in all, which only an idle
-second core repays; on this project's 2-core test machine, busy with the builder's own line scan and
-other work, the process path built 1.36-1.73x ``zstd -dc``'s time against 1.10-1.34x in process
-(``python bench/compressed_speed.py``, same rounds).
+Three decoders, chosen by ``SHARDCLAIM_ZSTD`` (:func:`zstd_decoder`):
 
-Both decoders accept exactly the same files and refuse the others with the same
+* ``auto`` (the default): a local ``.zst`` file (a regular file opened by path) of 16 MiB or more is
+  decoded by python-zstandard in a child process (:mod:`shardclaim.dataset.zstd_child`) when this
+  process may use two CPUs or more; anything else by python-zstandard in this process
+  (:class:`ZstdReader`). ``child`` and ``python`` force one or the other (``child`` still needs a local
+  regular file).
+* ``process``: a local ``.zst`` file is decoded by a ``zstd -dcq`` child reading the opened file as its
+  standard input, when a ``zstd`` executable is on ``PATH`` and this process may use two CPUs or more:
+  the builder reads the decoded bytes from a pipe, straight into its own buffer (as xopen does for pigz
+  and zstd); anything else (a URL, a pipe, no ``zstd``) goes to python-zstandard. It is not the default
+  because the pipe is not free: the bytes are copied into it and out of it, about a second of CPU per
+  GiB more than python-zstandard; on this project's 2-core test machine it built 1.36-1.73x ``zstd
+  -dc``'s time against 1.10-1.34x in process (``python bench/compressed_speed.py``, same rounds).
+
+All of them accept exactly the same files and refuse the others with the same
 :class:`CompressedStreamError`, because the file's framing is judged by :class:`ZstdFrames` either way,
 never by the decoder: the zstd tool also decodes gzip, xz and lz4 data, and files of skippable frames
-only, which are not zstd inputs here. For the process, the frames are walked by their headers alone
-(``pread`` of a few bytes per block, about 40 ms for 1 GiB of input) before the first byte is handed
-out; a file whose frames are whole but which ``zstd`` refuses (a checksum, a corrupt block) is corrupt,
-and a ``zstd`` killed by a signal is an error too, never the end of the input. The child writes its
-messages to a temporary file, read when it exits non-zero; it runs in its own session, so a Ctrl-C at the
-terminal reaches only the builder, whose ``close()`` kills and reaps the child (it also gets ``SIGPIPE``
-if the builder dies). The builder only reads from the pipe, so it can never receive ``SIGPIPE`` itself.
+only, which are not zstd inputs here. In this process and in the python child, the frames are walked as
+the decoder reads them; for the ``zstd`` process, by their headers alone (``pread`` of a few bytes per
+block, about 40 ms for 1 GiB of input) before the first byte is handed out. A file whose frames are
+whole but which ``zstd`` refuses (a checksum, a corrupt block) is corrupt, and a ``zstd`` killed by a
+signal is an error too, never the end of the input. The child writes its messages to a temporary file,
+read when it exits non-zero; it runs in its own session, so a Ctrl-C at the terminal reaches only the
+builder, whose ``close()`` kills and reaps the child (it also gets ``SIGPIPE`` if the builder dies). The
+builder only reads from the pipe, so it can never receive ``SIGPIPE`` itself.
 """
 
 from __future__ import annotations
@@ -33,18 +36,26 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 from typing import IO
 
 from shardclaim.dataset.localfs import usable_cpus
 from shardclaim.errors import CompressedStreamError
 
-__all__ = ["ENV", "ZstdFrames", "ZstdProcessReader", "truncated", "zstd_executable"]
+__all__ = ["CHILD_FROM", "ENV", "ZstdFrames", "ZstdProcessReader", "ZstdReader", "truncated", "zstd_decoder"]
 
-#: The environment variable choosing the zstd decoder: ``python`` (the default) or ``process``.
+#: The environment variable choosing the zstd decoder: ``auto`` (the default), ``child``, ``python`` or
+#: ``process``.
 ENV = "SHARDCLAIM_ZSTD"
+_CHOICES = ("auto", "child", "python", "process")
+
+#: With ``auto``, the compressed size from which a child process decodes: it starts in about 80 ms
+#: (an interpreter and this package's imports), which 16 MiB of zstd input (~0.1 s to decode) repays.
+CHILD_FROM = 16 << 20
 
 _PIPE_SIZE = 1 << 20  # Linux's default ceiling for an unprivileged pipe (/proc/sys/fs/pipe-max-size)
+_READ = 1 << 20  # compressed bytes the in-process decoder asks of the file at a time
 
 
 def truncated(kind: str) -> CompressedStreamError:
@@ -53,21 +64,104 @@ def truncated(kind: str) -> CompressedStreamError:
     )
 
 
-def zstd_executable(raw: IO[bytes]) -> str | None:
-    """The ``zstd`` executable to decode ``raw`` with, or None for python-zstandard: a process decodes
-    only an unbuffered local file (its file offset is where the reader is), and only a regular one
-    (whose frames can be walked by seeking), and only when this process may run on two CPUs or more (on
-    one, the pipe's copies are all it adds)."""
-    choice = os.environ.get(ENV, "") or "python"
-    if choice not in ("process", "python"):
-        raise ValueError(f"{ENV} must be 'python' or 'process', got {choice!r}")
+def zstd_decoder(raw: IO[bytes]) -> tuple[str, str]:
+    """Which decoder reads ``raw`` (see the module's docstring): ``("process", executable)``,
+    ``("child", "")`` or ``("python", "")``. A process decodes only an unbuffered local file (its file
+    offset is where the reader is), and only a regular one (whose frames can be walked by seeking, and
+    which a child can read from that offset), and only when this process may run on two CPUs or more
+    (on one, the copies are all it adds)."""
+    choice = os.environ.get(ENV, "") or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"{ENV} must be one of {', '.join(map(repr, _CHOICES))}; got {choice!r}")
     if choice == "python" or not isinstance(raw, io.FileIO) or usable_cpus() < 2:
-        return None
+        return "python", ""
     try:
-        regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
+        st = os.fstat(raw.fileno())
+        left = st.st_size - raw.tell()
     except (OSError, ValueError):
-        return None
-    return shutil.which("zstd") if regular else None
+        return "python", ""
+    if not stat.S_ISREG(st.st_mode):
+        return "python", ""
+    if choice == "process":
+        executable = shutil.which("zstd")
+        return ("process", executable) if executable else ("python", "")
+    if not hasattr(os, "memfd_create") or not sys.executable or (choice == "auto" and left < CHILD_FROM):
+        return "python", ""
+    return "child", ""
+
+
+class ZstdReader:
+    """python-zstandard's stream reader in this process, fed through a tap that walks the frames it
+    reads: ``readinto``, ``read``, ``close``, a context manager."""
+
+    kind = "zstd"
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        self._raw = raw
+        self._frames = ZstdFrames()
+        self._tap = _Tap(raw, self._frames)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            self._tap,  # type: ignore[arg-type]  # it calls read() only
+            read_size=_READ,
+            read_across_frames=True,
+            closefd=False,
+        )
+        self._errors: tuple[type[Exception], ...] = (zstandard.ZstdError,)
+        self._done = False
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        if self._done:
+            return 0
+        try:
+            n: int = self._reader.readinto(buffer)
+        except self._errors as e:
+            if self._tap.eof and not self._frames.at_end_of_frame():  # an error at the end, in a frame
+                raise truncated("zstd") from e
+            raise CompressedStreamError("zstd", f"corrupt zstd data ({e})", truncated=False) from e
+        if n:
+            return n
+        while self._tap.read(_READ):  # the decoder stopped: whatever follows must be frames too
+            pass
+        self._frames.check_end()
+        self._done = True
+        return 0
+
+    def read(self, size: int = _READ) -> bytes:
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        del buffer[n:]
+        return bytes(buffer)
+
+    def close(self) -> None:
+        try:
+            self._reader.close()  # type: ignore[no-untyped-call]
+        finally:
+            self._raw.close()
+
+    def __enter__(self) -> ZstdReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Tap:
+    """The compressed file as the decoder reads it, every byte also shown to the frame walker."""
+
+    def __init__(self, raw: IO[bytes], frames: ZstdFrames) -> None:
+        self._raw = raw
+        self._frames = frames
+        self.eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size if size and size > 0 else _READ)
+        if data:
+            self._frames.feed(data)
+        else:
+            self.eof = True
+        return data
 
 
 class ZstdProcessReader:
