@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from shardclaim.dataset.zstd import ZstdProcessReader, ZstdReader, truncated, zstd_decoder
+from shardclaim.dataset.zstd import Decoded, ZstdProcessReader, ZstdReader, truncated, zstd_decoder
 from shardclaim.dataset.zstd_child import ZstdChildReader
 from shardclaim.errors import CompressedStreamError
 
@@ -92,7 +92,7 @@ def _decoder_errors() -> tuple[type[BaseException], ...]:
     return (*errors, getattr(isal_zlib, "error"))  # noqa: B009 - typed as an instance in its stubs
 
 
-class _Reader:
+class _Reader(Decoded):
     """The part of a binary file the builder uses: ``readinto``, ``read``, a context manager."""
 
     _raw: Any
@@ -105,20 +105,8 @@ class _Reader:
     def readinto(self, buffer: memoryview | bytearray) -> int:
         raise NotImplementedError
 
-    def read(self, size: int = _READ) -> bytes:
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        del buffer[n:]
-        return bytes(buffer)
-
     def close(self) -> None:
         self._raw.close()
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _ReadAhead(_Reader):

@@ -38,12 +38,21 @@ import stat
 import subprocess
 import sys
 import tempfile
-from typing import IO
+from typing import IO, Self
 
 from shardclaim.dataset.localfs import usable_cpus
 from shardclaim.errors import CompressedStreamError
 
-__all__ = ["CHILD_FROM", "ENV", "ZstdFrames", "ZstdProcessReader", "ZstdReader", "truncated", "zstd_decoder"]
+__all__ = [
+    "CHILD_FROM",
+    "ENV",
+    "Decoded",
+    "ZstdFrames",
+    "ZstdProcessReader",
+    "ZstdReader",
+    "truncated",
+    "zstd_decoder",
+]
 
 #: The environment variable choosing the zstd decoder: ``auto`` (the default), ``child``, ``python`` or
 #: ``process``.
@@ -90,9 +99,32 @@ def zstd_decoder(raw: IO[bytes]) -> tuple[str, str]:
     return "child", ""
 
 
-class ZstdReader:
+class Decoded:
+    """What the builder reads a decoded input through: ``readinto`` and ``close`` (a subclass's),
+    ``read``, a context manager."""
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def read(self, size: int = _READ) -> bytes:
+        buffer = bytearray(size)
+        n = self.readinto(buffer)
+        del buffer[n:]
+        return bytes(buffer)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ZstdReader(Decoded):
     """python-zstandard's stream reader in this process, fed through a tap that walks the frames it
-    reads: ``readinto``, ``read``, ``close``, a context manager."""
+    reads."""
 
     kind = "zstd"
 
@@ -128,23 +160,11 @@ class ZstdReader:
         self._done = True
         return 0
 
-    def read(self, size: int = _READ) -> bytes:
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        del buffer[n:]
-        return bytes(buffer)
-
     def close(self) -> None:
         try:
             self._reader.close()  # type: ignore[no-untyped-call]
         finally:
             self._raw.close()
-
-    def __enter__(self) -> ZstdReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Tap:
@@ -164,7 +184,7 @@ class _Tap:
         return data
 
 
-class ZstdProcessReader:
+class ZstdProcessReader(Decoded):
     """The decoded bytes of a local zstd file, from a ``zstd -dcq`` child reading it (see the module's
     docstring): ``readinto``, ``read``, ``close``, a context manager. Closing it early kills the child
     and reaps it."""
@@ -216,12 +236,6 @@ class ZstdProcessReader:
         self._done = True
         return 0
 
-    def read(self, size: int = 1 << 20) -> bytes:
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        del buffer[n:]
-        return bytes(buffer)
-
     def _check_exit(self) -> None:
         code = self._process.wait()
         if code < 0:
@@ -235,9 +249,7 @@ class ZstdProcessReader:
 
     def _message(self) -> str:
         """The child's last line of complaint, without its name for standard input."""
-        self._messages.seek(0)
-        lines = self._messages.read(8192).decode("utf-8", "replace").strip().splitlines() or ["no message"]
-        text = lines[-1].replace("/*stdin*\\", "").removeprefix("zstd:").strip(" :")
+        text = last_line(self._messages).replace("/*stdin*\\", "").removeprefix("zstd:").strip(" :")
         return f"{text}, exit status {self._process.returncode}"
 
     def close(self) -> None:
@@ -245,19 +257,27 @@ class ZstdProcessReader:
             return
         self._closed = True
         try:
-            if self._process.poll() is None:
-                self._process.kill()
+            stop(self._process, self._out)
         finally:
-            self._out.close()
-            self._process.wait()
             self._messages.close()
             self._raw.close()
 
-    def __enter__(self) -> ZstdProcessReader:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def stop(process: subprocess.Popen[bytes], out: IO[bytes]) -> None:
+    """Kill a decoding child if it still runs, close the pipe it writes to, and reap it."""
+    try:
+        if process.poll() is None:
+            process.kill()
+    finally:
+        out.close()
+        process.wait()
+
+
+def last_line(messages: IO[bytes]) -> str:
+    """The last line a child wrote to its (temporary) standard error file."""
+    messages.seek(0)
+    lines = messages.read(8192).decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
 
 
 def _widen(pipe: IO[bytes]) -> None:

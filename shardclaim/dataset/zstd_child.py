@@ -34,7 +34,7 @@ from typing import IO
 
 import orjson
 
-from shardclaim.dataset.zstd import ZstdReader
+from shardclaim.dataset.zstd import Decoded, ZstdReader, last_line, stop
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["ZstdChildReader"]
@@ -49,7 +49,7 @@ _PR_SET_PDEATHSIG = 1
 _NO_SIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
-class ZstdChildReader:
+class ZstdChildReader(Decoded):
     """The decoded bytes of a local regular zstd file, from a python-zstandard child (see the module's
     docstring): ``readinto``, ``read``, ``close``, a context manager. Closing it early kills the child
     and reaps it."""
@@ -128,12 +128,6 @@ class ZstdChildReader:
         self._pos += take
         return take
 
-    def read(self, size: int = 1 << 20) -> bytes:
-        buffer = bytearray(size)
-        n = self.readinto(buffer)
-        del buffer[n:]
-        return bytes(buffer)
-
     def _next_slot(self) -> bool:
         """Hand the slot copied out back to the child and take the next one; False at the end (or when
         the child did not start and this process decodes instead)."""
@@ -183,9 +177,7 @@ class ZstdChildReader:
         return data
 
     def _fall_back(self) -> None:
-        code = self._process.wait()
-        self._messages.seek(0)
-        said = self._messages.read(4096).decode("utf-8", "replace").strip()
+        code, said = self._process.wait(), last_line(self._messages)
         log.debug("the zstd decoding process did not start (exit status %s: %s); decoding here", code, said)
         self._fallback = ZstdReader(self._raw)
 
@@ -195,26 +187,18 @@ class ZstdChildReader:
             killed = signal.Signals(-code).name
             problem = f"the zstd decoding process was killed by {killed} before the end of the data"
         elif code:
-            problem = f"the zstd decoding process failed (exit status {code}): {self._message()}"
+            problem = f"the zstd decoding process failed (exit status {code}): {last_line(self._messages)}"
         else:
             return
         raise CompressedStreamError("zstd", problem, truncated=False)
-
-    def _message(self) -> str:
-        self._messages.seek(0)
-        lines = self._messages.read(8192).decode("utf-8", "replace").strip().splitlines()
-        return lines[-1] if lines else "no message"
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            if self._process.poll() is None:
-                self._process.kill()
+            stop(self._process, self._out)
         finally:
-            self._out.close()
-            self._process.wait()
             self._release()
             if self._fallback is not None:
                 self._fallback.close()  # it closes the file too
@@ -229,12 +213,6 @@ class ZstdChildReader:
             self._view.release()
             self._memory.close()
         self._messages.close()
-
-    def __enter__(self) -> ZstdChildReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _problem(said: dict[str, object]) -> CompressedStreamError:
