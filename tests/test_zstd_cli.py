@@ -5,6 +5,7 @@ executable on PATH, ``child`` (python-zstandard in a child process) and ``python
 
 from __future__ import annotations
 
+import gc
 import gzip
 import os
 import shutil
@@ -123,6 +124,9 @@ def zstd_children() -> list[int]:
 
 
 def descriptors() -> set[str]:
+    """This process's open descriptors, once garbage left by earlier tests is collected (a file object
+    collected between two readings would close its descriptor there)."""
+    gc.collect()
     return set(os.listdir("/proc/self/fd"))
 
 
@@ -408,11 +412,12 @@ def test_which_decoder_reads_what(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         LocalInput(str(src)).open()
 
 
-@pytest.mark.parametrize("broken", ["no-interpreter", "exits-at-once", "import-fails"])
+@pytest.mark.parametrize("broken", ["no-interpreter", "exits-at-once", "import-fails", "silent", "says-else"])
 def test_a_child_that_cannot_start_leaves_the_decoding_to_this_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str
 ) -> None:
-    """Before it says READY the child has read nothing, so this process decodes the whole file."""
+    """Until it says READY nothing the child did counts: this process decodes the whole file, from the
+    offset where it handed it over (even when something read from it meanwhile)."""
     from shardclaim.dataset import zstd_child
 
     monkeypatch.setenv(ENV, "child")
@@ -422,8 +427,15 @@ def test_a_child_that_cannot_start_leaves_the_decoding_to_this_process(
         monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     elif broken == "exits-at-once":
         monkeypatch.setattr(sys, "executable", "/bin/false")
-    else:
+    elif broken == "import-fails":
         monkeypatch.setattr(zstd_child, "_CHILD", "import shardclaim_no_such_module")
+    elif broken == "silent":  # says nothing (a hung interpreter): given up on after _READY_WITHIN
+        monkeypatch.setattr(zstd_child, "_READY_WITHIN", 0.2)
+        monkeypatch.setattr(zstd_child, "_CHILD", "import os, time; os.read(0, 1000); time.sleep(600)")
+    else:  # reads some of the file, then says something other than READY
+        monkeypatch.setattr(
+            zstd_child, "_CHILD", "import os, sys; os.read(0, 100_000); os.write(int(sys.argv[4]), b'x' * 8)"
+        )
     with LocalInput(str(src)).open() as reader:
         got = bytearray()
         while part := reader.read(1 << 20):

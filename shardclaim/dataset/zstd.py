@@ -110,6 +110,8 @@ class Decoded:
         raise NotImplementedError
 
     def read(self, size: int = _READ) -> bytes:
+        if size == 0:
+            return b""
         buffer = bytearray(size)
         n = self.readinto(buffer)
         del buffer[n:]

@@ -7,14 +7,23 @@ the same code as in process (so the same files are accepted and refused with the
 opened file as its standard input, and decodes into slots of memory shared with the builder (a
 ``memfd``), which copies each slot out once: no pipe carries the decoded bytes.
 
-The protocol, on two pipes: the child sends an 8-byte header per message on its standard output, first
-READY (after its imports), then per slot the number of decoded bytes in it (0: the end, checked like
-the in-process end) or ERROR with the problem; the builder writes one byte back per slot it has copied
-out, which the child waits for before it decodes into that slot again. If the child cannot start (no
-interpreter, an import failing) it exits before READY, having read nothing, and the builder decodes in
-process instead. Once READY, a child that dies before the end is an error, never the end of the input.
-The child runs in its own session (a Ctrl-C at the terminal reaches only the builder, whose ``close()``
-kills and reaps it) and dies with the builder (``PR_SET_PDEATHSIG``).
+The protocol: the child sends an 8-byte header per message on a pipe of its own (not its standard
+output, where a ``sitecustomize`` may print), first READY (after its imports), then per slot the
+number of decoded bytes in it (0: the end, checked like the in-process end) or ERROR with the problem;
+the builder sends one byte back per slot it has copied out, on a socket (with ``MSG_NOSIGNAL``: a child
+gone is never a SIGPIPE here), and the child waits for it before it decodes into that slot again. The
+child runs ``python -P`` with the builder's ``sys.path`` (as multiprocessing's spawn does), so it
+imports what the builder imports and nothing from its working directory.
+
+Until READY nothing it did counts: a child that cannot start (no interpreter, an import failing),
+says something else first, or says nothing for ``_READY_WITHIN`` seconds is killed, the file is put
+back at the offset where it was handed over, and the builder decodes it in process. After READY, a
+child that dies before the end is an error, never the end of the input. The child runs in its own
+session (a Ctrl-C at the terminal reaches only the builder, whose ``close()`` kills and reaps it), and
+it ends when the builder does: its next write finds the pipe closed, or its wait for a slot finds the
+socket closed, within one slot's decoding; and, started from the main thread, by ``PR_SET_PDEATHSIG``
+too, which reaches it even stopped. (Not from another thread: the signal fires when the *thread* that
+started the child ends, which a reader may outlive.)
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ import io
 import logging
 import mmap
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import IO
 
 import orjson
@@ -46,6 +57,7 @@ _SLOT = 8 << 20  # the builder reads 8 MiB blocks
 _HEAD = struct.Struct("<q")
 _READY, _ERROR, _OS_ERROR = -1, -2, -3
 _PR_SET_PDEATHSIG = 1
+_READY_WITHIN = 30.0  # seconds: an interpreter and this package's imports take ~0.1 s
 _NO_SIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
@@ -58,16 +70,19 @@ class ZstdChildReader(Decoded):
 
     def __init__(self, raw: io.FileIO) -> None:
         self._raw = raw
+        self._start = raw.tell()  # where the child starts reading, and the fallback too
         self._error: BaseException | None = None
         self._fallback: ZstdReader | None = None
         self._ready = self._done = self._closed = False
         self._slot = self._pos = self._len = 0
         self._holding = False  # a slot is being copied out
-        self._messages = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        said_r, said_w = os.pipe()  # the child's words
+        self._out: IO[bytes] = open(said_r, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self._tokens: socket.socket | None = None
         memory_fd = -1
         theirs: socket.socket | None = None
         try:
+            self._messages = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
             memory_fd = os.memfd_create("shardclaim-zstd", os.MFD_CLOEXEC)
             os.ftruncate(memory_fd, _SLOTS * _SLOT)
             self._memory = mmap.mmap(memory_fd, _SLOTS * _SLOT)
@@ -75,34 +90,35 @@ class ZstdChildReader(Decoded):
             # slot tokens go back on a socket, sent with MSG_NOSIGNAL: a child gone is an error here,
             # never a SIGPIPE (which a process embedding the library may not ignore)
             self._tokens, theirs = socket.socketpair()
-            package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            fds = (memory_fd, theirs.fileno(), said_w)
+            main = threading.current_thread() is threading.main_thread()
+            parent = os.getpid() if main and sys.platform == "linux" else 0  # 0: no death signal
             self._process = subprocess.Popen(
                 [
                     sys.executable,
+                    "-P",
                     "-c",
                     _CHILD,
-                    package,
-                    str(memory_fd),
-                    str(theirs.fileno()),
-                    str(os.getpid()),
+                    orjson.dumps(sys.path).decode(),
+                    *map(str, fds),
+                    str(parent),
                 ],
                 stdin=raw.fileno(),
-                stdout=subprocess.PIPE,
+                stdout=self._messages,
                 stderr=self._messages,
-                bufsize=0,
                 start_new_session=True,
-                pass_fds=(memory_fd, theirs.fileno()),
+                pass_fds=fds,
             )
         except BaseException:
+            self._out.close()
             self._release()
             raise
         finally:
-            if memory_fd >= 0:
-                os.close(memory_fd)
+            for fd in (memory_fd, said_w):
+                if fd >= 0:
+                    os.close(fd)
             if theirs is not None:
                 theirs.close()
-        assert self._process.stdout is not None
-        self._out: IO[bytes] = self._process.stdout
 
     @property
     def pid(self) -> int:
@@ -137,17 +153,15 @@ class ZstdChildReader(Decoded):
             assert self._tokens is not None
             with contextlib.suppress(OSError):  # it is gone: what it said last, or how it ended, comes next
                 self._tokens.send(b"\0", _NO_SIGNAL)
-        n = self._header()
         if not self._ready:
-            if n is None:  # it exited before reading anything: decode here
+            poll = select.poll()  # (not select(): a builder may hold descriptors past FD_SETSIZE)
+            poll.register(self._out.fileno(), select.POLLIN)
+            ready = bool(poll.poll(_READY_WITHIN * 1000)) and self._header() == _READY
+            if not ready:  # it did not start: from where it was handed over, this process decodes
                 self._fall_back()
                 return False
-            if n != _READY:
-                raise CompressedStreamError(
-                    "zstd", f"the zstd decoding process began with {n}", truncated=False
-                )
             self._ready = True
-            n = self._header()
+        n = self._header()
         if n is None:  # it died, or failed, before the end
             self._check_exit()
             raise CompressedStreamError("zstd", "the zstd decoding process ended early", truncated=False)
@@ -177,8 +191,10 @@ class ZstdChildReader(Decoded):
         return data
 
     def _fall_back(self) -> None:
-        code, said = self._process.wait(), last_line(self._messages)
+        stop(self._process, self._out)
+        code, said = self._process.returncode, last_line(self._messages)
         log.debug("the zstd decoding process did not start (exit status %s: %s); decoding here", code, said)
+        self._raw.seek(self._start)
         self._fallback = ZstdReader(self._raw)
 
     def _check_exit(self) -> None:
@@ -212,7 +228,8 @@ class ZstdChildReader(Decoded):
         if hasattr(self, "_view"):
             self._view.release()
             self._memory.close()
-        self._messages.close()
+        if hasattr(self, "_messages"):
+            self._messages.close()
 
 
 def _problem(said: dict[str, object]) -> CompressedStreamError:
@@ -223,9 +240,9 @@ def _problem(said: dict[str, object]) -> CompressedStreamError:
     )
 
 
-def child_main(memory_fd: int, tokens_fd: int, parent: int) -> None:
+def child_main(memory_fd: int, tokens_fd: int, said_fd: int, parent: int) -> None:
     """The child: decode standard input into the shared slots (see the module's docstring)."""
-    if sys.platform == "linux":
+    if parent:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -237,7 +254,7 @@ def child_main(memory_fd: int, tokens_fd: int, parent: int) -> None:
     def send(n: int, payload: bytes = b"") -> None:
         data = _HEAD.pack(n) + (_HEAD.pack(len(payload)) + payload if payload else b"")
         while data:
-            data = data[os.write(1, data) :]
+            data = data[os.write(said_fd, data) :]
 
     reader = ZstdReader(open(0, "rb", buffering=0, closefd=False))  # noqa: SIM115 - fd 0, not ours to close
     send(_READY)
@@ -263,10 +280,10 @@ def child_main(memory_fd: int, tokens_fd: int, parent: int) -> None:
         send(_OS_ERROR, orjson.dumps([e.errno or 0, e.strerror or str(e)]))
 
 
-# The child's whole program: the package's directory first on the path (wherever this process found it),
-# then the module. An import failing exits before READY, and the builder decodes in process.
+# The child's whole program (run with -P: no working directory on its path): the builder's path, then the
+# module. An import failing exits before READY, and the builder decodes in process.
 _CHILD = (
-    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from shardclaim.dataset.zstd_child import child_main; "
-    "child_main(*map(int, sys.argv[2:5]))"
+    "child_main(*map(int, sys.argv[2:6]))"
 )
