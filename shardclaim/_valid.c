@@ -20,12 +20,12 @@
  * How it is fast: one pass, no recursion, a place in the code per grammar state (so a value's type is
  * decided once, and an object and an array each have their own branches to learn); the newline that
  * ends a line is a sentinel every loop stops at, so most steps check no bound; string bytes pass 16 at a
- * time with SSE2; a one-digit array element is taken in one step. On these machines one call over a
- * block checks the benchmark's 470-byte records at 1.3 M lines (610 MB) a second per core, 1.43x
- * simdjson called once a line from Python, and 10 KB records at 667 MB/s, 1.18x
- * (bench/validate_speed.py, 2026-11-30). A simdjson-style two-stage walk (bitmasks of 64 bytes, then
- * the tokens) was built and measured 30 % slower on these records: they hold about one token per four
- * bytes, and it is the tokens that cost.
+ * time with SSE2, and UTF-8 in them 16 at a time with SSSE3 where the CPU has it; a one-digit array
+ * element is taken in one step. On these machines one call over a block checks the benchmark's 470-byte
+ * records at 1.9-2.2 M lines (0.9-1.0 GB) a second per core, 1.26-1.41x simdjson called once a line from
+ * Python, and 10 KB records at 0.9-1.2 GB/s, 2.0x (bench/validate_speed.py, 2026-11-30). A
+ * simdjson-style two-stage walk (bitmasks of 64 bytes, then the tokens) was built and measured 30 %
+ * slower on these records: they hold about one token per four bytes, and it is the tokens that cost.
  *
  * Guarantees: the range is checked before a byte is read (ValueError); nothing outside it is read (a
  * last line without a newline is checked on a copy with one appended); within it, a line's scans stop

@@ -16,8 +16,8 @@ The fast paths must never disagree with the rule, and the tests hold them to it:
   an optional extension built where a C compiler is), which accepts only strict JSON away from the
   rule's edges and walks a whole block of lines in one call; else simdjson, once per line (a line
   starting with a BOM, which simdjson skips, is checked apart). On the benchmark's 470-byte records the C
-  walk checks 1.43x the lines per second of simdjson called from Python (bench/validate_speed.py), and
-  a validator, with no Python code per line, 1.7x (1.5 M lines/s per core against 0.87 M).
+  walk checks 1.26-1.41x the lines per second of simdjson called from Python (bench/validate_speed.py),
+  and a validator, with no Python code per line, 1.6-1.9 M lines/s per core (0.87 M with simdjson).
   ``SHARDCLAIM_SCAN=python`` rules the C out, as it does for :mod:`shardclaim.dataset.lineends`;
 * the reader runs orjson alone where the master says no record holds an integer beyond 64 bits
   (``big_integers`` is 0), else :func:`record_reader` looks at each line as the validator did.

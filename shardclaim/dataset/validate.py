@@ -208,7 +208,7 @@ def _context() -> Any:
 def validators() -> int:
     """How many processes validate: every CPU but the one the builder writes with (two on two CPUs,
     where the three share them), at most 8. Validating is the build's heaviest work (a validator checks
-    about 1.5 million 470-byte lines a second per core here with the C walk, 0.87 million with
+    about 1.6-1.9 million 470-byte lines a second per core here with the C walk, 0.87 million with
     simdjson), so it takes what the machine has."""
     cpus = usable_cpus()
     return 2 if cpus <= 2 else min(8, cpus - 1)
