@@ -270,3 +270,25 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "s3":
         return f"s3://{request.getfixturevalue('s3_bucket')}/race"
     return f"gs://{request.getfixturevalue('gcs_bucket')}/race"
+
+
+@pytest.fixture(autouse=True)
+def _heartbeats_end_with_their_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A lease heartbeat a test starts is told to stop when the test ends. Left running (as a manager a
+    test never closes leaves it), each renewed the leases of its finished test for the rest of the
+    session: 130 of them by the end of a run, writing files and opening connections at any moment,
+    beside tests that count descriptors or share the test servers. (Told, not joined: a step may be
+    retrying a server another test stopped.)"""
+    from shardclaim.lease.heartbeat import Heartbeat
+
+    started: list[Heartbeat] = []
+    start = Heartbeat.start
+
+    def recorded(self: Heartbeat) -> None:
+        started.append(self)
+        start(self)
+
+    monkeypatch.setattr(Heartbeat, "start", recorded)
+    yield
+    for heartbeat in started:
+        heartbeat._stop.set()  # (stop() would join)

@@ -124,10 +124,30 @@ def zstd_children() -> list[int]:
 
 
 def descriptors() -> set[str]:
-    """This process's open descriptors, once garbage left by earlier tests is collected (a file object
-    collected between two readings would close its descriptor there)."""
+    """This process's open descriptors of the kinds a decoder opens (the input, pipes, Unix sockets, a
+    memfd, a deleted temporary file), each as "fd -> what". Not the others: earlier tests leave lease
+    heartbeats running in this process, which open and close files and TCP connections at any moment.
+    Garbage is collected first (a file object collected between two readings would close its
+    descriptor there)."""
     gc.collect()
-    return set(os.listdir("/proc/self/fd"))
+    unix = set()
+    with open("/proc/net/unix") as table:
+        for row in list(table)[1:]:
+            unix.add(row.split()[6])
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            what = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        socket_inode = what.removeprefix("socket:[").removesuffix("]") if what.startswith("socket:[") else ""
+        if (
+            what.startswith(("pipe:", "/memfd:"))
+            or what.endswith((".zst", "(deleted)"))
+            or socket_inode in unix
+        ):
+            found.add(f"{fd} -> {what}")
+    return found
 
 
 def gone(pid: int) -> bool:
