@@ -642,6 +642,11 @@ def test_guard_pages_on_both_sides_of_random_lines() -> None:
         lines += [base, *(_mutate(rnd, base, prev) for _ in range(5))]
         prev = base
     lines += [b'"' + b"x" * n for n in range(40)] + [b'"' + b"y" * n + b"\\" for n in range(40)]
+    # UTF-8 runs of every length up to a few 16-byte steps, closed or cut at the end (the SSSE3 step)
+    for n in range(1, 24):
+        for text in ("é" * n, "中" * n, "a😀" * n, "é中😀" * n):
+            raw = text.encode()
+            lines += [b'"' + raw, b'"' + raw[:-1], b'["' + raw + b'"]', b'{"k":"' + raw + b'"}']
     lines += EDGE_ENDINGS
     lines = [line for line in lines if len(line) < 3000]
     script = textwrap.dedent(
