@@ -24,6 +24,11 @@ it ends when the builder does: its next write finds the pipe closed, or its wait
 socket closed, within one slot's decoding; and, started from the main thread, by ``PR_SET_PDEATHSIG``
 too, which reaches it even stopped. (Not from another thread: the signal fires when the *thread* that
 started the child ends, which a reader may outlive.)
+
+One difference from decoding in process, by design: the child decodes up to three slots (24 MiB) ahead
+of the builder, so bytes appended to the file, or a part rewritten, after it read them are not seen
+where the in-process decoder would see them. What comes out is always the file as the child read it,
+whole or refused, never mixed or short (tests/test_zstd_child_hostile.py).
 """
 
 from __future__ import annotations
