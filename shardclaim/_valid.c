@@ -168,26 +168,22 @@ utf8_seq(const unsigned char *p, const unsigned char *e)
     return p + n + 1;
 }
 
-/* The first byte at or after p that is not PLAIN inside a string (at the latest the newline at e), and
- * in *is_quote whether it is a quote. 16 bytes a step with SSE2 (every x86-64 has it) while 16 are left
- * before e: a signed compare below 0x20 catches both the control bytes and every byte of 0x80 or more,
- * two equality compares the quote and the backslash. The quote's compare also says whether the byte
- * found is one, so the caller need not load it to know (walks over 10 KB records 14 % faster, the
- * 470-byte ones the same: two builds side by side in one process, 2026-11-30). */
+/* The first byte at or after p that is not PLAIN inside a string (at the latest the newline at e).
+ * 16 bytes a step with SSE2 (every x86-64 has it) while 16 are left before e: a signed compare below
+ * 0x20 catches both the control bytes and every byte of 0x80 or more, two equality compares the quote
+ * and the backslash. */
 static inline const unsigned char *
-plain_end(const unsigned char *p, const unsigned char *e, int *is_quote)
+plain_end(const unsigned char *p, const unsigned char *e)
 {
 #if HAVE_SSE2
     const __m128i space = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
     while (e - p >= 16) {
         __m128i x = _mm_loadu_si128((const __m128i *)p);
-        __m128i quotes = _mm_cmpeq_epi8(x, quote);
-        int mask = _mm_movemask_epi8(
-            _mm_or_si128(_mm_cmplt_epi8(x, space), _mm_or_si128(quotes, _mm_cmpeq_epi8(x, backslash))));
+        __m128i special =
+            _mm_or_si128(_mm_cmplt_epi8(x, space), _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)));
+        int mask = _mm_movemask_epi8(special);
         if (mask != 0) {
-            int k = __builtin_ctz((unsigned)mask);
-            *is_quote = (_mm_movemask_epi8(quotes) >> k) & 1;
-            return p + k;
+            return p + __builtin_ctz((unsigned)mask);
         }
         p += 16;
     }
@@ -197,7 +193,6 @@ plain_end(const unsigned char *p, const unsigned char *e, int *is_quote)
     while (string_class[*p] == PLAIN) {
         p++;
     }
-    *is_quote = *p == '"';
     return p;
 }
 
@@ -209,8 +204,7 @@ static const unsigned char *
 utf8_run_scalar(const unsigned char *p, const unsigned char *e)
 {
     for (;;) {
-        int is_quote;
-        p = plain_end(p, e, &is_quote);
+        p = plain_end(p, e);
         if (string_class[*p] != HIGH) {
             return p;
         }
@@ -334,9 +328,8 @@ string_end(const unsigned char *p, const unsigned char *e)
 {
     p++;
     for (;;) {
-        int is_quote;
-        p = plain_end(p, e, &is_quote);
-        if (is_quote) {
+        p = plain_end(p, e);
+        if (*p == '"') {
             return p + 1;
         }
         switch (string_class[*p]) {
