@@ -31,13 +31,11 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from shardclaim.dataset.zstd import Decoded, ZstdProcessReader, ZstdReader, truncated, zstd_decoder
+from shardclaim.dataset.zstd import READ_SIZE, Decoded, ZstdProcessReader, ZstdReader, truncated, zstd_decoder
 from shardclaim.dataset.zstd_child import ZstdChildReader
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["open_decompressed"]
-
-_READ = 1 << 20  # compressed bytes asked of the file at a time
 
 
 def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
@@ -204,7 +202,7 @@ class _StreamReader(_Reader):
             if self._decoder.eof:
                 continue
             if self._zlib or self._decoder.needs_input:
-                more = self._raw.read(_READ)
+                more = self._raw.read(READ_SIZE)
                 if not more:
                     raise truncated(self.kind)
                 self._pending = self._pending + more if self._pending else more
@@ -229,7 +227,7 @@ class _StreamReader(_Reader):
                 self._decoder = self._factory()
                 self._streams += 1
                 return True
-            self._pending = self._raw.read(_READ)
+            self._pending = self._raw.read(READ_SIZE)
             if not self._pending:
                 if self._streams == 0:
                     raise CompressedStreamError(self.kind, f"no {self.kind} data in the file", truncated=True)

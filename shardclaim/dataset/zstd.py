@@ -46,6 +46,7 @@ from shardclaim.errors import CompressedStreamError
 __all__ = [
     "CHILD_FROM",
     "ENV",
+    "READ_SIZE",
     "Decoded",
     "ZstdFrames",
     "ZstdProcessReader",
@@ -64,7 +65,8 @@ _CHOICES = ("auto", "child", "python", "process")
 CHILD_FROM = 16 << 20
 
 _PIPE_SIZE = 1 << 20  # Linux's default ceiling for an unprivileged pipe (/proc/sys/fs/pipe-max-size)
-_READ = 1 << 20  # compressed bytes the in-process decoder asks of the file at a time
+#: Compressed bytes a decoder in this process asks of the file at a time (gzip, bz2 and xz too).
+READ_SIZE = 1 << 20
 
 
 def truncated(kind: str) -> CompressedStreamError:
@@ -109,7 +111,7 @@ class Decoded:
     def close(self) -> None:
         raise NotImplementedError
 
-    def read(self, size: int = _READ) -> bytes:
+    def read(self, size: int = READ_SIZE) -> bytes:
         if size == 0:
             return b""
         buffer = bytearray(size)
@@ -138,7 +140,7 @@ class ZstdReader(Decoded):
         self._tap = _Tap(raw, self._frames)
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._tap,  # type: ignore[arg-type]  # it calls read() only
-            read_size=_READ,
+            read_size=READ_SIZE,
             read_across_frames=True,
             closefd=False,
         )
@@ -156,7 +158,7 @@ class ZstdReader(Decoded):
             raise CompressedStreamError("zstd", f"corrupt zstd data ({e})", truncated=False) from e
         if n:
             return n
-        while self._tap.read(_READ):  # the decoder stopped: whatever follows must be frames too
+        while self._tap.read(READ_SIZE):  # the decoder stopped: whatever follows must be frames too
             pass
         self._frames.check_end()
         self._done = True
@@ -178,7 +180,7 @@ class _Tap:
         self.eof = False
 
     def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size if size and size > 0 else _READ)
+        data = self._raw.read(size if size and size > 0 else READ_SIZE)
         if data:
             self._frames.feed(data)
         else:
