@@ -846,9 +846,25 @@ def _walk_file(rnd: random.Random) -> bytes:
     return data
 
 
+@pytest.fixture(params=["mapped", "read"])
+def each_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``_walk_range`` both ways: the file mapped (the default), and read in blocks (where it cannot be
+    mapped); each must take the path it is meant to."""
+    if request.param == "read":
+        monkeypatch.setattr(validate, "_MAP", False)
+        monkeypatch.setattr(validate, "_walk_mapped", _not_called)
+    else:
+        monkeypatch.setattr(validate, "_read_range", _not_called)
+    return str(request.param)
+
+
+def _not_called(*args: Any) -> Any:
+    raise AssertionError("the other way was taken")
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_walk_range_with_any_block_size_and_any_cut(
-    seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    seed: int, each_way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each range's result - first bad line (offset, line number, reason) and big-integer count - is
     the reference's and the simdjson path's, for blocks of one byte up; the ranges partition the lines."""
@@ -882,7 +898,7 @@ def test_walk_range_with_any_block_size_and_any_cut(
 
 @pytest.mark.parametrize("block", [1, 2, 5, 16, 1 << 20])
 def test_walk_range_long_lines_crlf_bom_and_a_range_ending_inside_a_line(
-    block: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    block: int, each_way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(validate, "_READ", block)
     walk = records.c_walk()
@@ -920,7 +936,7 @@ def _syscalls() -> int:
         return int(next(line for line in f if line.startswith("syscr:")).split()[1])
 
 
-def test_a_long_line_across_a_range_start_is_skipped_in_few_reads(tmp_path: Path) -> None:
+def test_a_long_line_across_a_range_start_is_skipped_in_few_reads(each_way: str, tmp_path: Path) -> None:
     if not os.path.exists("/proc/self/io"):
         pytest.skip("no /proc/self/io")
     line = b'["' + b"y" * (1 << 20) + b'"]\n'
