@@ -291,4 +291,4 @@ def _heartbeats_end_with_their_test(monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setattr(Heartbeat, "start", recorded)
     yield
     for heartbeat in started:
-        heartbeat._stop.set()  # (stop() would join)
+        heartbeat.stop(wait=False)

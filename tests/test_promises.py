@@ -13,6 +13,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -307,6 +308,31 @@ def test_the_heartbeat_thread_outlives_any_exception_in_a_beat() -> None:
     ticks.put(True)
     hb.join()
     assert beats[0] == 3
+
+
+def test_a_heartbeat_told_to_stop_without_waiting_returns_at_once_and_runs_no_further_step() -> None:
+    """``stop(wait=False)`` while a step is blocked (a store being retried, say): the caller goes on, the
+    step finishes, and no step starts after it."""
+    ticks: queue.Queue[bool] = queue.Queue()
+    entered, release = threading.Event(), threading.Event()
+    steps: list[int] = []
+
+    def step() -> None:
+        steps.append(1)
+        entered.set()
+        release.wait(60)
+
+    hb = Heartbeat(step, 10.0, name="t", wait=lambda seconds: ticks.get())
+    hb.start()
+    ticks.put(False)
+    assert entered.wait(60)
+    hb.stop(wait=False)
+    assert hb.alive  # returned while the step still runs
+    release.set()
+    ticks.put(False)  # the wait after the step ends as a tick: the loop must see the stop, not step again
+    hb.join()
+    assert not hb.alive
+    assert steps == [1]
 
 
 def test_an_unexpected_error_in_a_shard_heartbeat_keeps_the_lease(clock: FakeClock) -> None:

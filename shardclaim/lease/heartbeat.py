@@ -53,9 +53,12 @@ class Heartbeat:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """End the loop: no step starts after this. ``wait`` (the default) also waits for a step under way
+        to finish; without it, the caller goes on at once (a step may be retrying an unreachable store)."""
         self._stop.set()
-        self.join()
+        if wait:
+            self.join()
 
     def join(self) -> None:
         if self.started and self._thread is not threading.current_thread():
