@@ -33,9 +33,12 @@
  * bytes on, bounded by the range; the buffer is released on every path; the GIL is released for the
  * walk. The caller's part: the buffer must not change during the call. The newline sentinel is read
  * without the GIL, so a newline overwritten meanwhile (by another thread, or by a writer to a shared
- * mapping of a file) could let a scan run past the range. The library passes only private buffers (a
- * block it read into, a validator's own); a hostile pass showed the crash with a page flipped under
- * the walk, and validators read their ranges with read(), not mmap, for this reason among others.
+ * mapping of a file) could let a scan run past the range. The builder passes private buffers (the
+ * blocks it reads into). Background validators walk their input mapped (shardclaim/dataset/validate.py):
+ * a file written to under the walk can then make a validator crash (a hostile pass showed it with a page
+ * flipped under the walk), or misjudge a line; either way the file's stamp has changed, and the build
+ * reports the input as changed while it was read and publishes nothing (a validator that dies of it
+ * leaves no core dump).
  */
 
 #define PY_SSIZE_T_CLEAN

@@ -13,11 +13,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shardclaim.dataset import records
+from shardclaim.dataset import records, validate
+from shardclaim.dataset.inputs import open_inputs
+from shardclaim.errors import InputError
 
 pytestmark = pytest.mark.skipif(
     records.c_walk() is None or not sys.platform.startswith("linux"),
@@ -125,3 +130,44 @@ def test_a_validator_killed_otherwise_fails_the_build_with_a_clear_error(tmp_pat
     assert f"a background validator of {src} died before it finished" in done.stdout, done.stdout
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert not (out / "master_metadata.json").exists()
+
+
+def _validator_with(paths: list[Path], futures: list[Future[Any]]) -> validate.BackgroundValidator:
+    """A BackgroundValidator over ``paths`` whose shares are ``futures`` (no process started)."""
+    bv = validate.BackgroundValidator.__new__(validate.BackgroundValidator)
+    bv._files = open_inputs([str(p) for p in paths])
+    bv._stamps = [validate._stamp(f) for f in bv._files]
+    bv._futures = [(0, f) for f in futures]
+    return bv
+
+
+def test_a_dead_validator_fails_the_build_at_the_next_poll(tmp_path: Path) -> None:
+    """``problem()`` is polled after every block: a validator found dead must end the build there, not
+    after the whole input was copied."""
+    src = tmp_path / "in.jsonl"
+    _input(src, lines=10)
+    running: Future[Any] = Future()  # another share, still running: the dead one decides
+    dead: Future[Any] = Future()
+    dead.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+    bv = _validator_with([src], [dead, running])
+    with pytest.raises(InputError, match="died before it finished"):
+        bv.problem()
+    fine: Future[Any] = Future()
+    fine.set_result((None, 0))
+    assert _validator_with([src], [fine, running]).problem() is None
+
+
+def test_a_dead_validator_of_many_inputs_names_a_few(tmp_path: Path) -> None:
+    paths = []
+    for i in range(50):
+        paths.append(tmp_path / f"part-{i:03d}.jsonl")
+        _input(paths[-1], lines=2)
+    dead: Future[Any] = Future()
+    dead.set_exception(BrokenProcessPool("gone"))
+    with pytest.raises(InputError) as info:
+        _validator_with(paths, [dead]).result()
+    message = str(info.value)
+    assert "part-000.jsonl" in message
+    assert "and 47 more" in message
+    assert "part-049" not in message
+    assert len(message) < 600, message

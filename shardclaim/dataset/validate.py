@@ -310,6 +310,9 @@ class BackgroundValidator:
                 for start in range(0, max(size, 1), share):
                     job = self._pool.submit(_check_range, f.path, name, start, min(start + share, size))
                     self._futures.append((index, job))
+        except BrokenProcessPool as e:  # a validator died while the shares were handed out
+            self.close()
+            raise self._died(e) from None
         except BaseException:
             self.close()
             raise
@@ -328,9 +331,11 @@ class BackgroundValidator:
         )
 
     def problem(self) -> Invalid | None:
-        """A bad line, once one has been found (then the first in input order); else None."""
-        if any(job.done() and job.exception() is None and job.result()[0] for _, job in self._futures):
-            return self.result()
+        """A bad line, once one has been found (then the first in input order); else None. A validator
+        found dead fails the build at once, as in :meth:`result`."""
+        for _, job in self._futures:
+            if job.done() and (isinstance(job.exception(), BrokenProcessPool) or job.result()[0]):
+                return self.result()
         return None
 
     def result(self) -> Invalid | None:
@@ -341,17 +346,22 @@ class BackgroundValidator:
         try:
             found = [(index, *r) for index, job in self._futures if (r := job.result()[0]) is not None]
         except BrokenProcessPool as e:  # a validator died: of its input cut while it was mapped, or killed
-            self._raise_if_changed()
-            names = ", ".join(input_name(f) for f in self._files)
-            raise InputError(
-                f"a background validator of {names} died before it finished ({e}); nothing was published",
-                names,
-            ) from None
+            raise self._died(e) from None
         # The change first: a bad line found in an input cut inside a line, or written on, may be it.
         self._raise_if_changed()
         if found:
             return min(found, key=lambda x: (x[0], x[1]))[2]
         return None
+
+    def _died(self, e: BrokenProcessPool) -> InputError:
+        """The error for a validator that died: its input changed (see :meth:`_raise_if_changed`, which
+        raises that one), or else that it died."""
+        self._raise_if_changed()
+        names = [input_name(f) for f in self._files]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return InputError(
+            f"a background validator of {shown} died before it finished ({e}); nothing was published", shown
+        )
 
     def _raise_if_changed(self) -> None:
         for f, stamp in zip(self._files, self._stamps, strict=True):
