@@ -175,3 +175,28 @@ def test_the_command_line_loads_no_command_until_one_runs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+_OUT_OF_MEMORY = """
+import sys
+import shardclaim.dataset
+
+def no_memory(*args, **kwargs):
+    raise MemoryError
+
+shardclaim.dataset.create_sharded_dataset = no_memory  # as a builder under a memory limit fails
+from shardclaim.cli import main
+sys.exit(main(["create", "--input_file", sys.argv[1], "--output_dir", sys.argv[2]]))
+"""
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    result = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_MEMORY, str(src), str(tmp_path / "ds")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "shardclaim: out of memory\n", result.stderr
+    assert not (tmp_path / "ds" / "master_metadata.json").exists()

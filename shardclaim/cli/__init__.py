@@ -93,6 +93,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except OSError as e:  # a full disk, a directory that cannot be made: the reason, not a traceback
         print(f"shardclaim: {e}", file=sys.stderr)
         return 1
+    except MemoryError:  # a memory limit (ulimit -v, a container's): what happened, not a traceback
+        print("shardclaim: out of memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code
