@@ -155,6 +155,9 @@ def test_a_dead_validator_fails_the_build_at_the_next_poll(tmp_path: Path) -> No
     fine: Future[Any] = Future()
     fine.set_result((None, 0))
     assert _validator_with([src], [fine, running]).problem() is None
+    failed: Future[Any] = Future()  # any other error in a share is result()'s to raise, once all are done
+    failed.set_exception(InputError("a corrupt stream"))
+    assert _validator_with([src], [failed, running]).problem() is None
 
 
 def test_a_dead_validator_of_many_inputs_names_a_few(tmp_path: Path) -> None:

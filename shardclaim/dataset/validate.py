@@ -3,10 +3,9 @@ background processes.
 
 The fast check (``shardclaim._valid``'s C walk, else simdjson) builds no Python object; a line it does
 not accept goes to the rule, which decides and words the error. A background process maps its input
-and hands the C walk 8 MiB of whole lines a call, so nothing runs per line in the interpreter and no
-byte is copied (reading them instead cost 0.17-0.19 s of system time per GiB, copying out of the page
-cache: a tenth of a validated build's CPU on 470-byte records); where a file cannot be mapped, the
-range is read in 8 MiB blocks. simdjson, the fallback, is called once a line.
+and hands the C walk 8 MiB of whole lines a call: nothing runs per line in the interpreter, and no byte
+is copied (reading cost 0.17-0.19 s of system time per GiB, copying out of the page cache); where a file
+cannot be mapped, the range is read in 8 MiB blocks. simdjson, the fallback, is called once a line.
 
 When every input is a local file, background processes validate while the builder writes: they re-read
 the input from the page cache, each taking its own share (an uncompressed file is cut into byte ranges,
@@ -139,7 +138,7 @@ def _walk_mapped(walk: Any, m: mmap.mmap, fd: int, names: tuple[str, str], span:
     that the file has not shrunk, and stops if it has (the builder then finds it changed, by its stamp).
     Cut between that check and the step, the validator dies; the builder reports the change all the same
     (see :meth:`BackgroundValidator.result`), and the validator leaves no core dump (``_worker_start``)."""
-    (path, name), (pos, end) = names, span
+    pos, end = span
     size = len(m)
     final = m.find(b"\n", min(end, size) - 1) + 1 or size  # the end of the line holding the last byte
     big = 0
@@ -149,13 +148,11 @@ def _walk_mapped(walk: Any, m: mmap.mmap, fd: int, names: tuple[str, str], span:
         if os.fstat(fd).st_size < size:
             break
         stop = final if final - i <= _READ else m.find(b"\n", i + _READ - 1, final) + 1 or final
-        while (i := walk(m, i, stop)) < stop:
-            j = m.find(b"\n", i, stop) + 1 or stop
-            try:
-                big += 1 if big_integers_in(_as_read(m[i:j])) else 0
-            except InvalidRecordError as e:
-                return (i, (name, _line_number(path, i), e.reason)), big
-            i = j
+        bad, more = _walk_lines(walk, m, (i, stop), 0, names)
+        big += more
+        if bad is not None:
+            return bad, big
+        i = stop
         walked = i - i % mmap.PAGESIZE  # out of this process's memory (not the page cache): RSS stays small
         if walked > dropped and hasattr(mmap, "MADV_DONTNEED"):
             m.madvise(mmap.MADV_DONTNEED, dropped, walked - dropped)
@@ -166,7 +163,7 @@ def _walk_mapped(walk: Any, m: mmap.mmap, fd: int, names: tuple[str, str], span:
 def _read_range(walk: Any, f: Any, names: tuple[str, str], span: tuple[int, int]) -> Share:
     """``_walk_range`` on a file that cannot be mapped, ``f`` at ``span``'s start: read in blocks of whole
     lines (a block grows to hold a longer line), each walked in one call."""
-    (path, name), (pos, end) = names, span
+    pos, end = span
     big = 0
     buf = bytearray(_READ)
     have = 0  # buf[:have] holds the file from pos
@@ -185,18 +182,28 @@ def _read_range(walk: Any, f: Any, names: tuple[str, str], span: tuple[int, int]
         stop = last
         if end - pos <= last:  # the range ends here: up to the end of the line holding its last byte
             stop = buf.find(b"\n", end - pos - 1, last) + 1 or last
-        i = 0
-        while (i := walk(buf, i, stop)) < stop:
-            j = buf.find(b"\n", i, stop) + 1 or stop
-            try:
-                big += 1 if big_integers_in(_as_read(bytes(buf[i:j]))) else 0
-            except InvalidRecordError as e:
-                return (pos + i, (name, _line_number(path, pos + i), e.reason)), big
-            i = j
+        bad, more = _walk_lines(walk, buf, (0, stop), pos, names)
+        big += more
+        if bad is not None:
+            return bad, big
         if final:
             break
         buf[: have - stop] = buf[stop:have]  # the line cut by the block's end, moved to its start
         pos, have = pos + stop, have - stop
+    return None, big
+
+
+def _walk_lines(walk: Any, data: Any, span: tuple[int, int], offset: int, names: tuple[str, str]) -> Share:
+    """Whole lines ``data[i:stop]`` (``span``; ``data`` holds the file from ``offset``) walked in one call,
+    those it is unsure of judged by the rule: the first bad one (offset in the file) and big integers."""
+    (i, stop), (path, name), big = span, names, 0
+    while (i := walk(data, i, stop)) < stop:
+        j = data.find(b"\n", i, stop) + 1 or stop
+        try:
+            big += 1 if big_integers_in(_as_read(bytes(data[i:j]))) else 0
+        except InvalidRecordError as e:
+            return (offset + i, (name, _line_number(path, offset + i), e.reason)), big
+        i = j
     return None, big
 
 
@@ -334,7 +341,10 @@ class BackgroundValidator:
         """A bad line, once one has been found (then the first in input order); else None. A validator
         found dead fails the build at once, as in :meth:`result`."""
         for _, job in self._futures:
-            if job.done() and (isinstance(job.exception(), BrokenProcessPool) or job.result()[0]):
+            if not job.done():
+                continue
+            error = job.exception()  # any other error is the result()'s to raise, as before
+            if isinstance(error, BrokenProcessPool) or (error is None and job.result()[0]):
                 return self.result()
         return None
 
