@@ -38,6 +38,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import IO, Self
 
 from shardclaim.dataset.localfs import usable_cpus
@@ -240,16 +241,8 @@ class ZstdProcessReader(Decoded):
         self._done = True
         return 0
 
-    def _check_exit(self) -> None:
-        code = self._process.wait()
-        if code < 0:
-            killed = signal.Signals(-code).name
-            problem = f"the zstd process was killed by {killed} before the end of the data"
-        elif code:  # the frames are whole (walked first): what zstd refused is inside them
-            problem = f"corrupt zstd data (zstd: {self._message()})"
-        else:
-            return
-        raise CompressedStreamError("zstd", problem, truncated=False)
+    def _check_exit(self) -> None:  # the frames are whole (walked first): what zstd refused is inside them
+        check_exit(self._process, "the zstd process", lambda: f"corrupt zstd data (zstd: {self._message()})")
 
     def _message(self) -> str:
         """The child's last line of complaint, without its name for standard input."""
@@ -275,6 +268,19 @@ def stop(process: subprocess.Popen[bytes], out: IO[bytes]) -> None:
     finally:
         out.close()
         process.wait()
+
+
+def check_exit(process: subprocess.Popen[bytes], who: str, failed: Callable[[], str]) -> None:
+    """Wait for a decoding child; raise CompressedStreamError unless it exited with status 0: killed (by
+    what, named ``who``), or failed (as ``failed()`` words it)."""
+    code = process.wait()
+    if code < 0:
+        problem = f"{who} was killed by {signal.Signals(-code).name} before the end of the data"
+    elif code:
+        problem = failed()
+    else:
+        return
+    raise CompressedStreamError("zstd", problem, truncated=False)
 
 
 def last_line(messages: IO[bytes]) -> str:

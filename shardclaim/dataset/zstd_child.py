@@ -50,7 +50,7 @@ from typing import IO
 
 import orjson
 
-from shardclaim.dataset.zstd import Decoded, ZstdReader, last_line, stop
+from shardclaim.dataset.zstd import Decoded, ZstdReader, check_exit, last_line, stop
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["ZstdChildReader"]
@@ -203,15 +203,10 @@ class ZstdChildReader(Decoded):
         self._fallback = ZstdReader(self._raw)
 
     def _check_exit(self) -> None:
-        code = self._process.wait()
-        if code < 0:
-            killed = signal.Signals(-code).name
-            problem = f"the zstd decoding process was killed by {killed} before the end of the data"
-        elif code:
-            problem = f"the zstd decoding process failed (exit status {code}): {last_line(self._messages)}"
-        else:
-            return
-        raise CompressedStreamError("zstd", problem, truncated=False)
+        check_exit(self._process, "the zstd decoding process", lambda: (
+            f"the zstd decoding process failed (exit status {self._process.returncode}): "
+            f"{last_line(self._messages)}"
+        ))  # fmt: skip
 
     def close(self) -> None:
         if self._closed:
