@@ -200,3 +200,42 @@ def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert result.stderr == "shardclaim: out of memory\n", result.stderr
     assert not (tmp_path / "ds" / "master_metadata.json").exists()
+
+
+_NO_THREAD = """
+import sys
+import threading
+from shardclaim.cli import main
+
+def no_thread(self):
+    raise RuntimeError("can't start new thread")  # what threading raises under ulimit -v or -u
+
+threading.Thread.start = no_thread
+sys.exit(main(["create", "--input_file", sys.argv[1], "--output_dir", sys.argv[2], "--no-validate"]))
+"""
+
+
+def test_a_thread_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_THREAD, str(src), str(tmp_path / "ds")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("shardclaim: cannot start a thread"), result.stderr
+    assert not (tmp_path / "ds" / "master_metadata.json").exists()
+
+
+def test_other_runtime_errors_stay_tracebacks(tmp_path: Path) -> None:
+    """Only the thread limit is translated: any other RuntimeError is a bug; its traceback is the report."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    script = _NO_THREAD.replace("can't start new thread", "something else broke")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(src), str(tmp_path / "ds")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "RuntimeError: something else broke" in result.stderr

@@ -96,6 +96,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except MemoryError:  # a memory limit (ulimit -v, a container's): what happened, not a traceback
         print("shardclaim: out of memory", file=sys.stderr)
         return 1
+    except RuntimeError as e:
+        if "can't start new thread" not in str(e):  # threading's words; anything else is a bug to report
+            raise
+        print("shardclaim: cannot start a thread (out of memory, or a limit on threads or processes)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         return 130
     return code
