@@ -11,7 +11,7 @@ of a CPU without SSSE3), the C walk called once a line (as the inline path does)
 ``Parser.parse`` once a line (the previous validator, today's fallback), and ``orjson.loads`` once a
 line (which builds the objects). Prints medians in M lines/s and MB/s, and each one's speed against
 simdjson's in the same round. One core: a build runs one validator per CPU but one (see
-``shardclaim.dataset.validate.validators``), so this is what each of them does.
+``shardclaim.dataset.background.validators``), so this is what each of them does.
 """
 
 from __future__ import annotations

@@ -285,15 +285,16 @@ def reached(label):
         os.write(int(os.environ["HOSTILE_RELEASE"]), b"x" * 64)
 
 import shardclaim.dataset.build as build
+import shardclaim.dataset.background as background
 import shardclaim.dataset.validate as validate
 from shardclaim.dataset.output_local import LocalOutput
 
 if os.environ.get("HOSTILE_HOLD"):  # each validator's job waits for a byte before it reads
-    _check = validate._check_range
+    _check = validate.check_range
     def held_check(*args):
         os.read(int(os.environ["HOSTILE_HOLD"]), 1)
         return _check(*args)
-    validate._check_range = held_check
+    validate.check_range = held_check
 
 def at_exit():  # which validators still run as the interpreter exits; then let held ones go
     alive = []
@@ -307,7 +308,7 @@ def at_exit():  # which validators still run as the interpreter exits; then let 
     os.write(rep, ("at exit %s\n" % " ".join(map(str, alive))).encode())
     os.write(int(os.environ["HOSTILE_RELEASE"]), b"x" * 64)
 
-_start = validate.BackgroundValidator.start
+_start = background.BackgroundValidator.start
 def start(self):
     _start(self)
     pids.extend(self._pool._processes)
@@ -315,7 +316,7 @@ def start(self):
         import threading
         threading._register_atexit(at_exit)  # runs before the process pool's own exit handler
     reached("validators")
-validate.BackgroundValidator.start = start
+background.BackgroundValidator.start = start
 
 _bar = build._progress_bar
 def bar(*a, **kw):  # (the writer's threads and the validators are running by then)
@@ -344,12 +345,12 @@ def publish(self, shards, master):
     return _publish(self, shards, master)
 LocalOutput.publish = publish
 
-_result = validate.BackgroundValidator.result
+_result = background.BackgroundValidator.result
 def result(self):
     found = _result(self)
     reached("validated")
     return found
-validate.BackgroundValidator.result = result
+background.BackgroundValidator.result = result
 
 if __name__ == "__main__":  # (a spawned validator imports this file again)
     if os.environ.get("HOSTILE_THREAD"):  # another thread: the validators are spawned, not forked
@@ -831,7 +832,7 @@ def test_bad_line_at_a_validator_share_boundary(
 ) -> None:
     """A bad line that begins exactly where a validator's byte range ends, just after, or straddles
     it: found, with its line number, whichever validator owns it."""
-    from shardclaim.dataset.validate import validators
+    from shardclaim.dataset.background import validators
 
     data, line = _bad_line_at_share(big_input.read_bytes(), validators(), shift)
     source = tmp_path / "edge.jsonl"

@@ -214,20 +214,20 @@ def test_several_inputs_by_glob_or_list_are_one_stream_in_order(tmp_path: Path) 
 def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Validation in the main thread (small inputs) or in two background processes (large local
     inputs): the same answers either way. The background case checks that it really ran."""
-    from shardclaim.dataset import validate
+    from shardclaim.dataset import background
 
-    background = request.param == "background"
-    monkeypatch.setattr(validate, "BACKGROUND_FROM", 0 if background else 1 << 62)
+    in_background = request.param == "background"
+    monkeypatch.setattr(background, "BACKGROUND_FROM", 0 if in_background else 1 << 62)
     started = []
-    real_init = validate.BackgroundValidator.__init__
+    real_init = background.BackgroundValidator.__init__
 
     def spy(self: Any, files: list[Any]) -> None:
         started.append(files)
         real_init(self, files)
 
-    monkeypatch.setattr(validate.BackgroundValidator, "__init__", spy)
+    monkeypatch.setattr(background.BackgroundValidator, "__init__", spy)
     yield request.param
-    assert bool(started) == background
+    assert bool(started) == in_background
 
 
 def test_a_malformed_line_names_file_and_line_and_publishes_nothing(tmp_path: Path, validator: str) -> None:
@@ -589,7 +589,7 @@ def test_a_validators_byte_ranges_find_what_one_pass_over_the_file_finds(
         )
         monkeypatch.setattr(validate, "_READ", rng.randint(2, 64))
         cuts = sorted({0, len(data), *(rng.randint(0, len(data)) for _ in range(rng.randint(0, 4)))})
-        shares = [validate._check_range(str(path), str(path), a, b) for a, b in itertools.pairwise(cuts)]
+        shares = [validate.check_range(str(path), str(path), a, b) for a, b in itertools.pairwise(cuts)]
         found = [r[0] for r in shares if r[0] is not None]
         assert (min(found)[1] if found else None) == (want_bad[1] if want_bad else None), (trial, data, cuts)
         if not found:
@@ -600,38 +600,38 @@ def test_validators_are_forked_only_while_this_process_has_no_other_thread() -> 
     """A forked child inherits every lock as it was: held by another thread, it would stay held."""
     import threading
 
-    from shardclaim.dataset import validate
+    from shardclaim.dataset import background
 
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:
-        assert validate._context().get_start_method() == "spawn"
+        assert background._context().get_start_method() == "spawn"
     finally:
         stop.set()
         other.join()
     if sys.platform == "linux" and threading.active_count() == 1:
-        assert validate._context().get_start_method() == "fork"
+        assert background._context().get_start_method() == "fork"
 
 
 def test_validators_take_every_cpu_but_the_builders_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shardclaim.dataset import validate
+    from shardclaim.dataset import background
 
     for cpus, expected in [(2, 2), (3, 2), (4, 3), (8, 7), (64, 8)]:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
-        assert validate.validators() == expected
+        assert background.validators() == expected
 
 
 _STUCK_VALIDATOR_BUILD = """
 import os, sys, threading
-from shardclaim.dataset import validate
-validate.BACKGROUND_FROM = 0  # validate in background processes, even this small input
+from shardclaim.dataset import background, validate
+background.BACKGROUND_FROM = 0  # validate in background processes, even this small input
 
 def stuck(path, name, start, end):  # a validator that reports itself, then never finishes
     os.write(int(sys.argv[3]), f"{os.getpid()}\\n".encode())
     threading.Event().wait()
 
-validate._check_range = stuck
+validate.check_range = stuck
 from shardclaim.dataset.build import create_sharded_dataset
 create_sharded_dataset(sys.argv[1], sys.argv[2], num_shards=2)
 """
@@ -685,15 +685,15 @@ def test_an_input_written_to_during_a_background_validation_fails_the_build(
     """The validators read the input again by its path: if it changed meanwhile they did not check what
     the builder copied, so the build must fail (nothing is published) rather than publish unchecked
     lines as validated."""
-    from shardclaim.dataset import validate
+    from shardclaim.dataset import background
     from shardclaim.dataset.inputs import open_inputs
 
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"".join(records(200)))
     past = src.stat().st_mtime_ns - 10**9  # a write now gets a later time, whatever the clock's grain
     os.utime(src, ns=(past, past))
-    background = validate.BackgroundValidator(open_inputs(str(src)))
-    background.start()
+    validator = background.BackgroundValidator(open_inputs(str(src)))
+    validator.start()
     try:
         if change == "append":
             with src.open("ab") as f:
@@ -702,6 +702,6 @@ def test_an_input_written_to_during_a_background_validation_fails_the_build(
             with src.open("r+b") as f:  # the same bytes written again (whatever the validators read,
                 f.write(b"{")  # it is valid): only the file's time says it changed
         with pytest.raises(InputError, match="changed while it was read"):
-            background.result()
+            validator.result()
     finally:
-        background.close()
+        validator.close()

@@ -398,17 +398,17 @@ def test_a_build_is_the_same_with_the_c_check_and_with_simdjson(
     when they are skipped): the same chunks, counts and big integers, or the same first error, checked
     in the builder or by its background processes."""
     from shardclaim import InputError, create_sharded_dataset
-    from shardclaim.dataset import validate
+    from shardclaim.dataset import background
 
-    monkeypatch.setattr(validate, "BACKGROUND_FROM", 0 if where == "background" else 1 << 62)
+    monkeypatch.setattr(background, "BACKGROUND_FROM", 0 if where == "background" else 1 << 62)
     started: list[int] = []
-    real_start = validate.BackgroundValidator.start
+    real_start = background.BackgroundValidator.start
 
-    def start(self: validate.BackgroundValidator) -> None:
+    def start(self: background.BackgroundValidator) -> None:
         started.append(1)
         real_start(self)
 
-    monkeypatch.setattr(validate.BackgroundValidator, "start", start)
+    monkeypatch.setattr(background.BackgroundValidator, "start", start)
     rnd = random.Random(7)
     lines = []
     for i in range(3000):

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from shardclaim import create_sharded_dataset
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.inputs import open_inputs
 from shardclaim.errors import InputError, InvalidRecordError
 
@@ -885,7 +885,7 @@ def test_walk_range_with_any_block_size_and_any_cut(
             assert got == _reference(data, a, b, "f"), (validate._READ, a, b, data[:300])
             if validate._READ > 1:  # (open() takes buffering=1 for line buffering)
                 monkeypatch.setenv("SHARDCLAIM_SCAN", "python")
-                assert validate._check_range(path, "f", a, b) == got
+                assert validate.check_range(path, "f", a, b) == got
                 monkeypatch.delenv("SHARDCLAIM_SCAN")
             total_big += got[1]
             if got[0] is not None and first_bad is None:
@@ -1169,7 +1169,7 @@ def big_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]
 
 
 def _background(path: Path) -> bool:
-    return validate.BackgroundValidator.suits(open_inputs(str(path)), False)
+    return background.BackgroundValidator.suits(open_inputs(str(path)), False)
 
 
 def test_large_valid_build_is_the_same_with_and_without_the_c_check(
@@ -1254,7 +1254,7 @@ def _changed_build(
 ) -> str:
     """Build with the input changed just after the validators took its stamps (so before any of them
     read it): deterministic, no timing. The build's error message; the build must not succeed."""
-    stamp = validate._stamp
+    stamp = background._stamp
 
     def stamp_then_change(f: Any) -> tuple[int, int, int, int]:
         taken = stamp(f)
@@ -1268,7 +1268,7 @@ def _changed_build(
         calls += 1
         return stamp_then_change(f) if calls == 1 else stamp(f)
 
-    monkeypatch.setattr(validate, "_stamp", once)
+    monkeypatch.setattr(background, "_stamp", once)
     shutil.rmtree(out, ignore_errors=True)
     with pytest.raises(InputError) as info:
         create_sharded_dataset(str(src), str(out), num_shards=3)

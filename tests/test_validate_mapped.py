@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.inputs import open_inputs
 from shardclaim.errors import InputError
 
@@ -49,7 +49,7 @@ def _run(script: str, *args: str, cwd: Path | None = None) -> subprocess.Complet
 
 _STOPS = """
 import os, sys
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 path, size = sys.argv[1], int(sys.argv[2])
 validate._READ = 4096  # many steps
 walk = records.c_walk()
@@ -78,11 +78,11 @@ def test_a_file_cut_after_it_was_mapped_stops_the_walk_at_the_next_step(tmp_path
 
 _BUILD = """
 import os, resource, signal, sys
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.build import create_sharded_dataset
 from shardclaim.errors import InputError
 src, out, how = sys.argv[1], sys.argv[2], sys.argv[3]
-validate.BACKGROUND_FROM = 0  # background validators, even for this input
+background.BACKGROUND_FROM = 0  # background validators, even for this input
 validate._READ = 4096
 hard = resource.getrlimit(resource.RLIMIT_CORE)[1]  # core dumps allowed: a validator must turn them off
 resource.setrlimit(resource.RLIMIT_CORE, (hard if hard == resource.RLIM_INFINITY else max(hard, 0), hard))
@@ -92,7 +92,7 @@ def dying_walk(data, a, b):  # in each validator, on its first call: past the fi
     sys.stderr.write(f"core limit {resource.getrlimit(resource.RLIMIT_CORE)[0]}\\n")
     sys.stderr.flush()
     if how == "cut":
-        os.truncate(src, 100)  # the pages this call reads are now past the end: SIGBUS
+        os.truncate(src, a - a % 4096)  # the page this call reads first is now wholly past the end: SIGBUS
     else:
         os.kill(os.getpid(), signal.SIGKILL)
     return walk(data, a, b)
@@ -132,11 +132,11 @@ def test_a_validator_killed_otherwise_fails_the_build_with_a_clear_error(tmp_pat
     assert not (out / "master_metadata.json").exists()
 
 
-def _validator_with(paths: list[Path], futures: list[Future[Any]]) -> validate.BackgroundValidator:
+def _validator_with(paths: list[Path], futures: list[Future[Any]]) -> background.BackgroundValidator:
     """A BackgroundValidator over ``paths`` whose shares are ``futures`` (no process started)."""
-    bv = validate.BackgroundValidator.__new__(validate.BackgroundValidator)
+    bv = background.BackgroundValidator.__new__(background.BackgroundValidator)
     bv._files = open_inputs([str(p) for p in paths])
-    bv._stamps = [validate._stamp(f) for f in bv._files]
+    bv._stamps = [background._stamp(f) for f in bv._files]
     bv._futures = [(0, f) for f in futures]
     return bv
 
@@ -174,3 +174,31 @@ def test_a_dead_validator_of_many_inputs_names_a_few(tmp_path: Path) -> None:
     assert "and 47 more" in message
     assert "part-049" not in message
     assert len(message) < 600, message
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_lines_before_a_huge_line_are_walked_before_its_end_is_sought(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    """A bad line just before a line many steps long is reported from the step that holds it: no step
+    reaches past the huge line's start before then (a step used to run to the end of the line holding its
+    last byte, so a bad line waited for a gigabyte-long neighbour to be sought through)."""
+    monkeypatch.setattr(validate, "_READ", 4096)
+    monkeypatch.setattr(validate, "_MAP", mapped)
+    good = b"".join(b'{"id":%d}\n' % i for i in range(300))
+    huge_start = len(good) + len(b"{bad\n")
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(good + b"{bad\n" + b'{"t":"' + b"x" * 40 * 4096 + b'"}\n' + b'{"id":1}\n')
+    walk = records.c_walk()
+    stops: list[int] = []
+
+    def recording(data: Any, i: int, stop: int) -> int:
+        stops.append(stop)
+        return walk(data, i, stop)
+
+    bad, _ = validate._walk_range(recording, str(path), "in", 0, path.stat().st_size)
+    assert bad is not None
+    assert bad[0] == len(good)
+    assert bad[1][1] == 301  # the line number
+    assert stops
+    assert max(stops) <= huge_start, (stops, huge_start)

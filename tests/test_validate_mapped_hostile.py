@@ -259,7 +259,7 @@ def test_odd_files_the_same_both_ways(where: Path, monkeypatch: pytest.MonkeyPat
 
 _LIMITED = """
 import os, resource, sys
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 path, extra = sys.argv[1], int(sys.argv[2])
 validate._READ = 4096
 taken = []
@@ -323,11 +323,11 @@ def test_offsets_past_4_gib_in_a_sparse_file(tmp_path: Path, monkeypatch: pytest
 
 _CHANGED = """
 import ctypes, mmap, os, resource, sys
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.build import create_sharded_dataset
 from shardclaim.errors import InputError
 src, out, how, marker = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-validate.BACKGROUND_FROM = 0  # background validators, even for this input
+background.BACKGROUND_FROM = 0  # background validators, even for this input
 validate._READ = 4096  # many steps
 hard = resource.getrlimit(resource.RLIMIT_CORE)[1]  # core dumps allowed: a validator must turn them off
 resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
@@ -451,12 +451,12 @@ def test_an_input_changed_under_the_mapped_walk_is_reported_and_nothing_publishe
 
 _KILLED = """
 import os, resource, signal, sys
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.build import create_sharded_dataset
 from shardclaim.dataset.read import iter_shard_records
 from shardclaim.errors import InputError
 src, out, sig = sys.argv[1], sys.argv[2], int(sys.argv[3])
-validate.BACKGROUND_FROM = 0
+background.BACKGROUND_FROM = 0
 validate._READ = 4096
 hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
 resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
@@ -515,11 +515,11 @@ def test_a_validator_killed_by_a_signal_fails_the_build_clearly(name: str, tmp_p
 _EARLY = """
 import os, signal, sys
 from concurrent.futures import ProcessPoolExecutor
-from shardclaim.dataset import records, validate
+from shardclaim.dataset import background, records, validate
 from shardclaim.dataset.build import create_sharded_dataset
 from shardclaim.errors import InputError
 src, out, how = sys.argv[1], sys.argv[2], sys.argv[3]
-validate.BACKGROUND_FROM = 0
+background.BACKGROUND_FROM = 0
 validate._READ = 4096
 walk = records.c_walk()
 

@@ -5,8 +5,8 @@ The modules, in the order data goes through them:
 * :mod:`.build`: ``create_sharded_dataset``, its options and the loop that deals records to shards;
 * :mod:`.inputs`: the input files (paths, URLs, globs), read as blocks of whole lines, credentials kept
   out of names; :mod:`.decompress` reads compressed inputs to their proper end;
-* :mod:`.records`: the one rule for what a record is; :mod:`.validate` applies it, inline or in
-  background processes;
+* :mod:`.records`: the one rule for what a record is; :mod:`.validate` applies it, inline or to one
+  validator's share, and :mod:`.background` runs the validators beside the builder;
 * :mod:`.chunks`: the chunk files, written by threads from one arena of buffers;
 * :mod:`.output`: where a build writes and how it replaces an old dataset (object stores),
   :mod:`.output_local` (a local directory), :mod:`.lock` (one build at a time per output);

@@ -49,7 +49,8 @@ from shardclaim.errors import InputError, InvalidRecordError
 from shardclaim.layout import FORMAT_VERSION
 
 if TYPE_CHECKING:  # validate (simdjson, multiprocessing) is imported only when validating
-    from shardclaim.dataset.validate import BackgroundValidator, Invalid
+    from shardclaim.dataset.background import BackgroundValidator
+    from shardclaim.dataset.validate import Invalid
 
 __all__ = ["Options", "Strategy", "build_records", "check_options", "create_sharded_dataset"]
 
@@ -167,7 +168,7 @@ def _build(
     switch_interval = sys.getswitchinterval()
     try:  # (everything started here is stopped in `finally`, whenever an error or Ctrl-C comes)
         if opts.validate:  # (before the writer's threads start: the validators may then be forked)
-            from shardclaim.dataset.validate import BackgroundValidator
+            from shardclaim.dataset.background import BackgroundValidator
 
             if BackgroundValidator.suits(files, opts.skip_invalid):
                 background = BackgroundValidator(files)

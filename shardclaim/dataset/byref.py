@@ -125,7 +125,8 @@ class _Validator:
     """Every line checked, inline (small or remote inputs) or by the builder's background processes."""
 
     def __init__(self, files: list[Any]) -> None:
-        from shardclaim.dataset.validate import BackgroundValidator, check_lines
+        from shardclaim.dataset.background import BackgroundValidator
+        from shardclaim.dataset.validate import check_lines
 
         self._background = BackgroundValidator(files) if BackgroundValidator.suits(files, False) else None
         if self._background is not None:

@@ -61,7 +61,7 @@ _descriptors: set[int] = set()  # the open lock files of the FileLocks this proc
 def held_descriptors() -> list[int]:
     """The file descriptors of the build locks this process holds: a forked child inherits them, and
     with them the lock, which would then outlive the build; the child closes them first (see
-    :mod:`~shardclaim.dataset.validate`)."""
+    :mod:`~shardclaim.dataset.background`)."""
     with _held_mutex:
         return sorted(_descriptors)
 
