@@ -31,8 +31,9 @@ import zlib
 from collections.abc import Callable
 from typing import IO, Any
 
-from shardclaim.dataset.zstd import READ_SIZE, Decoded, ZstdProcessReader, ZstdReader, truncated, zstd_decoder
+from shardclaim.dataset.zstd import READ_SIZE, Decoded, ZstdProcessReader, ZstdReader, zstd_decoder
 from shardclaim.dataset.zstd_child import ZstdChildReader
+from shardclaim.dataset.zstd_frames import truncated
 from shardclaim.errors import CompressedStreamError
 
 __all__ = ["open_decompressed"]

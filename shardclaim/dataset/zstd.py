@@ -16,16 +16,17 @@ Three decoders, chosen by ``SHARDCLAIM_ZSTD`` (:func:`zstd_decoder`):
   -dc``'s time against 1.10-1.34x in process (``python bench/compressed_speed.py``, same rounds).
 
 All of them accept exactly the same files and refuse the others with the same
-:class:`CompressedStreamError`, because the file's framing is judged by :class:`ZstdFrames` either way,
-never by the decoder: the zstd tool also decodes gzip, xz and lz4 data, and files of skippable frames
-only, which are not zstd inputs here. In this process and in the python child, the frames are walked as
-the decoder reads them; for the ``zstd`` process, by their headers alone (``pread`` of a few bytes per
-block, about 40 ms for 1 GiB of input) before the first byte is handed out. A file whose frames are
-whole but which ``zstd`` refuses (a checksum, a corrupt block) is corrupt, and a ``zstd`` killed by a
-signal is an error too, never the end of the input. The child writes its messages to a temporary file,
-read when it exits non-zero; it runs in its own session, so a Ctrl-C at the terminal reaches only the
-builder, whose ``close()`` kills and reaps the child (it also gets ``SIGPIPE`` if the builder dies). The
-builder only reads from the pipe, so it can never receive ``SIGPIPE`` itself.
+:class:`CompressedStreamError`, because the file's framing is judged by :class:`ZstdFrames`
+(:mod:`shardclaim.dataset.zstd_frames`) either way, never by the decoder: the zstd tool also decodes gzip,
+xz and lz4 data, and files of skippable frames only, which are not zstd inputs here. In this process and in
+the python child, the frames are walked as the decoder reads them; for the ``zstd`` process, by their
+headers alone (``pread`` of a few bytes per block, about 40 ms for 1 GiB of input) before the first byte is
+handed out. A file whose frames are whole but which ``zstd`` refuses (a checksum, a corrupt block) is
+corrupt, and a ``zstd`` killed by a signal is an error too, never the end of the input. The child writes
+its messages to a temporary file, read when it exits non-zero; it runs in its own session, so a Ctrl-C at
+the terminal reaches only the builder, whose ``close()`` kills and reaps the child (it also gets
+``SIGPIPE`` if the builder dies). The builder only reads from the pipe, so it can never receive ``SIGPIPE``
+itself.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from typing import IO, Self
 
 from shardclaim.dataset.localfs import usable_cpus
+from shardclaim.dataset.zstd_frames import ZstdFrames, truncated
 from shardclaim.errors import CompressedStreamError
 
 __all__ = [
@@ -49,10 +51,8 @@ __all__ = [
     "ENV",
     "READ_SIZE",
     "Decoded",
-    "ZstdFrames",
     "ZstdProcessReader",
     "ZstdReader",
-    "truncated",
     "zstd_decoder",
 ]
 
@@ -68,12 +68,6 @@ CHILD_FROM = 16 << 20
 _PIPE_SIZE = 1 << 20  # Linux's default ceiling for an unprivileged pipe (/proc/sys/fs/pipe-max-size)
 #: Compressed bytes a decoder in this process asks of the file at a time (gzip, bz2 and xz too).
 READ_SIZE = 1 << 20
-
-
-def truncated(kind: str) -> CompressedStreamError:
-    return CompressedStreamError(
-        kind, f"the {kind} data ends before its end-of-stream marker: the file is truncated", truncated=True
-    )
 
 
 def zstd_decoder(raw: IO[bytes]) -> tuple[str, str]:
@@ -299,102 +293,3 @@ def _widen(pipe: IO[bytes]) -> None:
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     except (ImportError, AttributeError, OSError):  # pragma: no cover - not Linux, or a lower limit
         pass
-
-
-_ZSTD_MAGIC = 0xFD2FB528
-_SKIPPABLE = 0x184D2A50  # the low four bits are free
-
-
-class ZstdFrames:
-    """Walks zstd frames (RFC 8878) by their headers and block sizes, so that the end of the file can
-    be checked to be the end of a frame. Block contents are skipped, never decoded."""
-
-    # states: what the next ``need`` header bytes are
-    _MAGIC, _SKIP_SIZE, _DESCRIPTOR, _FRAME_HEADER, _BLOCK = range(5)
-
-    def __init__(self) -> None:
-        self._state = self._MAGIC
-        self._need = 4
-        self._head = bytearray()
-        self._skip = 0  # payload bytes to pass over before the next header
-        self._checksum = False
-        self.frames = 0
-
-    def feed(self, data: bytes) -> None:
-        pos, n = 0, len(data)
-        while pos < n:
-            if self._skip:
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-                continue
-            take = min(self._need - len(self._head), n - pos)
-            self._head += data[pos : pos + take]
-            pos += take
-            if len(self._head) == self._need:
-                header = bytes(self._head)
-                self._head.clear()
-                self._step(header)
-
-    def walk(self, fd: int, pos: int) -> None:
-        """Walk the file ``fd`` from offset ``pos`` to its end, reading the headers only (by ``pread``:
-        the file offset is left alone), and check its end as :meth:`check_end` does."""
-        size = os.fstat(fd).st_size
-        while True:
-            if self._skip:
-                if pos + self._skip > size:
-                    raise truncated("zstd")
-                pos, self._skip = pos + self._skip, 0
-            data = os.pread(fd, self._need - len(self._head), pos)
-            if not data:
-                break
-            self.feed(data)
-            pos += len(data)
-        self.check_end()
-
-    def _step(self, header: bytes) -> None:
-        state = self._state
-        if state == self._MAGIC:
-            magic = int.from_bytes(header, "little")
-            if magic == _ZSTD_MAGIC:
-                self._state, self._need = self._DESCRIPTOR, 1
-            elif magic & ~0xF == _SKIPPABLE:
-                self._state, self._need = self._SKIP_SIZE, 4
-            else:
-                raise CompressedStreamError(
-                    "zstd", f"bytes that start no zstd frame (0x{magic:08x})", truncated=False
-                )
-        elif state == self._SKIP_SIZE:
-            self._skip = int.from_bytes(header, "little")
-            self._state, self._need = self._MAGIC, 4
-        elif state == self._DESCRIPTOR:
-            descriptor = header[0]
-            single = descriptor >> 5 & 1
-            content_size = (0, 2, 4, 8)[descriptor >> 6] or single  # 1 byte when single-segment
-            self._checksum = bool(descriptor >> 2 & 1)
-            rest = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + content_size
-            self.frames += 1
-            if rest:
-                self._state, self._need = self._FRAME_HEADER, rest
-            else:
-                self._state, self._need = self._BLOCK, 3
-        elif state == self._FRAME_HEADER:
-            self._state, self._need = self._BLOCK, 3
-        else:
-            block = int.from_bytes(header, "little")
-            kind = block >> 1 & 3
-            if kind == 3:
-                raise CompressedStreamError("zstd", "a zstd block of the reserved type", truncated=False)
-            self._skip = 1 if kind == 1 else block >> 3  # an RLE block is one byte
-            if block & 1:  # the frame's last block
-                self._skip += 4 if self._checksum else 0
-                self._state, self._need = self._MAGIC, 4
-
-    def at_end_of_frame(self) -> bool:
-        return self._state == self._MAGIC and not self._head and not self._skip
-
-    def check_end(self) -> None:
-        if self.frames == 0 and self.at_end_of_frame():
-            raise CompressedStreamError("zstd", "no zstd frame in the file", truncated=True)
-        if not self.at_end_of_frame():
-            raise truncated("zstd")
