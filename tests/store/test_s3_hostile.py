@@ -5,8 +5,9 @@ cache, absurd ``Date`` headers, stray and hostile objects in the bucket, and the
 
 The store's clock is injected where a test needs a lease to look expired (:class:`Skewed` adds to
 ``now()``, as a later moment of the store's clock would), and the retry policy's clock where a test needs
-a long outage, so no test waits for a lease or an outage to run out. Tests marked ``xfail(strict=True)``
-are bugs this pass found; each reason says what breaks and where.
+a long outage, so no test waits for a lease or an outage to run out (one waits about 2 s: it needs the
+server's own Date to pass a 1 s lease). Tests marked ``xfail(strict=True)`` are bugs this pass found; each
+reason says what breaks and where.
 """
 
 from __future__ import annotations
