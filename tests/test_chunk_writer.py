@@ -299,3 +299,42 @@ def test_remote_chunk_files_share_one_upload_budget(shards: int, block: int) -> 
         writer.add(i, memoryview(b'{"i": %d}\n' % i))
     writer.finish()
     assert opened == [block] * shards
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered", "reopened"])
+def test_every_chunk_and_its_directory_is_made_durable_before_the_master_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_buffers: None, mode: str
+) -> None:
+    """A power cut after the master is published must not take back a chunk: every chunk file is
+    fdatasync'ed, and every shard directory fsync'ed, before ``master_metadata.json`` exists."""
+    if mode == "direct" and not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    if mode == "buffered":
+        monkeypatch.setattr(chunks, "_DIRECT", 0)
+    if mode == "reopened":  # beyond the descriptor budget: each write opens its file again
+        monkeypatch.setattr(chunks, "descriptors_to_spare", lambda: 0)
+    out = tmp_path / "ds"
+    synced: list[tuple[str, str]] = []  # (call, the last two parts of the path), before publishing
+    real = {"fdatasync": os.fdatasync, "fsync": os.fsync}
+
+    def spy(call: str) -> Any:
+        def synced_now(fd: int) -> None:
+            real[call](fd)
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            if not (out / "master_metadata.json").exists():  # (the publishing rename is synced after it)
+                synced.append((call, f"{path.parent.name}/{path.name}"))
+
+        return synced_now
+
+    monkeypatch.setattr(os, "fdatasync", spy("fdatasync"))
+    monkeypatch.setattr(os, "fsync", spy("fsync"))
+    lines = mixed_records(400, seed=11)
+    (tmp_path / "in.jsonl").write_bytes(b"".join(lines))
+    master = create_sharded_dataset(str(tmp_path / "in.jsonl"), str(out), num_shards=3, chunk_size_mb=0.05)
+    monkeypatch.undo()
+    check_dataset(out, lines, 3)
+    chunk_files = {f"{p.parent.name}/{p.name}" for p in out.glob("shard_*/chunk_*")}
+    assert len(chunk_files) == sum(s["num_chunks"] for s in master["shards"]) > 6
+    assert chunk_files <= {path for call, path in synced if call == "fdatasync"}
+    directories = {path.split("/")[1] for call, path in synced if call == "fsync"}
+    assert {f"shard_{i:03d}" for i in range(3)} <= directories

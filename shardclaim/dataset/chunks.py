@@ -32,6 +32,7 @@ import os
 import queue
 import resource
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shardclaim.crc import crc32c
@@ -373,12 +374,19 @@ def descriptors_to_spare() -> int:
 def _make_durable(paths: list[str]) -> None:
     """fdatasync every chunk and fsync their directories: the master must never be published over
     chunks that a power cut could still take back."""
-    for path in paths:
+
+    def sync(path: str) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+
+    # At once, not one after another: each fdatasync of a direct-written chunk is one journal commit and
+    # a device flush (4 ms here), and concurrent ones share them (16 chunks: 8 ms, from 60). _WRITERS at
+    # a time: no more descriptors than the writers held (see descriptors_to_spare).
+    with ThreadPoolExecutor(_WRITERS) as pool:
+        list(pool.map(sync, paths))
     for directory in sorted({os.path.dirname(p) for p in paths}):
         fd = os.open(directory, os.O_RDONLY)
         try:
