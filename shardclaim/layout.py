@@ -98,6 +98,12 @@ def parse_json(key: str, data: bytes) -> dict[str, Any]:
 MAX_INT = 2**53
 
 
+def one_of(value: Any, names: frozenset[str]) -> bool:
+    """Whether a document's value is one of ``names``: a list or an object (unhashable) is not, and is
+    no TypeError either."""
+    return isinstance(value, str) and value in names
+
+
 def _int(key: str, doc: dict[str, Any], field: str, *, minimum: int = 0) -> int:
     value = doc.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_INT:
@@ -125,7 +131,7 @@ def check_shard(key: str, doc: dict[str, Any], *, expect_id: int | None = None) 
         raise MetadataError(key, f"shard_id is {shard_id}, but the object belongs to shard {expect_id}")
     _int(key, doc, "total_shards", minimum=1)
     status = doc.get("status")
-    if status not in STATUSES:
+    if not one_of(status, STATUSES):
         raise MetadataError(key, f"unknown status {status!r}; expected one of {sorted(STATUSES)}")
     total = _int(key, doc, "total_tasks")
     chunks = doc.get("chunks")
@@ -235,7 +241,7 @@ def _check_ranges(key: str, doc: dict[str, Any]) -> None:
     at = 0
     for i, part in enumerate(parts):
         where = f"{key} part {i}"
-        if not isinstance(part, dict) or part.get("status") not in STATUSES or "ranges" in part:
+        if not isinstance(part, dict) or not one_of(part.get("status"), STATUSES) or "ranges" in part:
             raise MetadataError(key, f"part {i} must be an object with a known status")
         if part["status"] == "in_use" and not isinstance(part.get("lease"), dict):
             raise MetadataError(key, f"part {i} is in_use but names no lease")
@@ -299,7 +305,7 @@ _SCHEMES = re.compile(r"[a-z][a-z0-9+.-]*://[^?#\x00-\x1f]+")
 def _check_kind(key: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """``kind`` and ``sources`` of a version-2 master or shard; the sources."""
     kind = doc.get("kind")
-    if kind not in KINDS:
+    if not one_of(kind, KINDS):
         raise MetadataError(key, f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
     sources = doc.get("sources")
     if not isinstance(sources, list) or not sources or len(sources) > 1_000_000:
@@ -391,6 +397,6 @@ def readable_chunks(shard: Mapping[str, Any]) -> list[str]:
     """A claimed shard's chunks as a command gets them (``SHARDCLAIM_CHUNKS``): the chunk files' paths or
     URLs, the task files of a ``files`` dataset, the ``SOURCE#bytes=FIRST-LAST`` ranges of a
     ``by_reference`` one (read those with ``shardclaim cat`` or ``iter_shard_records``)."""
-    if shard.get("kind") not in KINDS:
+    if not one_of(shard.get("kind"), KINDS):
         return list(shard["chunks"])
     return chunk_locations(dict(shard), "")

@@ -43,6 +43,9 @@ def test_a_sound_shard_passes() -> None:
     [
         ("status", "done", "unknown status 'done'"),
         ("status", None, "unknown status None"),
+        ("status", ["available"], r"unknown status \['available'\]"),  # unhashable: not a TypeError
+        ("status", {"a": 1}, "unknown status {'a': 1}"),
+        ("kind", [], "unknown kind"),
         ("chunks.0.file", "../../etc/passwd", "expected chunk_NNNN.jsonl"),
         ("chunks.0.file", "/etc/passwd", "expected chunk_NNNN.jsonl"),
         ("chunks.0.file", "chunk_0000.jsonl/../../x", "expected chunk_NNNN.jsonl"),

@@ -29,16 +29,19 @@ def halted(store: Store, info: ObjectInfo | None) -> dict[str, Any] | None:
     if info is None:
         return None
     status = info.metadata.get("status")
-    if status is None:
+    if status == "halted":
         try:
-            doc = _load(store.read(HALT_KEY).data)
-        except ObjectNotFoundError:
-            return None
-        return doc if doc.get("status") == "halted" else None
-    if status != "halted":
+            return {"status": "halted", "failed": int(info.metadata.get("failed", "0") or 0),
+                    "limit": int(info.metadata.get("limit", "0") or 0)}  # fmt: skip
+        except ValueError:
+            pass  # a garbled cache: the object says (as where the cache is gone)
+    elif status is not None:
         return None
-    return {"status": "halted", "failed": int(info.metadata.get("failed", "0") or 0),
-            "limit": int(info.metadata.get("limit", "0") or 0)}  # fmt: skip
+    try:
+        doc = _load(store.read(HALT_KEY).data)
+    except ObjectNotFoundError:
+        return None
+    return doc if doc.get("status") == "halted" else None
 
 
 def describe(halt: Mapping[str, Any], dataset: str) -> str:

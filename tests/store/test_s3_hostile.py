@@ -724,14 +724,6 @@ def test_a_build_after_a_killed_build_removes_its_staging_area_on_s3(s3_bucket: 
     assert left not in keys
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="halted() (shardclaim/lease/halt.py:40-41) turns the halt object's cached metadata "
-    "'failed'/'limit' into ints unguarded: an _halt/metadata.json whose S3 metadata says failed=many "
-    "raises ValueError out of every listing — every worker's claim, status, wait, and `reset --failed`, "
-    "the one command that lifts a halt — with 'invalid literal for int()' naming no object. Its cache is "
-    "not checked and the document not read, as the shards' are (lease/views.py:_from_cache).",
-)
 def test_a_halt_object_with_garbled_metadata_neither_crashes_listings_nor_blocks_its_lifting(
     s3_bucket: str, tmp_path: Path
 ) -> None:
@@ -807,15 +799,6 @@ def test_hostile_shard_documents_are_skipped_with_their_reason_and_never_run(
     assert f"completed: 0,{n - 1}\n" in status.stdout, status.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_shard tests membership of unchecked JSON values in frozensets: `status not in "
-    "STATUSES` (shardclaim/layout.py:128), a part's status (layout.py:238) and `kind not in KINDS` "
-    "(layout.py:302) raise TypeError (unhashable type: 'list'/'dict') instead of MetadataError. On S3 "
-    "a document whose cached metadata is missing is read by every listing (lease/views.py:166 -> "
-    "read_view), so one such document makes every claim_shard() and status raise TypeError: the whole "
-    "fleet stops, and `shardclaim status/claim/reset/run` die with a traceback.",
-)
 @pytest.mark.parametrize(
     "hostile",
     [{"status": ["available"]}, {"status": {"in_use": 1}}, {"kind": ["files"]}, {"ranges": [{"status": []}]}],
