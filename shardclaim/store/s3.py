@@ -240,10 +240,12 @@ class S3Store:
         return (h for h in heads if h is not None)
 
     def _head(self, key: str) -> ObjectInfo | None:
-        """One object's info and metadata; its own ETag and time, newer than the listing's if it moved."""
+        """One object's info and metadata; its own ETag and time, newer than the listing's if it moved.
+        ``key`` comes from a listing, so it is not checked as a key of ours: a stray object under the
+        prefix (``a//b``, a killed build's ``.shardclaim-build-*``) is listed, as on GCS, not an error."""
         try:
             with _translated("list", key):
-                resp = self._client.head_object(Bucket=self._bucket, Key=self._name(key))
+                resp = self._client.head_object(Bucket=self._bucket, Key=self._prefix + key)
         except ObjectNotFoundError:
             return None
         etag, metadata = _etag(resp["ETag"]), _metadata(resp.get("Metadata"))

@@ -659,14 +659,6 @@ def test_an_object_rewritten_between_the_listing_and_its_head_is_listed_as_one_c
 # == 3. Hostile objects in the bucket =====================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S3Store.list (shardclaim/store/s3.py:225 -> _head, s3.py:246) HEADs every listed object "
-    "through self._name(key), which runs validate_key: one stray object anywhere under the dataset "
-    "whose name is a valid S3 key but not a valid store key ('a//metadata.json', "
-    "'.shardclaim-x/metadata.json') raises InvalidKeyError out of every listing, so every worker's "
-    "claim_shard() and every status fails: one object that belongs to no shard stops the whole fleet.",
-)
 @pytest.mark.parametrize("stray", ["notes//metadata.json", ".shardclaim-x/metadata.json"])
 def test_a_stray_object_outside_the_shards_does_not_stop_claims_or_status(
     s3_bucket: str, tmp_path: Path, stray: str
@@ -704,15 +696,6 @@ def test_a_shard_whose_metadata_says_completed_but_whose_document_does_not_is_no
     assert sorted(processed) == [0, 1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The same S3Store.list -> _head -> validate_key path (shardclaim/store/s3.py:225, 246) meets "
-    "the builder's own staging area: a build killed on S3 leaves DIR/.shardclaim-build-ID/ (README: 'left "
-    "for the next build to remove'), but the next build's listing of the output "
-    "(dataset/output.py:200, _keys) HEADs those keys, whose first part starts with the reserved "
-    "'.shardclaim', and fails with InvalidKeyError: no build into that output succeeds again until "
-    "someone deletes the staging area by hand. (GCS lists without HEADs and is not affected.)",
-)
 def test_a_build_after_a_killed_build_removes_its_staging_area_on_s3(s3_bucket: str, tmp_path: Path) -> None:
     from shardclaim.dataset import create_sharded_dataset
 
