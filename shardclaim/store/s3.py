@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config
+from botocore.parsers import ResponseParserError
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
 from shardclaim.store.base import (
@@ -299,6 +300,8 @@ def _translated(operation: str, key: str) -> Iterator[None]:
         _raise_client_error(operation, key, e)
     except _NETWORK_ERRORS as e:
         raise TransientStoreError(operation, f"{key!r}: {e}") from e
+    except ResponseParserError as e:  # an answer cut short, or a gateway's page: as a lost answer
+        raise TransientStoreError(operation, f"{key!r}: an answer that is not S3's ({e})") from e
     except _CREDENTIAL_ERRORS as e:
         msg = (
             f"{operation} failed: {key!r}: no AWS credentials ({e}); set AWS_ACCESS_KEY_ID and "

@@ -837,14 +837,6 @@ def test_garbled_object_metadata_over_a_sound_document_is_ignored_and_the_shard_
     assert sorted(processed) == list(range(n))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="An S3 answer botocore cannot parse (a gateway's HTML page with 200, a cut XML body) raises "
-    "botocore.parsers.ResponseParserError, which is not a BotoCoreError: _translated "
-    "(shardclaim/store/s3.py:291-308) lets it through as is — neither retried as transient (botocore "
-    "itself says 'Further retries may succeed') nor a StoreError — so claim_shard() raises it and the "
-    "CLI (cli/__init__.py: only ShardclaimError/ValueError/OSError are one line) dies with a traceback.",
-)
 def test_an_answer_s3_garbled_once_is_retried_like_any_transient_fault(
     s3_bucket: str, tmp_path: Path
 ) -> None:
