@@ -168,8 +168,13 @@ class MarkerLock:
         self._thread = threading.Thread(target=self._heartbeat, name="shardclaim-build-marker", daemon=True)
         self._thread.start()
 
+    def _bytes(self, **change: str) -> bytes:
+        """The marker's bytes, unique to this write (a write token): on S3 a rewrite of the same bytes
+        would keep its ETag, and a rival that judged the old marker stale could still take it over."""
+        return orjson.dumps({**self._doc, **change, "write_token": uuid.uuid4().hex})
+
     def _acquire(self) -> Generation:
-        data = orjson.dumps(self._doc)
+        data = self._bytes()
         while True:
             try:
                 return self._store.write(MARKER_KEY, data, if_generation_match=0).generation
@@ -211,9 +216,7 @@ class MarkerLock:
             if self._lost:
                 raise BuildInProgressError(self._output, self._lost)
             try:
-                info = self._store.write(
-                    MARKER_KEY, orjson.dumps(self._doc), if_generation_match=self._generation
-                )
+                info = self._store.write(MARKER_KEY, self._bytes(), if_generation_match=self._generation)
             except GenerationMismatchError:
                 self._lost = "this build's marker was taken over: it was judged stale"
                 raise BuildInProgressError(self._output, self._lost) from None
@@ -229,9 +232,7 @@ class MarkerLock:
                 try:
                     self._fs.rm(self._path)
                 except FileNotFoundError:  # a store the filesystem does not show (memory://)
-                    released = {**self._doc, "state": "released"}
-                    self._store.write(
-                        MARKER_KEY, orjson.dumps(released), if_generation_match=self._generation
-                    )
+                    released = self._bytes(state="released")
+                    self._store.write(MARKER_KEY, released, if_generation_match=self._generation)
         except Exception as e:  # never hide the build's own outcome behind the marker's
             log.warning("could not release the build marker %s: %s", self._path, e)

@@ -13,6 +13,7 @@ ASCII values, at most :data:`MAX_METADATA_BYTES` in all, so that it survives eve
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "ObjectInfo",
     "Store",
     "StoredObject",
+    "refuse_identical_rewrite",
     "validate_key",
     "validate_metadata",
 ]
@@ -147,6 +149,20 @@ def validate_key(key: str) -> str:
     if len(key.encode("utf-8")) > 1024:
         raise InvalidKeyError(key, "longer than 1024 bytes")
     return key
+
+
+def refuse_identical_rewrite(key: str, data: bytes, if_generation_match: Generation | None) -> None:
+    """On a store whose versions are the content's MD5 (S3 ETags), a conditional rewrite of the very bytes
+    it replaces would leave the version unchanged: a writer still holding that version could then win
+    after it (ABA). Every writer puts a write token in its bytes; this refuses one that forgot."""
+    if isinstance(if_generation_match, str) and hashlib.md5(data, usedforsecurity=False).hexdigest() == (
+        if_generation_match
+    ):
+        msg = (
+            f"{key}: a conditional write of the same bytes as the version it replaces: on this store that "
+            "version would not change (ABA); the writer must put a fresh write token in its bytes"
+        )
+        raise ValueError(msg)
 
 
 def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:

@@ -19,7 +19,14 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError
-from shardclaim.store.base import Generation, ObjectInfo, StoredObject, validate_key, validate_metadata
+from shardclaim.store.base import (
+    Generation,
+    ObjectInfo,
+    StoredObject,
+    refuse_identical_rewrite,
+    validate_key,
+    validate_metadata,
+)
 
 __all__ = ["MemoryStore", "named_memory_store"]
 
@@ -66,6 +73,8 @@ class MemoryStore:
     ) -> ObjectInfo:
         validate_key(key)
         meta = validate_metadata(metadata)
+        if self._etag:
+            refuse_identical_rewrite(key, data, if_generation_match)
         with self._lock:
             current = self._objects.get(key)
             if if_generation_match is not None:

@@ -45,6 +45,7 @@ from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
+    refuse_identical_rewrite,
     validate_key,
     validate_metadata,
 )
@@ -183,6 +184,7 @@ class S3Store:
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         meta = validate_metadata(metadata)
+        refuse_identical_rewrite(key, data, if_generation_match)
         args: dict[str, Any] = {"Bucket": self._bucket, "Key": self._name(key), "Body": data}
         args.update(Metadata=meta, ContentType="application/octet-stream")
         if if_generation_match == ABSENT:

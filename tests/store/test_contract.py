@@ -78,6 +78,18 @@ def test_an_etag_store_gives_equal_bytes_equal_versions(case: StoreCase) -> None
     case.store.write("k", b"stale holder wins", if_generation_match=g1)  # the ABA the token prevents
 
 
+def test_an_etag_store_refuses_a_conditional_rewrite_of_the_same_bytes(case: StoreCase) -> None:
+    """A writer that forgot its write token is caught at once: rewriting the very bytes it replaces
+    would leave the version as it was, for a stale holder to match."""
+    if case.versions != "etag":
+        pytest.skip(f"{case.name} gives every write a new generation")
+    g1 = case.store.write("k", b"renewed", if_generation_match=0).generation
+    with pytest.raises(ValueError, match="same bytes as the version it replaces"):
+        case.store.write("k", b"renewed", if_generation_match=g1)
+    assert case.store.read("k").generation == g1
+    assert case.store.write("k", b"renewed, token 2", if_generation_match=g1).generation != g1
+
+
 def test_read_returns_bytes_generation_and_metadata_of_one_write(store: Store) -> None:
     info = store.write("k", b"\x00\xffbinary", metadata={"status": "in_use", "holder": "w-1"})
     obj = store.read("k")

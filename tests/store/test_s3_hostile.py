@@ -859,14 +859,6 @@ class _RemovingFS:
         default_client().delete_object(Bucket=self.bucket, Key=path.split("/", 1)[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MarkerLock.renew (shardclaim/dataset/lock.py:213-216) rewrites the build marker with the "
-    "same bytes every time (orjson.dumps(self._doc), no write token), so on S3 its ETag never changes: "
-    "a second build that judged the marker stale and takes it over on that ETag wins even though the "
-    "first build renewed it in between — a renewal that lands in the taker's read-write window (the "
-    "first build's switch starts with one) leaves both builds believing they hold the output (ABA).",
-)
 def test_a_build_marker_renewed_after_a_rival_judged_it_stale_cannot_be_taken_over(s3_bucket: str) -> None:
     from shardclaim.dataset.lock import MarkerLock
 
