@@ -30,7 +30,15 @@ from shardclaim.errors import (
     UnknownShardError,
 )
 from shardclaim.fanin import wait_for_shards
-from shardclaim.layout import MASTER_KEY, SHARD_METADATA, MetadataError, check_master, check_shard, parse_json
+from shardclaim.layout import (
+    MASTER_KEY,
+    SHARD_METADATA,
+    MetadataError,
+    check_master,
+    check_shard,
+    check_sources_match,
+    parse_json,
+)
 from shardclaim.lease import halt, ranges
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease, write_judged
@@ -119,7 +127,14 @@ class ShardManager(Operations, Stealing):
     def _read(self, shard_id: int) -> tuple[StoredObject, dict[str, Any]]:
         key = self._key(shard_id)
         obj = self._store.read(key)
-        return obj, check_shard(key, parse_json(key, obj.data), expect_id=shard_id)
+        return obj, self._checked(key, obj.data, shard_id)
+
+    def _checked(self, key: str, data: bytes, shard_id: int) -> dict[str, Any]:
+        """A shard's document, checked, naming only the sources the master recorded: a hand-edited shard
+        of a files or by-reference dataset must not hand a worker other files."""
+        doc = check_shard(key, parse_json(key, data), expect_id=shard_id)
+        check_sources_match(key, doc, self.master)
+        return doc
 
     def read_shard(self, shard_id: int) -> dict[str, Any]:
         """One shard's metadata as stored now (checked: MetadataError names a corrupt object)."""
@@ -206,7 +221,7 @@ class ShardManager(Operations, Stealing):
     def _try_claim(self, shard_id: int, now: datetime | None) -> ClaimedShard | None:
         try:
             obj = self._store.read(self._key(shard_id))
-            doc = check_shard(obj.key, parse_json(obj.key, obj.data), expect_id=shard_id)
+            doc = self._checked(obj.key, obj.data, shard_id)
         except ObjectNotFoundError:
             return None
         except MetadataError as e:

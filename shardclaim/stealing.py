@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any, cast
 
 from shardclaim.errors import LeaseLostError, MetadataError, ObjectNotFoundError
-from shardclaim.layout import check_shard, parse_json
 from shardclaim.lease import ranges
 from shardclaim.lease import shard as transitions
 from shardclaim.lease.fenced import FencedLease, write_judged
@@ -64,6 +63,7 @@ class Stealing:
     _key: Callable[[int], str]
     _new_lease: Callable[..., FencedLease]
     _lease_for: Callable[[int], FencedLease]
+    _checked: Callable[[str, bytes, int], dict[str, Any]]
     shard_views: Callable[[], list[ShardView]]
 
     def steal(self, views: list[ShardView] | None = None) -> ClaimedShard | None:
@@ -78,7 +78,7 @@ class Stealing:
         for view in victims[:_VICTIMS]:
             try:
                 obj = self._store.read(self._key(view.shard_id))
-                doc = check_shard(obj.key, parse_json(obj.key, obj.data), expect_id=view.shard_id)
+                doc = self._checked(obj.key, obj.data, view.shard_id)
             except (ObjectNotFoundError, MetadataError):
                 continue
             token, when = uuid.uuid4().hex, obj.read_at or obj.updated

@@ -275,12 +275,6 @@ def test_a_file_removed_between_glob_and_build_is_not_a_task(
     assert list(iter_shard_records(ds, 0)) == [str(src / f"f{i}.bin") for i in (0, 1, 3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ShardManager.claim_shard (lease/views.describe -> layout.chunk_locations) never compares a "
-    "shard's 'sources' with the master's (only read.open_shard does): a hand-edited shard naming "
-    "sources [{'url': '/etc'}] hands '/etc/passwd' to the worker, and run puts it in SHARDCLAIM_CHUNKS",
-)
 @pytest.mark.parametrize("kind", ["files", "by_reference"])
 def test_claiming_refuses_a_shard_whose_sources_differ_from_the_masters(tmp_path: Path, kind: str) -> None:
     src = tmp_path / "in"
