@@ -26,7 +26,7 @@ import orjson
 
 from shardclaim.attempt_log import AttemptLog, log_key
 from shardclaim.errors import LeaseLostError
-from shardclaim.layout import readable_chunks
+from shardclaim.locations import readable_chunks
 from shardclaim.manager import ShardManager
 
 __all__ = ["GRACE_SECONDS", "kill_group", "run_attempt", "shard_environment", "stop"]

@@ -27,8 +27,8 @@ Readers check that a shard's ``sources`` are the master's (:func:`check_sources_
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -48,10 +48,8 @@ __all__ = [
     "check_master",
     "check_shard",
     "check_sources_match",
-    "chunk_locations",
     "chunk_name",
     "parse_json",
-    "readable_chunks",
     "shard_dir",
 ]
 
@@ -144,6 +142,13 @@ def check_shard(key: str, doc: dict[str, Any], *, expect_id: int | None = None) 
     counted = 0
     for i, chunk in enumerate(chunks):
         counted += _check_chunk(key, i, chunk, kind, sources)
+    if kind == "by_reference":  # no byte of a source in two ranges: its records would be served twice
+        spans = sorted(
+            (c["source"], c["offset"], c["offset"] + c["size_bytes"], i) for i, c in enumerate(chunks)
+        )
+        for (src, _, end, i), (nxt, start, _, j) in itertools.pairwise(spans):
+            if src == nxt and start < end:
+                raise MetadataError(key, f"chunks {i} and {j} are overlapping byte ranges of one source")
     if counted != total:
         raise MetadataError(key, f"total_tasks is {total} but the chunks hold {counted}")
     for field in ("assigned_to", "started_at", "completed_at", "last_error", "write_token"):
@@ -359,7 +364,9 @@ def _check_task_file(key: str, i: int, chunk: dict[str, Any], sources: list[dict
 def _check_range(key: str, i: int, chunk: dict[str, Any], sources: list[dict[str, Any]]) -> None:
     source = _source_of(key, i, chunk, sources)
     offset = _int(key, chunk, "offset")
-    length = _int(key, chunk, "size_bytes")
+    length = _int(key, chunk, "size_bytes", minimum=1)
+    if not 1 <= _int(key, chunk, "num_tasks") <= length:  # a record takes a byte at least
+        raise MetadataError(key, f"chunk {i} holds {chunk['num_tasks']} records in {length} bytes")
     if offset + length > source["size"]:
         end = offset + length
         raise MetadataError(key, f"chunk {i} ends at byte {end}, past its source's {source['size']}")
@@ -371,32 +378,3 @@ def check_sources_match(key: str, shard: dict[str, Any], master: dict[str, Any])
     """A shard may only name the sources the master recorded (the master is written once, by the build)."""
     if shard.get("kind") != master.get("kind") or shard.get("sources") != master.get("sources"):
         raise MetadataError(key, "its kind or sources differ from the master's")
-
-
-def chunk_locations(shard: dict[str, Any], shard_url: str) -> list[str]:
-    """Where each chunk of a checked shard document is: ``shard_url/chunk_NNNN.jsonl`` for copied
-    records, the task file's path or URL for ``files``, and ``SOURCE#bytes=FIRST-LAST`` (inclusive, as
-    an HTTP Range) for ``by_reference``. ``shard`` is a document or a claimed shard (whose entries are
-    in ``chunk_info``)."""
-    entries = shard.get("chunk_info", shard["chunks"])
-    sources = shard.get("sources") or []
-    kind = shard.get("kind")
-    out = []
-    for chunk in entries:
-        if kind == "files":
-            out.append(f"{sources[chunk['source']]['url'].rstrip('/')}/{chunk['file']}")
-        elif kind == "by_reference":
-            first = chunk["offset"]
-            out.append(f"{sources[chunk['source']]['url']}#bytes={first}-{first + chunk['size_bytes'] - 1}")
-        else:
-            out.append(f"{shard_url.rstrip('/')}/{chunk['file']}")
-    return out
-
-
-def readable_chunks(shard: Mapping[str, Any]) -> list[str]:
-    """A claimed shard's chunks as a command gets them (``SHARDCLAIM_CHUNKS``): the chunk files' paths or
-    URLs, the task files of a ``files`` dataset, the ``SOURCE#bytes=FIRST-LAST`` ranges of a
-    ``by_reference`` one (read those with ``shardclaim cat`` or ``iter_shard_records``)."""
-    if not one_of(shard.get("kind"), KINDS):
-        return list(shard["chunks"])
-    return chunk_locations(dict(shard), "")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -108,3 +109,34 @@ def test_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     out, errors = piped(ds, 0, ["head", "-c", "10"])
     assert len(out) == 10
     assert errors == b""
+
+
+def test_a_large_chunk_rewritten_after_its_check_stops_the_output(tmp_path: Path, monkeypatch: Any) -> None:
+    """A chunk too large to hold in memory is checked by one read and served by a second: written to in
+    between (the same size, its modification time put back), none of its bytes goes out."""
+    import pytest
+
+    from shardclaim.dataset import cat as cat_module
+    from shardclaim.errors import ChunkCorruptError
+
+    ds = str(tmp_path / "ds")
+    build(tmp_path, ds)
+    shard = tmp_path / "ds" / "shard_000"
+    meta = orjson.loads((shard / "metadata.json").read_bytes())
+    target = shard / meta["chunks"][1]["file"]
+    monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)  # every chunk takes the two-read path
+    real_verify = cat_module.verify_chunk
+
+    def verified_then_rewritten(fs: Any, path: str, chunk: Any) -> None:
+        real_verify(fs, path, chunk)
+        if path.endswith(f"shard_000/{target.name}"):
+            st = target.stat()
+            target.write_bytes(target.read_bytes().replace(b'"id":', b'"ID":'))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    monkeypatch.setattr(cat_module, "verify_chunk", verified_then_rewritten)
+    out: list[bytes] = []
+    with pytest.raises(ChunkCorruptError, match="changed while it was read"):
+        out.extend(cat_module.shard_jsonl(ds, 0))
+    assert b'"ID":' not in b"".join(out)
+    assert b"".join(out) == (shard / meta["chunks"][0]["file"]).read_bytes()

@@ -16,7 +16,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "shardclaim"
 
 #: Lowest first. A module's layer is the one of the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "_identity", "_scan", "_valid", "crc", "layout", "idranges", "console", "rate", "store"),
+    (
+        "errors",
+        "_identity",
+        "_scan",
+        "_valid",
+        "crc",
+        "layout",
+        "locations",
+        "idranges",
+        "console",
+        "rate",
+        "store",
+    ),
     ("lease", "dataset", "status", "attempt_log", "reader"),
     ("worker", "fanin", "operations", "stealing"),
     ("manager",),

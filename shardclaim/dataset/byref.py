@@ -4,8 +4,8 @@ The build reads each (uncompressed) input once and writes only metadata: every c
 ``{source, offset, size_bytes, num_tasks, crc32c}``, a run of whole lines of one input, and each input is
 a *source* recorded in the master and every shard (format version 2, see :mod:`shardclaim.layout`) and
 pinned: by size and modification time (nanoseconds) for a local file, by generation on GCS, by ETag on
-S3 (and by size everywhere). Readers check the pins before serving a source and each range's CRC32C
-before yielding any of its records, so a source rewritten after the build is refused with
+S3 (and by size everywhere). Readers (:mod:`.byref_read`) check the pins before serving a source and
+each range's CRC32C before yielding any of its records, so a source rewritten after the build is refused with
 :class:`~shardclaim.errors.ChunkCorruptError` naming it, never read as records.
 
 Distribution: shard *s* is one consecutive run of about 1/N of the input bytes (ending at a line end),
@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from shardclaim.crc import crc32c
@@ -32,18 +31,17 @@ from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import input_name, input_names, is_blank, secrets_of
 from shardclaim.dataset.localfs import is_local, usable_cpus
 from shardclaim.dataset.records import BOM
-from shardclaim.errors import ChunkCorruptError, InputError
+from shardclaim.errors import InputError
 from shardclaim.layout import chunk_name
 
 if TYPE_CHECKING:
     from shardclaim.dataset.build import Options
 
-__all__ = ["build_by_reference", "range_bytes", "range_lines"]
+__all__ = ["build_by_reference", "pin_of"]
 
 log = logging.getLogger("shardclaim.dataset")
 _MiB = 1 << 20
 _WINDOW = 64 * _MiB
-_IN_MEMORY = 64 * _MiB  # a range up to this size is read once and checked in memory; larger, twice
 
 
 # -- build ------------------------------------------------------------------------------------------
@@ -82,6 +80,7 @@ def build_by_reference(
     if opts.skip_invalid:
         raise InputError("--skip-invalid cannot be used with --by-reference: a range cannot leave a line out")
     sources = [pin_of(f) for f in files]
+    _outside(sources, output_dir)
     validator = _validator(files) if opts.validate else None
     scan = _Scan(opts.num_shards, opts.limit, sum(s["size"] for s in sources))
     try:
@@ -119,6 +118,19 @@ def build_by_reference(
     )  # fmt: skip
     publish(output_dir, shards, master, overwrite=overwrite)
     return master
+
+
+def _outside(sources: list[dict[str, Any]], output_dir: str) -> None:
+    """No source lies in the output: a rebuild would delete it with the dataset it replaces."""
+    for source in sources:
+        url = source["url"]
+        if "://" in url or "://" in output_dir:
+            inside = url.startswith(output_dir.rstrip("/") + "/")
+        else:
+            inside = os.path.realpath(url).startswith(os.path.join(os.path.realpath(output_dir), ""))
+        if inside:
+            msg = f"{url} is inside {output_dir}: a source cannot be in the dataset that names it"
+            raise InputError(msg, url)
 
 
 class _Validator:
@@ -283,98 +295,3 @@ class _Scan:
         with memoryview(data) as view:
             crc = crc32c(view[a:b])
         self._add(self.shard, index, base + a, b - a, records, crc)
-
-
-# -- read -------------------------------------------------------------------------------------------
-
-
-def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
-    """Each source the ranges use is still what the build read; else :class:`ChunkCorruptError`."""
-    from shardclaim.dataset.localfs import filesystem
-
-    for index in sorted(used):
-        source = sources[index]
-        url = source["url"]
-        fs, path = filesystem(url)
-        try:
-            if is_local(fs):
-                st = os.stat(path)
-                now: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            else:
-                info = fs.info(path)
-                now = {"size": int(info["size"])}
-                for field, key in (("generation", "generation"), ("etag", "ETag"), ("etag", "etag")):
-                    if info.get(key) not in (None, ""):
-                        now[field] = str(info[key])
-        except FileNotFoundError:
-            raise ChunkCorruptError(url, "the source read by reference is gone") from None
-        for field in ("size", "mtime_ns", "generation", "etag"):
-            if field in source and now.get(field) != source[field]:
-                raise ChunkCorruptError(
-                    url, f"the source changed after the build ({field} {now.get(field)!r}, built from "
-                    f"{source[field]!r}); rebuild the dataset",
-                )  # fmt: skip
-
-
-def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify: bool) -> Iterator[bytes]:
-    """The bytes of one range, in blocks; with ``verify`` none before the whole range's CRC32C and size
-    are checked (in memory up to 64 MiB, else by a first streaming read)."""
-    from shardclaim.dataset.localfs import filesystem
-
-    url = sources[chunk["source"]]["url"]
-    fs, path = filesystem(url)
-    offset, length = chunk["offset"], chunk["size_bytes"]
-    if verify and length <= _IN_MEMORY:
-        data = _read(fs, path, offset, length)
-        _check(url, chunk, len(data), crc32c(data))
-        yield data
-        return
-    if verify:
-        crc = size = 0
-        for block in _blocks(fs, path, offset, length):
-            crc = crc32c(block, value=crc)
-            size += len(block)
-        _check(url, chunk, size, crc)
-    yield from _blocks(fs, path, offset, length)
-
-
-def _check(url: str, chunk: dict[str, Any], size: int, crc: int) -> None:
-    where = f"{url}#bytes={chunk['offset']}-{chunk['offset'] + chunk['size_bytes'] - 1}"
-    if size != chunk["size_bytes"]:
-        raise ChunkCorruptError(where, f"{size} bytes, metadata records {chunk['size_bytes']}")
-    if f"{crc:08x}" != chunk["crc32c"]:
-        raise ChunkCorruptError(
-            where, f"CRC32C {crc:08x}, metadata records {chunk['crc32c']}: the source changed"
-        )
-
-
-def _read(fs: Any, path: str, offset: int, length: int) -> bytes:
-    return b"".join(_blocks(fs, path, offset, length))
-
-
-def _blocks(fs: Any, path: str, offset: int, length: int) -> Iterator[bytes]:
-    with fs.open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left > 0:
-            block = f.read(min(left, 8 * _MiB))
-            if not block:
-                return
-            left -= len(block)
-            yield block
-
-
-def range_lines(meta: dict[str, Any], entries: list[dict[str, Any]], *, verify: bool) -> Iterator[bytes]:
-    """The records (lines without their newline, blank lines skipped) of the ranges ``entries``."""
-    sources = meta["sources"]
-    check_pins(sources, {c["source"] for c in entries})
-    for chunk in entries:
-        carry = b""
-        for block in range_bytes(sources, chunk, verify=verify):
-            lines = (carry + block).split(b"\n") if carry else block.split(b"\n")
-            carry = lines.pop()
-            for line in lines:
-                if line and not (line[0] in b" \t\r" and is_blank(line + b"\n")):
-                    yield line
-        if carry and not is_blank(carry + b"\n"):
-            yield carry

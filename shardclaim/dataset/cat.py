@@ -2,9 +2,9 @@
 
 Copied chunks and byte ranges are passed on as stored, in large blocks (no per-record work); a chunk's
 bytes are handed out only once its size and CRC32C have been checked (in memory up to 64 MiB, else by a
-first streaming read, then a second). A range's blank lines are left out and a last line without its
-newline gets one, so the output is exactly the records, one per line. File tasks come out as JSON
-strings, one per line.
+first streaming read, then a second that stops at the first block read after the file was written). A
+range's blank lines are left out and a last line without its newline gets one, so the output is exactly
+the records, one per line. File tasks come out as JSON strings, one per line.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import orjson
 
 from shardclaim.dataset.deal import excluded_blanks
 from shardclaim.dataset.inputs import is_blank
+from shardclaim.dataset.localfs import stamp
 from shardclaim.dataset.read import open_shard, verify_chunk
-from shardclaim.layout import chunk_locations
+from shardclaim.errors import ChunkCorruptError
+from shardclaim.locations import chunk_locations
 
 __all__ = ["shard_jsonl"]
 
@@ -48,15 +50,17 @@ def shard_jsonl(dataset: str, shard_id: int, *, start_chunk: int = 0) -> Iterato
             _check(path, chunk, data)
             yield data
             continue
+        before = stamp(fs, path)
         verify_chunk(fs, path, chunk)
         with fs.open(path, "rb") as f:
             while block := f.read(_BLOCK):
+                if stamp(fs, path) != before:  # written since it was checked: none of it goes out
+                    raise ChunkCorruptError(path, "the chunk changed while it was read")
                 yield block
 
 
 def _check(path: str, chunk: dict[str, Any], data: bytes) -> None:
     from shardclaim.crc import crc32c
-    from shardclaim.errors import ChunkCorruptError
 
     if "size_bytes" in chunk and len(data) != chunk["size_bytes"]:
         raise ChunkCorruptError(path, f"{len(data)} bytes, metadata records {chunk['size_bytes']}")
@@ -66,22 +70,26 @@ def _check(path: str, chunk: dict[str, Any], data: bytes) -> None:
 
 
 def _ranges(meta: dict[str, Any], entries: list[dict[str, Any]]) -> Iterator[bytes]:
-    from shardclaim.dataset.byref import check_pins, range_bytes
+    from shardclaim.dataset.byref_read import check_count, check_pins, range_bytes
 
     sources = meta["sources"]
     check_pins(sources, {c["source"] for c in entries})
     for chunk in entries:
-        carry = b""
+        carry, count = b"", 0
         for block in range_bytes(sources, chunk, verify=True):
             data = carry + block if carry else block
             end = data.rfind(b"\n") + 1
             carry = data[end:]
             if end:
-                yield _without_blanks(data, end)
+                records = _without_blanks(data, end)
+                count += records.count(b"\n")
+                yield records
         if carry:
             line = carry + b"\n"
             if not is_blank(line):
+                count += 1
                 yield line
+        check_count(sources[chunk["source"]]["url"], chunk, count)
 
 
 def _without_blanks(data: bytes, end: int) -> bytes:

@@ -16,9 +16,9 @@ from shardclaim.layout import (
     check_master,
     check_shard,
     check_sources_match,
-    chunk_locations,
     parse_json,
 )
+from shardclaim.locations import chunk_locations
 from shardclaim.store import open_store
 
 __all__ = ["iter_shard_records", "open_shard", "verify_chunk"]
@@ -51,13 +51,18 @@ def iter_shard_records(
     """
     master, meta, fs, shard_url = open_shard(dataset, shard_id)
     kind = meta.get("kind")
-    entries = meta["chunks"][start_chunk:stop_chunk]
+    n = meta["num_chunks"]
+    stop = n if stop_chunk is None else stop_chunk
+    for name, value in (("start_chunk", start_chunk), ("stop_chunk", stop)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
+            raise ValueError(f"{name} must be in 0..{n} (the shard has {n} chunks), got {value!r}")
+    entries = meta["chunks"][start_chunk:stop]
     if kind == "files":  # each chunk is one task: the file's path or URL
         yield from chunk_locations({**meta, "chunks": entries}, shard_url)
         return
     loads = record_reader(master)
     if kind == "by_reference":
-        from shardclaim.dataset.byref import range_lines
+        from shardclaim.dataset.byref_read import range_lines
 
         for line in range_lines(meta, entries, verify=verify):
             yield loads(line) if parse else line

@@ -24,11 +24,11 @@ from shardclaim.layout import (
     STATUSES,
     MetadataError,
     check_shard,
-    chunk_locations,
     parse_json,
 )
 from shardclaim.lease.halt import HALT_KEY, halted
 from shardclaim.lease.shard import encode, lease_expired
+from shardclaim.locations import chunk_locations
 from shardclaim.store import Generation, ObjectInfo, Store
 
 __all__ = [

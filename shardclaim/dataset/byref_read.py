@@ -1,0 +1,134 @@
+"""Reading a zero-copy dataset's byte ranges (see :mod:`shardclaim.dataset.byref`), each checked.
+
+A source is checked against its pins before any of its ranges is served, and each range against its
+size and CRC32C before any of its bytes: in memory up to 64 MiB, else by a first streaming read, and
+then a second that stops at the first block read after the source was written (:func:`stamp`). A range
+whose records are not as many as its metadata counts is an error once they are out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from shardclaim.crc import crc32c
+from shardclaim.dataset.inputs import is_blank
+from shardclaim.dataset.localfs import is_local, stamp
+from shardclaim.errors import ChunkCorruptError
+
+__all__ = ["check_count", "check_pins", "range_bytes", "range_lines"]
+
+_MiB = 1 << 20
+_IN_MEMORY = 64 * _MiB  # a range up to this size is read once and checked in memory; larger, twice
+
+
+def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
+    """Each source the ranges use is still what the build read; else :class:`ChunkCorruptError`."""
+    from shardclaim.dataset.localfs import filesystem
+
+    for index in sorted(used):
+        source = sources[index]
+        url = source["url"]
+        fs, path = filesystem(url)
+        try:
+            if is_local(fs):
+                st = os.stat(path)
+                now: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            else:
+                info = fs.info(path)
+                now = {"size": int(info["size"])}
+                for field, key in (("generation", "generation"), ("etag", "ETag"), ("etag", "etag")):
+                    if info.get(key) not in (None, ""):
+                        now[field] = str(info[key])
+        except FileNotFoundError:
+            raise ChunkCorruptError(url, "the source read by reference is gone") from None
+        for field in ("size", "mtime_ns", "generation", "etag"):
+            if field in source and now.get(field) != source[field]:
+                raise ChunkCorruptError(
+                    url, f"the source changed after the build ({field} {now.get(field)!r}, built from "
+                    f"{source[field]!r}); rebuild the dataset",
+                )  # fmt: skip
+
+
+def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify: bool) -> Iterator[bytes]:
+    """The bytes of one range, in blocks; with ``verify`` none before the whole range's CRC32C and size
+    are checked (in memory up to 64 MiB, else by a first streaming read)."""
+    from shardclaim.dataset.localfs import filesystem
+
+    url = sources[chunk["source"]]["url"]
+    fs, path = filesystem(url)
+    offset, length = chunk["offset"], chunk["size_bytes"]
+    if verify and length <= _IN_MEMORY:
+        data = _read(fs, path, offset, length)
+        _check(url, chunk, len(data), crc32c(data))
+        yield data
+        return
+    if not verify:
+        yield from _blocks(fs, path, offset, length)
+        return
+    before = stamp(fs, path)
+    crc = size = 0
+    for block in _blocks(fs, path, offset, length):
+        crc = crc32c(block, value=crc)
+        size += len(block)
+    _check(url, chunk, size, crc)
+    for block in _blocks(fs, path, offset, length):  # no block out unless nothing was written meanwhile
+        if stamp(fs, path) != before:
+            raise ChunkCorruptError(_where(url, chunk), "the source changed while it was read")
+        yield block
+
+
+def _where(url: str, chunk: dict[str, Any]) -> str:
+    return f"{url}#bytes={chunk['offset']}-{chunk['offset'] + chunk['size_bytes'] - 1}"
+
+
+def _check(url: str, chunk: dict[str, Any], size: int, crc: int) -> None:
+    where = _where(url, chunk)
+    if size != chunk["size_bytes"]:
+        raise ChunkCorruptError(where, f"{size} bytes, metadata records {chunk['size_bytes']}")
+    if f"{crc:08x}" != chunk["crc32c"]:
+        raise ChunkCorruptError(
+            where, f"CRC32C {crc:08x}, metadata records {chunk['crc32c']}: the source changed"
+        )
+
+
+def _read(fs: Any, path: str, offset: int, length: int) -> bytes:
+    return b"".join(_blocks(fs, path, offset, length))
+
+
+def _blocks(fs: Any, path: str, offset: int, length: int) -> Iterator[bytes]:
+    with fs.open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left > 0:
+            block = f.read(min(left, 8 * _MiB))
+            if not block:
+                return
+            left -= len(block)
+            yield block
+
+
+def range_lines(meta: dict[str, Any], entries: list[dict[str, Any]], *, verify: bool) -> Iterator[bytes]:
+    """The records (lines without their newline, blank lines skipped) of the ranges ``entries``; a range
+    whose records are not as many as its ``num_tasks`` says is an error once they are out."""
+    sources = meta["sources"]
+    check_pins(sources, {c["source"] for c in entries})
+    for chunk in entries:
+        carry, count = b"", 0
+        for block in range_bytes(sources, chunk, verify=verify):
+            lines = (carry + block).split(b"\n") if carry else block.split(b"\n")
+            carry = lines.pop()
+            for line in lines:
+                if line and not (line[0] in b" \t\r" and is_blank(line + b"\n")):
+                    count += 1
+                    yield line
+        if carry and not is_blank(carry + b"\n"):
+            count += 1
+            yield carry
+        check_count(sources[chunk["source"]]["url"], chunk, count)
+
+
+def check_count(url: str, chunk: dict[str, Any], count: int) -> None:
+    if count != chunk["num_tasks"]:
+        raise ChunkCorruptError(_where(url, chunk), f"{count} records, metadata records {chunk['num_tasks']}")
