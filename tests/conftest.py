@@ -241,6 +241,7 @@ ON_S3 = frozenset(
         "test_shards_give_back_exactly_the_input_records_in_order",
         "test_run_serves_ranges_and_every_record_is_processed_once",
         "test_file_tasks_through_run_are_each_processed_once",
+        "test_chunks_served_by_two_reads_come_out_whole_from_every_store",
     }
 )
 

@@ -140,3 +140,28 @@ def test_a_large_chunk_rewritten_after_its_check_stops_the_output(tmp_path: Path
         out.extend(cat_module.shard_jsonl(ds, 0))
     assert b'"ID":' not in b"".join(out)
     assert b"".join(out) == (shard / meta["chunks"][0]["file"]).read_bytes()
+
+
+def test_chunks_served_by_two_reads_come_out_whole_from_every_store(
+    shared_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The two-read path (chunks over 64 MiB) compares the file's stamp around every block: on a
+    bucket that is its size and version, which must not change while nothing writes."""
+    from shardclaim.dataset import cat as cat_module
+
+    lines = build(tmp_path, shared_url, n=600)
+    monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)
+    monkeypatch.setattr(cat_module, "_BLOCK", 4096)  # many blocks a chunk: a stamp compared at each
+    out = b"".join(b"".join(cat_module.shard_jsonl(shared_url, s)) for s in range(3))
+    assert sorted(out.splitlines(keepends=True)) == sorted(lines)
+    from shardclaim.dataset.localfs import filesystem, stamp
+
+    fs, base = filesystem(shared_url)
+    path = f"{base}/shard_000/chunk_0000.jsonl"
+    before = stamp(fs, path)
+    assert stamp(fs, path) == before
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    with fs.open(path, "wb") as f:  # the same size, other bytes
+        f.write(data.replace(b'"id"', b'"ID"'))
+    assert stamp(fs, path) != before
