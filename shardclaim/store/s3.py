@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
@@ -57,6 +57,8 @@ MIN_PART_BYTES = 5 << 20
 _CONNECT_TIMEOUT, _READ_TIMEOUT = 10.0, 60.0  # seconds
 _HEAD_THREADS = 32
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: How far the store's Date may be from this machine's clock: what S3 itself allows a signed request.
+_MAX_SKEW = timedelta(minutes=15)
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 )
@@ -261,6 +263,16 @@ class S3Store:
         when = _date(resp)
         if when is None:
             raise StoreError(f"s3://{self._bucket}: response carries no Date header")
+        here = datetime.now(UTC)
+        if abs(when - here) > _MAX_SKEW:  # leases are timed by this clock: a wrong one takes or strands them
+            off = abs(when - here).total_seconds()
+            msg = (
+                f"s3://{self._bucket}: the store's clock (Date: {when:%Y-%m-%d %H:%M:%S} UTC) is {off:.0f} s "
+                f"from this machine's ({here:%Y-%m-%d %H:%M:%S} UTC); S3 refuses requests more than 15 "
+                "minutes off, so one of the two clocks (or a gateway between them) is wrong, and leases "
+                "cannot be timed: fix the clock"
+            )
+            raise StoreError(msg)
         return when
 
 

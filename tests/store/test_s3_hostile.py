@@ -566,14 +566,6 @@ def claim_or_refusal(m: ShardManager) -> int | str | None:
     return None if shard is None else shard["shard_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S3Store.now() (shardclaim/store/s3.py:253-259) takes any parseable Date header as the store's "
-    "clock: a Date of 2100 from a gateway makes every live lease look expired (lease_expired, "
-    "lease/shard.py:68), so a worker behind it reclaims a shard its holder is heartbeating and both "
-    "process it. No bound is checked (S3 itself refuses requests signed 15 min off its clock, so a Date "
-    "far from the worker's clock cannot be S3's).",
-)
 def test_a_date_header_far_in_the_future_does_not_take_a_live_lease(s3_bucket: str, tmp_path: Path) -> None:
     url = dataset(s3_bucket, tmp_path, shards=1)
     holder = manager(url, "holder")
@@ -589,13 +581,6 @@ def test_a_date_header_far_in_the_future_does_not_take_a_live_lease(s3_bucket: s
     thief.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="S3Store.now() (shardclaim/store/s3.py:253-259) takes a Date of 1970 as the store's clock: "
-    "now - updated is negative, lease_expired (lease/shard.py:68) is False for ever, and the shard of a "
-    "dead holder is never reclaimed and claim_shard() silently returns None (a stuck shard) instead of "
-    "refusing a clock that is earlier than the objects' own LastModified.",
-)
 def test_a_date_header_in_the_past_does_not_leave_a_dead_holders_shard_stuck(
     s3_bucket: str, tmp_path: Path
 ) -> None:
