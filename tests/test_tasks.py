@@ -228,3 +228,92 @@ def test_the_seed_apis_claim_names_the_task_files_themselves(tmp_path: Path) -> 
     named = [p for c in claimed for p in c["chunks"]]  # type: ignore[index]
     assert sorted(named) == sorted(str(p) for p in paths)
     assert all(Path(p).is_file() for p in named)
+
+
+def test_double_star_follows_no_link_to_a_directory_and_ends_on_loops(tmp_path: Path) -> None:
+    """``**`` descends through real directories only, like ``find`` without ``-L``: two links back to
+    ancestors end at once, a linked directory elsewhere is not searched; a link to a file is a task
+    (one task with its file when both match). A fixed part or ``*`` that names a link does follow it."""
+    src, out = tmp_path / "in", tmp_path / "elsewhere"
+    (src / "d" / "e").mkdir(parents=True)
+    out.mkdir()
+    (src / "top.bin").write_bytes(b"t")
+    (src / "d" / "e" / "deep.bin").write_bytes(b"dd")
+    (out / "far.bin").write_bytes(b"fff")
+    (src / "d" / "e" / "up").symlink_to(src)
+    (src / "d" / "up").symlink_to(src / "d")
+    (src / "d" / "far").symlink_to(out)
+    (src / "link.bin").symlink_to(out / "far.bin")
+    (src / "d" / "same.bin").symlink_to(src / "d" / "e" / "deep.bin")
+    ds = str(tmp_path / "ds")
+    for pattern in ("**/*.bin", "**", "**/**/*.bin"):
+        create_file_tasks(str(src / pattern), ds, 1, overwrite=True)
+        got = list(iter_shard_records(ds, 0))
+        assert sorted(os.path.realpath(p) for p in got) == sorted(
+            str(p) for p in (src / "top.bin", src / "d" / "e" / "deep.bin", out / "far.bin")
+        ), pattern
+    create_file_tasks(str(src / "d" / "far" / "**" / "*.bin"), ds, 1, overwrite=True)
+    assert list(iter_shard_records(ds, 0)) == [str(src / "d" / "far" / "far.bin")]
+    create_file_tasks(str(src / "*" / "far" / "*.bin"), ds, 1, overwrite=True)
+    assert list(iter_shard_records(ds, 0)) == [str(src / "d" / "far" / "far.bin")]
+
+
+def test_a_file_reached_by_several_patterns_or_paths_is_one_task(tmp_path: Path) -> None:
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "in" / "a" / "x.bin").write_bytes(b"x")
+    (tmp_path / "in" / "b.bin").write_bytes(b"b")
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "in" / "a")
+    os.link(tmp_path / "in" / "b.bin", tmp_path / "in" / "hard.bin")
+    patterns = [
+        str(tmp_path / "in" / "*" / "x.bin"),  # in/a/x.bin and in/link/x.bin
+        str(tmp_path / "in" / "a" / "*.bin"),  # another fixed part
+        f"{tmp_path}/in/./a/../a/x.bin",
+        str(tmp_path / "in" / "*.bin"),  # b.bin and its hard link
+    ]
+    ds = str(tmp_path / "ds")
+    master = create_file_tasks(patterns, ds, 1)
+    assert master["sources"] == [{"url": str(tmp_path / "in")}]  # a fixed part with no file is no source
+    assert list(iter_shard_records(ds, 0)) == [str(tmp_path / "in" / n) for n in ("a/x.bin", "b.bin")]
+
+
+def test_the_output_dataset_and_its_staging_areas_are_never_tasks(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "f.txt").write_text("f")
+    ds = src / "ds"
+    create_file_tasks(str(src / "**"), str(ds), 1)
+    stale = [src / ".ds.shardclaim-build-1" / "x.txt", ds / ".shardclaim-build-2" / "y.txt"]
+    for path in stale:  # what killed builds leave
+        path.parent.mkdir()
+        path.write_text("stale")
+    (tmp_path / "alias").symlink_to(ds)
+    patterns = [str(src / p) for p in ("**", ".*/*", "ds/.*/*", "*/*/*")] + [str(tmp_path / "alias/**")]
+    create_file_tasks(patterns[:1], str(ds), 1, overwrite=True)
+    assert list(iter_shard_records(str(ds), 0)) == [str(src / "f.txt")]
+    for pattern in patterns[1:]:
+        with pytest.raises(InputError, match=r"no file matches .* outside the output dataset"):
+            create_file_tasks(pattern, f"file://{ds}", 1, overwrite=True)
+    assert list(iter_shard_records(str(ds), 0)) == [str(src / "f.txt")]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ok.bin").write_bytes(b"1")
+    with open(os.path.join(os.fsencode(tmp_path / "in"), b"\xff.bin"), "wb") as f:
+        f.write(b"2")
+    with pytest.raises(InputError, match=r"xff\.bin'?: a file whose name is not UTF-8 cannot be a task"):
+        create_file_tasks(str(tmp_path / "in" / "*.bin"), str(tmp_path / "ds"), 1)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_the_output_dataset_on_an_object_store_is_never_tasks(gcs_bucket: str) -> None:
+    import fsspec
+
+    fsspec.filesystem("gs").pipe(f"{gcs_bucket}/in/a.bin", b"a")
+    ds = f"gs://{gcs_bucket}/in/ds"
+    create_file_tasks(f"gs://{gcs_bucket}/in/**", ds, 1)
+    for output in (ds, f"gcs://{gcs_bucket}/in/ds/"):
+        create_file_tasks(f"gs://{gcs_bucket}/in/**", output, 1, overwrite=True)
+        assert list(iter_shard_records(ds, 0)) == [f"gs://{gcs_bucket}/in/a.bin"]
+    with pytest.raises(InputError, match="outside the output dataset"):
+        create_file_tasks(f"gs://{gcs_bucket}/in/ds/**", ds, 1, overwrite=True)

@@ -7,7 +7,8 @@
   each glob's fixed part (the directory or URL prefix before the first wildcard) as a source and every
   file by its path relative to it (format version 2, see :mod:`shardclaim.layout`); the files are not
   copied. ``claim.records()`` and ``iter_shard_records`` yield the files' paths or URLs, ``run`` lists
-  them in ``SHARDCLAIM_CHUNKS``.
+  them in ``SHARDCLAIM_CHUNKS``. Each file is one task however many patterns or paths reach it; ``**``
+  follows no symbolic link to a directory; the output dataset is never a task (:mod:`.taskglob`).
 * **Grid**: a JSON object of lists, ``{"lr": [0.1, 0.01], "fold": [0, 1, 2]}``; the Cartesian product of
   the lists (in the order the object lists them, the last one varying fastest) is the task list, one
   JSON record per point (``{"lr": 0.1, "fold": 0}``), built as an ordinary dataset of records.
@@ -20,6 +21,7 @@ import heapq
 import io
 import itertools
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -28,21 +30,27 @@ import orjson
 
 from shardclaim.dataset.inputs import secrets_of, shown
 from shardclaim.dataset.output import prepare_output, shard_entries
+from shardclaim.dataset.taskglob import WILDCARDS, Excluded, double_star, fixed_part, has_double_star, remote
 from shardclaim.errors import InputError
 from shardclaim.layout import FORMAT_VERSION_REFERENCES
 
 __all__ = ["GridInput", "create_file_tasks", "create_grid_tasks", "list_files"]
 
 _MiB = 1 << 20
-_WILDCARDS = "*?["
 
 
-def list_files(patterns: Sequence[str]) -> tuple[list[str], list[tuple[int, str, int]]]:
-    """``(sources, files)``: each pattern's fixed part (an absolute directory or a URL prefix), and every
-    matching file as ``(source index, path relative to it, size)``, in name order, without repeats."""
+def list_files(
+    patterns: Sequence[str], output_dir: str | None = None
+) -> tuple[list[str], list[tuple[int, str, int]]]:
+    """``(sources, files)``: the fixed parts (an absolute directory or a URL prefix) of the patterns that
+    have files, and every matching file as ``(source index, path relative to it, size)``, in name order,
+    each file once however many patterns or paths reach it (a local file is known by its device and
+    inode: through ``./``, a symbolic link or two fixed parts it is the same file). Files of the dataset
+    at ``output_dir`` (and of its staging areas) are never matches."""
     sources: list[str] = []
     files: list[tuple[int, str, int]] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[object] = set()
+    excluded = Excluded(output_dir) if output_dir is not None else None
     for pattern in patterns:
         if secrets_of(pattern):
             raise InputError(
@@ -50,58 +58,53 @@ def list_files(patterns: Sequence[str]) -> tuple[list[str], list[tuple[int, str,
                 "give them to the filesystem (environment, config) instead",
                 shown(pattern),
             )
-        root, found = _local(pattern) if "://" not in pattern else _remote(pattern)
+        root, found = _local(pattern, excluded) if "://" not in pattern else remote(pattern, excluded)
         if not found:
-            raise InputError(f"no file matches {pattern!r}", pattern)
-        if root not in sources:
-            sources.append(root)
-        index = sources.index(root)
-        for rel, size in found:
-            if (root, rel) not in seen:
-                seen.add((root, rel))
-                files.append((index, rel, size))
+            outside = " outside the output dataset" if excluded is not None else ""
+            raise InputError(f"no file matches {pattern!r}{outside}", pattern)
+        for rel, size, identity in found:
+            if identity in seen:
+                continue
+            seen.add(identity)
+            if root not in sources:
+                sources.append(root)
+            files.append((sources.index(root), rel, size))
     return sources, files
 
 
-def _fixed_part(path: str) -> str:
-    """The directories of ``path`` before its first wildcard (the parent of a plain file)."""
-    parts = path.split("/")
-    fixed = list(itertools.takewhile(lambda p: not any(c in p for c in _WILDCARDS), parts))
-    if len(fixed) == len(parts):
-        fixed = fixed[:-1]
-    return "/".join(fixed) or "/"
-
-
-def _local(pattern: str) -> tuple[str, list[tuple[str, int]]]:
+def _local(pattern: str, excluded: Excluded | None) -> tuple[str, list[tuple[str, int, object]]]:
+    """``**`` never follows a symbolic link to a directory (:mod:`.taskglob`); other wildcards match
+    as ``glob`` does. A name that is not UTF-8 is refused: the metadata (JSON) cannot record it."""
     path = os.path.abspath(os.path.expanduser(pattern))
-    root = os.path.normpath(_fixed_part(path))
-    matched = sorted(glob.glob(path, recursive=True)) if any(c in path for c in _WILDCARDS) else [path]
-    found = []
+    root = os.path.normpath(fixed_part(path))
+    if not any(c in path for c in WILDCARDS):
+        matched = [path]
+    elif has_double_star(path):
+        matched = sorted(double_star(root, path))
+    else:
+        matched = sorted(glob.glob(path))
+    found: list[tuple[str, int, object]] = []
     for name in matched:
-        if not os.path.isfile(name):
+        try:
+            st = os.stat(name)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             if name == path:
                 raise InputError(f"input file not found: {name}", name)
+            continue  # a directory, a dangling link, a file gone since the listing
+        if excluded is not None and excluded.local(name):
             continue
-        found.append((os.path.relpath(name, root), os.path.getsize(name)))
+        try:
+            name.encode()
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{os.fsencode(name)!r}: a file whose name is not UTF-8 cannot be a task (the dataset's "
+                "metadata is JSON); rename it, or give patterns that leave it out",
+                name,
+            ) from None
+        found.append((os.path.relpath(name, root), st.st_size, (st.st_dev, st.st_ino)))
     return root, found
-
-
-def _remote(pattern: str) -> tuple[str, list[tuple[str, int]]]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(pattern)
-    root = _fixed_part(path).rstrip("/")
-    try:
-        pattern_given = any(c in path for c in _WILDCARDS)
-        infos = fs.glob(path, detail=True) if pattern_given else {path: fs.info(path)}
-    except FileNotFoundError:
-        raise InputError(f"input file not found: {pattern}", pattern) from None
-    found = []
-    for name, info in sorted(infos.items()):
-        if info.get("type") != "file":
-            continue
-        found.append((name[len(root) + 1 :], int(info.get("size") or 0)))
-    return str(fs.unstrip_protocol(root)), found
 
 
 def balance(sizes: list[int], num_shards: int) -> list[list[int]]:
@@ -128,7 +131,7 @@ def create_file_tasks(
     patterns = [files] if isinstance(files, str) else list(files)
     if not patterns:
         raise InputError("no file pattern given")
-    roots, found = list_files(patterns)
+    roots, found = list_files(patterns, output_dir)
     if len(found) < num_shards:
         raise InputError(
             f"{len(found)} files cannot fill {num_shards} shards; use at most {len(found)} shards"
