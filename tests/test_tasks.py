@@ -306,6 +306,40 @@ def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> No
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"lr": [1],\n "lr": [2]}', r"grid.json, line 2: the key 'lr' is given twice"),
+        (b'{"lr": [1], "\\u006cr": [2]}', r"grid.json, line 1: the key 'lr' is given twice"),
+        (b'{"m": [{"a": 1},\n {"a": 2,\n\n "b": {"c": [], "c": 1}}]}', r"grid.json, line 4: the key 'c'"),
+        (b'{"a": [1,\n 2,\n "\xff"]}', r"grid.json, line 3: not valid JSON \(byte 0xff is not UTF-8\)"),
+        (b'{"a": ["\xc3"]}\n', r"grid.json, line 1: not valid JSON \(byte 0xc3 is not UTF-8\)"),
+        (b'{"a": [1e400]}', r"grid.json, line 1: not valid JSON"),
+        (b'{"a": ["\\ud800"]}', r"grid.json, line 1: not valid JSON"),
+        (b'{"a": [Infinity]}', r"grid.json, line 1: not valid JSON"),
+        (b'{"a": [1, 2], "b": ' + orjson.dumps(list(range(1001))) + b', "c": '
+         + orjson.dumps(list(range(500_000))) + b"}",
+         r"grid.json: the product of the grid's 3 lists is 1,001,000,000 points, more than the "
+         r"1,000,000,000 a grid may have"),
+        (orjson.dumps({f"p{i}": [0, 1] for i in range(200)}), r"about 10\*\*60 points"),
+    ],
+)  # fmt: skip
+def test_a_grid_refused_says_why_and_where(tmp_path: Path, raw: bytes, message: str) -> None:
+    (tmp_path / "grid.json").write_bytes(raw)
+    with pytest.raises(InputError, match=message):
+        create_grid_tasks(str(tmp_path / "grid.json"), str(tmp_path / "ds"), 1)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_grid_keeps_integers_beyond_64_bits_exact(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.json"
+    grid.write_text('{"seed": [18446744073709551616, -9223372036854775809, 7], "s": ["\\u2028", 0.1]}')
+    ds = str(tmp_path / "ds")
+    create_grid_tasks(str(grid), ds, 1)
+    seeds = [18446744073709551616, -9223372036854775809, 7]
+    assert list(iter_shard_records(ds, 0)) == [{"seed": n, "s": s} for n in seeds for s in ("\u2028", 0.1)]
+
+
 def test_the_output_dataset_on_an_object_store_is_never_tasks(gcs_bucket: str) -> None:
     import fsspec
 

@@ -20,7 +20,10 @@ import glob
 import heapq
 import io
 import itertools
+import json
+import math
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -211,24 +214,86 @@ def publish(
 # -- grids ------------------------------------------------------------------------------------------
 
 
+#: The most points a grid may have: a billion records is already tens of GB of JSONL and hours of
+#: building, and far below the 2**53 a count in the metadata may hold. A larger product is a mistake.
+MAX_GRID_POINTS = 10**9
+
+
 def read_grid(path: str) -> dict[str, list[Any]]:
-    """The grid file: a JSON object whose values are non-empty lists. Errors name the file (and the line
-    and column of a syntax error)."""
+    """The grid file: a JSON object whose values are non-empty lists, each key once (in any object of
+    it), integers exact whatever their size, at most :data:`MAX_GRID_POINTS` points. Errors name the
+    file (and the line of a syntax error, a byte that is not UTF-8 or a repeated key)."""
     try:
         with open(os.path.expanduser(path), "rb") as f:
             data = f.read()
     except FileNotFoundError:
         raise InputError(f"grid file not found: {path}", path) from None
     try:
-        grid = orjson.loads(data)
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}, line {line}: not valid JSON (byte 0x{data[e.start]:02x} is not UTF-8)", path, line
+        ) from None
+    try:
+        orjson.loads(data)  # the syntax, as every JSON of shardclaim is read (no NaN, no lone surrogate)
     except orjson.JSONDecodeError as e:
         raise InputError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})", path, e.lineno) from None
+    repeated = _repeated_key(text)
+    if repeated is not None:
+        key, line = repeated
+        raise InputError(
+            f"{path}, line {line}: the key {key!r} is given twice in one object (JSON would keep only one "
+            "of its values); give each key once",
+            path,
+            line,
+        )
+    try:
+        grid = json.loads(text)  # integers exact, whatever their size
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply)", path) from None
     if not isinstance(grid, dict) or not grid:
         raise InputError(f'{path}: a grid is a JSON object of lists, e.g. {{"lr": [0.1, 0.01]}}', path)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise InputError(f"{path}: {key!r} must be a non-empty list of values, got {values!r}", path)
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_GRID_POINTS:
+        count = f"{points:,}" if points < 10**30 else f"about 10**{len(str(points)) - 1}"
+        raise InputError(
+            f"{path}: the product of the grid's {len(grid)} lists is {count} points, more than the "
+            f"{MAX_GRID_POINTS:,} a grid may have",
+            path,
+        )
     return grid
+
+
+# A string, or a character of structure (valid JSON: numbers and literals are skipped between them).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]')
+
+
+def _repeated_key(text: str) -> tuple[str, int] | None:
+    """The first key of ``text`` (valid JSON) that its object already has, and its line; or None."""
+    objects: list[set[str] | None] = []  # the keys of each open object, None for an open list
+    key_next = False
+    for m in _TOKEN.finditer(text):
+        token = m.group()
+        if token in ("{", "["):
+            objects.append(set() if token == "{" else None)
+            key_next = token == "{"
+        elif token in ("}", "]", ":"):
+            if token != ":":
+                objects.pop()
+            key_next = False
+        elif token == ",":
+            key_next = objects[-1] is not None
+        elif key_next and (keys := objects[-1]) is not None:
+            key = json.loads(token)
+            if key in keys:
+                return key, text.count("\n", 0, m.start()) + 1
+            keys.add(key)
+            key_next = False
+    return None
 
 
 class GridInput:
@@ -255,7 +320,12 @@ class GridInput:
     def _lines(self) -> Iterator[bytes]:
         keys = list(self.grid)
         for values in itertools.product(*self.grid.values()):
-            yield orjson.dumps(dict(zip(keys, values, strict=True))) + b"\n"
+            point = dict(zip(keys, values, strict=True))
+            try:
+                line = orjson.dumps(point)
+            except TypeError:  # an integer beyond 64 bits: written exact (and read back exact)
+                line = json.dumps(point, ensure_ascii=False, separators=(",", ":")).encode()
+            yield line + b"\n"
 
 
 class _Lines(io.RawIOBase):
