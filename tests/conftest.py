@@ -149,6 +149,8 @@ class StoreCase:
     listing: str = "listed"
     #: Another client of the same objects (what another process would open).
     peer: Callable[[], Store] | None = None
+    #: A foreign tool writing an object and its metadata as it likes (``aws s3 cp --metadata``): buckets only.
+    put_raw: Callable[[str, bytes, dict[str, str]], None] | None = None
 
 
 def _local_case(tmp_path: Path) -> StoreCase:
@@ -175,7 +177,13 @@ def _gcs_case(bucket: str) -> StoreCase:
         f"gs://{bucket}/some/prefix",
         lambda k: bkt.blob(f"some/prefix/{k}").delete(),
         peer=lambda: GCSStore(bucket, "some/prefix"),
+        put_raw=lambda k, data, meta: _gcs_put(bkt.blob(f"some/prefix/{k}"), data, meta),
     )
+
+
+def _gcs_put(blob: Any, data: bytes, meta: dict[str, str]) -> None:
+    blob.metadata = meta
+    blob.upload_from_string(data)
 
 
 def _s3_case(bucket: str) -> StoreCase:
@@ -190,6 +198,9 @@ def _s3_case(bucket: str) -> StoreCase:
         versions="etag",
         listing="fetched",
         peer=lambda: S3Store(bucket, "some/prefix"),
+        put_raw=lambda k, data, meta: store.client.put_object(
+            Bucket=bucket, Key=f"some/prefix/{k}", Body=data, Metadata=meta
+        ),
     )
 
 

@@ -9,6 +9,12 @@ Keys are ``/``-separated relative names such as ``shard_007/metadata.json``. Cus
 ``str -> str`` mapping stored atomically with the bytes; lower-case keys of ``[a-z0-9-]`` and printable
 ASCII values, at most :data:`MAX_METADATA_BYTES` in all, so that it survives every backend unchanged
 (GCS carries it in HTTP headers, which fold case and trim spaces).
+
+On a bucket anyone with write access can set an object's metadata apart from its bytes (``aws s3 cp
+--metadata``), and a listing's decisions rest on the metadata alone. So the GCS and S3 stores bind the
+metadata they write to the bytes (:func:`bind_metadata`: the bytes' MD5 joins it) and hand back only
+metadata bound to the very bytes listed (:func:`bound_metadata`); any other reads as none, and its
+readers read the object instead.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ __all__ = [
     "ObjectInfo",
     "Store",
     "StoredObject",
+    "bind_metadata",
+    "bound_metadata",
     "refuse_identical_rewrite",
     "validate_key",
     "validate_metadata",
@@ -38,7 +46,7 @@ __all__ = [
 #: Names whose last part starts with this are the local backend's own files (locks, temporaries).
 RESERVED_PREFIX = ".shardclaim"
 #: Upper bound on the encoded size of one object's custom metadata (keys + values).
-MAX_METADATA_BYTES = 2048
+MAX_METADATA_BYTES = 2048 - 64  # S3 keeps 2 KiB of user metadata; the stores add a digest
 
 #: One version of one object, as the store names it: a token compared only for *equality*. GCS and local
 #: generations are increasing integers; a version that is a string (an S3 ETag, say) has no order, and
@@ -163,6 +171,24 @@ def refuse_identical_rewrite(key: str, data: bytes, if_generation_match: Generat
             "version would not change (ABA); the writer must put a fresh write token in its bytes"
         )
         raise ValueError(msg)
+
+
+#: The metadata key the GCS and S3 stores keep the bytes' MD5 under (hex), binding metadata to bytes.
+DIGEST_KEY = "content-md5"
+
+
+def bind_metadata(metadata: Mapping[str, str], data: bytes) -> dict[str, str]:
+    """``metadata`` as stored with ``data``: with the bytes' MD5 (none for an object without metadata)."""
+    if not metadata:
+        return {}
+    return {**metadata, DIGEST_KEY: hashlib.md5(data, usedforsecurity=False).hexdigest()}
+
+
+def bound_metadata(stored: Mapping[str, str], md5_hex: str | None) -> dict[str, str]:
+    """The metadata as written, if it was written with the bytes whose MD5 is ``md5_hex``; else none."""
+    if not md5_hex or stored.get(DIGEST_KEY) != md5_hex:
+        return {}
+    return {k: v for k, v in stored.items() if k != DIGEST_KEY}
 
 
 def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:

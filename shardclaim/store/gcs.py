@@ -13,6 +13,9 @@ backend, by :mod:`shardclaim.store.retry`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,7 +29,15 @@ from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
 from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
-from shardclaim.store.base import Generation, ObjectInfo, StoredObject, validate_key, validate_metadata
+from shardclaim.store.base import (
+    Generation,
+    ObjectInfo,
+    StoredObject,
+    bind_metadata,
+    bound_metadata,
+    validate_key,
+    validate_metadata,
+)
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -119,6 +130,7 @@ class GCSStore:
             for k, v in headers.items()
             if k.lower().startswith(_META_HEADER)
         }
+        metadata = bound_metadata(metadata, hashlib.md5(resp.content, usedforsecurity=False).hexdigest())
         updated = _http_date(headers.get("Last-Modified")) or _http_date(headers.get("Date"))
         read_at = _http_date(headers.get("Date"))
         return StoredObject(key, resp.content, generation, updated or self.now(), metadata, read_at)
@@ -134,7 +146,7 @@ class GCSStore:
         name = self._name(key)
         meta = validate_metadata(metadata)
         blob = self._bucket.blob(name)
-        blob.metadata = meta or None
+        blob.metadata = bind_metadata(meta, data) or None
         try:
             with _translated("write", key):
                 blob.upload_from_string(
@@ -167,7 +179,7 @@ class GCSStore:
                         int(blob.generation),
                         blob.updated,
                         int(blob.size or 0),
-                        {k.lower(): v for k, v in (blob.metadata or {}).items()},
+                        bound_metadata({k.lower(): v for k, v in (blob.metadata or {}).items()}, _md5(blob)),
                     )
                 )
         found.sort(key=lambda o: o.key)
@@ -226,3 +238,11 @@ def _raise_api_error(operation: str, key: str, e: gexc.GoogleAPICallError) -> No
     if isinstance(e, _TRANSIENT_API_ERRORS) or e.code in _TRANSIENT_STATUS:
         raise TransientStoreError(operation, f"{key!r}: {e}") from e
     raise StoreError(f"{operation} failed: {key!r}: {e}") from e
+
+
+def _md5(blob: Any) -> str | None:
+    """A listed object's MD5 (hex), from its base64 ``md5Hash``; None where the listing has none."""
+    try:
+        return base64.b64decode(blob.md5_hash or "", validate=True).hex() or None
+    except (binascii.Error, ValueError):
+        return None

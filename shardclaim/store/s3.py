@@ -45,6 +45,8 @@ from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
+    bind_metadata,
+    bound_metadata,
     refuse_identical_rewrite,
     validate_key,
     validate_metadata,
@@ -172,7 +174,7 @@ class S3Store:
             resp = self._client.get_object(Bucket=self._bucket, Key=self._name(key))
             data = resp["Body"].read()
         etag = _etag(resp["ETag"])
-        metadata = _metadata(resp.get("Metadata"))
+        metadata = bound_metadata(_metadata(resp.get("Metadata")), etag)
         self._remember(key, etag, metadata)
         updated = _utc(resp["LastModified"])
         return StoredObject(key, data, etag, updated, metadata, _date(resp))
@@ -188,7 +190,7 @@ class S3Store:
         meta = validate_metadata(metadata)
         refuse_identical_rewrite(key, data, if_generation_match)
         args: dict[str, Any] = {"Bucket": self._bucket, "Key": self._name(key), "Body": data}
-        args.update(Metadata=meta, ContentType="application/octet-stream")
+        args.update(Metadata=bind_metadata(meta, data), ContentType="application/octet-stream")
         if if_generation_match == ABSENT:
             args["IfNoneMatch"] = "*"
         elif if_generation_match is not None:
@@ -253,7 +255,8 @@ class S3Store:
                 resp = self._client.head_object(Bucket=self._bucket, Key=self._prefix + key)
         except ObjectNotFoundError:
             return None
-        etag, metadata = _etag(resp["ETag"]), _metadata(resp.get("Metadata"))
+        etag = _etag(resp["ETag"])  # (a single-part upload's: the MD5 of its bytes)
+        metadata = bound_metadata(_metadata(resp.get("Metadata")), etag)
         self._remember(key, etag, metadata)
         return ObjectInfo(key, etag, _utc(resp["LastModified"]), int(resp["ContentLength"]), metadata)
 

@@ -11,7 +11,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from shardclaim.errors import GenerationMismatchError, InvalidKeyError, ObjectNotFoundError
-from shardclaim.store.base import ABSENT, Store
+from shardclaim.store.base import ABSENT, Store, bind_metadata
 from tests.conftest import StoreCase
 
 
@@ -88,6 +88,27 @@ def test_an_etag_store_refuses_a_conditional_rewrite_of_the_same_bytes(case: Sto
         case.store.write("k", b"renewed", if_generation_match=g1)
     assert case.store.read("k").generation == g1
     assert case.store.write("k", b"renewed, token 2", if_generation_match=g1).generation != g1
+
+
+def test_metadata_set_apart_from_the_bytes_is_not_trusted(case: StoreCase) -> None:
+    """On a bucket, anyone may put an object with the metadata they like, or copy a shard's metadata onto
+    other bytes: a listing (whose decisions rest on the metadata alone) and a read see none of it, so the
+    object is read, never judged by metadata its bytes do not carry. The store's own writes are kept."""
+    if case.put_raw is None:
+        pytest.skip(f"{case.name}: objects are written through the store only")
+    case.store.write("own", b'{"status": "in_use"}', metadata={"status": "in_use"})
+    case.put_raw("forged", b'{"status": "available"}', {"status": "completed"})
+    own = {o.key: o for o in case.store.list()}["own"]
+    assert dict(own.metadata) == {"status": "in_use"}
+    copied = case.store.read("own")
+    assert dict(copied.metadata) == {"status": "in_use"}
+    bound = dict(bind_metadata(copied.metadata, copied.data))
+    case.put_raw("copied", b'{"status": "available"}', bound)  # a shard's metadata, with its digest
+    fresh = case.peer() if case.peer is not None else case.store
+    listed = {o.key: dict(o.metadata) for o in fresh.list()}
+    assert listed == {"copied": {}, "forged": {}, "own": {"status": "in_use"}}
+    assert dict(fresh.read("forged").metadata) == {}
+    assert dict(fresh.read("copied").metadata) == {}
 
 
 def test_read_returns_bytes_generation_and_metadata_of_one_write(store: Store) -> None:

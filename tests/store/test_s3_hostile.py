@@ -316,7 +316,10 @@ def test_a_write_whose_answer_was_lost_is_recognised_as_landed_on_retry(
 
 def twin_drain(endpoint: str, bucket: str, worker_id: str, log_dir: str) -> None:
     """Drain the dataset through ``endpoint``; one line per claim and its outcome."""
-    store = retrying(s3_store(bucket, endpoint=endpoint))
+    # More attempts than the proxy has faults (18): one process may meet them all in a row while the
+    # others are still starting (a loaded machine), and a worker waits out any number of faults anyway.
+    store = retrying(s3_store(bucket, endpoint=endpoint), RetryPolicy(initial_wait=0.005, max_wait=0.02,
+                                                                      max_attempts=40))  # fmt: skip
     with manager(f"s3://{bucket}/{PREFIX}", worker_id, store, lease_seconds=60) as m:
         for claim in m.claims():
             with claim:
@@ -656,14 +659,6 @@ def test_a_stray_object_outside_the_shards_does_not_stop_claims_or_status(
     worker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The worker loop (worker.py:248-258) and wait/status decide that the job is settled from the "
-    "listing's cached object metadata alone (lease/views.py:165, _from_cache): a shard whose S3 user "
-    "metadata says status=completed while its document says available is never read, never claimed, "
-    "and the fleet ends with `wait` exit 0, 'succeeded' — the shard is lost. (Likewise `status` shows a "
-    "shard with a hostile document as 'available' whenever its metadata looks sound.)",
-)
 def test_a_shard_whose_metadata_says_completed_but_whose_document_does_not_is_not_lost(
     s3_bucket: str, tmp_path: Path
 ) -> None:
