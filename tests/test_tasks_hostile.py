@@ -146,12 +146,6 @@ def test_files_with_hostile_names_through_run_are_each_processed_once(tmp_path: 
         assert [orjson.loads(x) for x in cat.stdout.splitlines()] == list(iter_shard_records(ds, shard))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.list_files dedups matches by (fixed part, relative path), not by the file: two patterns "
-    "with different fixed parts ('in/*/x.bin' -> root 'in', 'in/a/*.bin' -> root 'in/a') that match the "
-    "same file record it twice, so it is processed twice",
-)
 def test_a_file_matched_by_two_patterns_with_different_fixed_parts_is_one_task(tmp_path: Path) -> None:
     (tmp_path / "in" / "a").mkdir(parents=True)
     (tmp_path / "in" / "a" / "x.bin").write_bytes(b"x")
@@ -165,12 +159,6 @@ def test_a_file_matched_by_two_patterns_with_different_fixed_parts_is_one_task(t
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks._local globs '**' with glob.glob(recursive=True), which follows symlinked directories: "
-    "a link back to an ancestor makes every file below it a task ~40 times over (until ELOOP), and two "
-    "such links grow exponentially (GiBs of RAM, never ends); a symlinked directory also doubles its files",
-)
 def test_a_symlink_loop_under_double_star_does_not_multiply_tasks(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "d").mkdir(parents=True)
@@ -186,12 +174,6 @@ def test_a_symlink_loop_under_double_star_does_not_multiply_tasks(tmp_path: Path
     assert len(tasks) == 2, f"{len(tasks)} tasks for 2 files"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rebuilding (--overwrite) with a glob that covers the output directory globs before publishing "
-    "and does not exclude the dataset: its own master_metadata.json and shard_NNN/metadata.json (the live "
-    "lease objects) become tasks (tasks._local / list_files)",
-)
 def test_rebuilding_over_a_glob_that_covers_the_output_dir_makes_no_task_of_the_dataset(
     tmp_path: Path,
 ) -> None:
@@ -217,12 +199,6 @@ def test_rebuilding_over_a_glob_that_covers_the_output_dir_makes_no_task_of_the_
     assert sorted(tasks) == [str(src / f"f{i}.txt") for i in range(3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file name that is not UTF-8 (b'\\xff.bin') reaches the metadata as a surrogate-escaped str; "
-    "orjson.dumps raises TypeError in output.metadata_bytes (output.py:139), which the CLI does not catch: "
-    "a traceback instead of a task or a clear error",
-)
 def test_a_non_utf8_file_name_is_a_task_or_a_clear_error(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -366,23 +342,12 @@ def test_a_missing_or_unreadable_grid_is_a_clear_error(tmp_path: Path) -> None:
     assert "3 grid points cannot fill 4 shards" in clear_error(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.read_grid parses with orjson.loads, which keeps the last of duplicate keys: "
-    '{"lr": [1, 2], "lr": [3]} silently loses the points of the first list',
-)
 def test_a_grid_with_duplicate_keys_is_refused(tmp_path: Path) -> None:
     (tmp_path / "grid.json").write_text('{"lr": [1, 2],\n "fold": [0, 1],\n "lr": [3]}')
     with pytest.raises(InputError, match=r"grid\.json"):
         create_grid_tasks(str(tmp_path / "grid.json"), str(tmp_path / "ds"), 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.read_grid uses orjson.loads, which turns an integer beyond 64 bits into a float: the "
-    "grid value 18446744073709551617 becomes the task value 1.8446744073709552e19 (the JSONL builder keeps "
-    "such integers exact)",
-)
 def test_a_grid_integer_beyond_64_bits_stays_exact_or_is_refused(tmp_path: Path) -> None:
     (tmp_path / "grid.json").write_text('{"seed": [18446744073709551617, 1]}')
     ds = str(tmp_path / "ds")
@@ -393,12 +358,6 @@ def test_a_grid_integer_beyond_64_bits_stays_exact_or_is_refused(tmp_path: Path)
     assert [p["seed"] for p in iter_shard_records(ds, 0)] == [18446744073709551617, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_grid_tasks only checks points >= num_shards: a product of 10**20 points (or any above "
-    "the 2**53 a metadata count may hold) starts writing points and never ends, filling the disk, "
-    "instead of a clear error up front (tasks.py create_grid_tasks / GridInput.points)",
-)
 def test_an_absurdly_large_grid_is_a_clear_error_up_front(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -421,11 +380,6 @@ def test_an_absurdly_large_grid_is_a_clear_error_up_front(
     assert not written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_grid reports orjson's lineno, which is 1 for any invalid UTF-8 (orjson checks the encoding "
-    "before parsing): a bad byte on line 3 is reported as 'line 1'",
-)
 def test_a_grid_with_a_bad_byte_names_its_line(tmp_path: Path) -> None:
     (tmp_path / "grid.json").write_bytes(b'{"a": [1,\n 2,\n "\xff"]}')
     with pytest.raises(InputError, match=r"grid.json, line 3"):
