@@ -324,7 +324,7 @@ def _check_kind(key: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
         if (
             not isinstance(url, str)
             or not (url.startswith("/") or _SCHEMES.fullmatch(url))
-            or "\x00" in url
+            or any(ord(c) < 0x20 for c in url)  # (a newline would split SHARDCLAIM_CHUNKS's entries)
             or ".." in url.split("/")
         ):
             raise MetadataError(key, f"sources[{i}] has url {url!r}; expected an absolute path or URL")

@@ -194,6 +194,19 @@ def test_hostile_ranges_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(MetadataError, match="differ from the master's"):
         list(iter_shard_records(str(ds), 1))
+    newline = {**good["sources"][0], "url": good["sources"][0]["url"] + "\n/etc/passwd"}
+    meta_path.write_bytes(orjson.dumps({**good, "sources": [newline]}))
+    with pytest.raises(MetadataError, match="expected an absolute path or URL"):
+        list(iter_shard_records(str(ds), 1))
+
+
+def test_a_source_whose_name_holds_a_newline_is_refused(tmp_path: Path) -> None:
+    """SHARDCLAIM_CHUNKS names one range a line: a source name with a newline would read as two."""
+    src = tmp_path / "a\nb.jsonl"
+    src.write_bytes(b'{"i": 1}\n{"i": 2}\n')
+    with pytest.raises(InputError, match="control character"):
+        create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=1, by_reference=True)
+    assert not (tmp_path / "ds").exists()
 
 
 WORK = """

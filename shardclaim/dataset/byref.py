@@ -124,6 +124,10 @@ def _outside(sources: list[dict[str, Any]], output_dir: str) -> None:
     """No source lies in the output: a rebuild would delete it with the dataset it replaces."""
     for source in sources:
         url = source["url"]
+        if any(ord(c) < 0x20 for c in url):  # a line of SHARDCLAIM_CHUNKS names one range
+            raise InputError(
+                f"{url!r}: a source whose name holds a control character cannot be read by reference", url
+            )
         if "://" in url or "://" in output_dir:
             inside = url.startswith(output_dir.rstrip("/") + "/")
         else:

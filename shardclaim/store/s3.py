@@ -25,6 +25,7 @@ repeat (a hand copy), the cache is only a cache, and every decision is confirmed
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -174,6 +175,9 @@ class S3Store:
             resp = self._client.get_object(Bucket=self._bucket, Key=self._name(key))
             data = resp["Body"].read()
         etag = _etag(resp["ETag"])
+        if len(etag) == 32 and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
+            # (a single-part upload's ETag is its MD5: these bytes are not the object's, cut short)
+            raise TransientStoreError("read", f"{key!r}: the body does not match its ETag")
         metadata = bound_metadata(_metadata(resp.get("Metadata")), etag)
         self._remember(key, etag, metadata)
         updated = _utc(resp["LastModified"])
@@ -284,6 +288,12 @@ class _Refused(Exception):
 
 
 def _etag(value: str) -> str:
+    if value.startswith("W/"):  # If-Match compares strong ETags: every conditional write would be refused
+        msg = (
+            f"the store answered a weak ETag ({value}): something between (a gateway, a proxy) changes the "
+            "objects, and conditional writes cannot work through it"
+        )
+        raise StoreError(msg)
     return value.strip('"')
 
 

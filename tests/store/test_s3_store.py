@@ -167,3 +167,42 @@ def test_s3_answers_to_a_conditional_write_map_to_the_store_errors(
     assert type(err.value) is raised
     if raised is GenerationMismatchError:
         assert (err.value.key, err.value.expected) == ("k", "0123abcd")  # type: ignore[attr-defined]
+
+
+def _stubbed_get(body: bytes, etag: str) -> Any:
+    """A store whose one GET answers ``body`` under ``etag`` (what a proxy cutting bodies short, or a
+    gateway serving weak ETags, would hand it)."""
+    import io
+    from datetime import UTC, datetime
+
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    store = S3Store("bucket", "p", client=default_client("http://127.0.0.1:9"))
+    stub = Stubber(store.client)
+    stub.add_response(
+        "get_object",
+        {"Body": StreamingBody(io.BytesIO(body), len(body)), "ETag": etag, "LastModified": datetime.now(UTC),
+         "Metadata": {}},
+        {"Bucket": "bucket", "Key": "p/k"},
+    )  # fmt: skip
+    stub.activate()
+    return store
+
+
+def test_a_body_that_does_not_match_its_etag_is_a_transient_fault() -> None:
+    """A single-part object's ETag is its MD5: a body cut short (an honest status, a proxy's doing) is
+    retried like a lost answer, never judged as the object (a sound shard read as corrupt)."""
+    import hashlib
+
+    whole = b'{"status": "available"}'
+    etag = f'"{hashlib.md5(whole, usedforsecurity=False).hexdigest()}"'
+    with pytest.raises(TransientStoreError, match="does not match its ETag"):
+        _stubbed_get(whole[:9], etag).read("k")
+    assert _stubbed_get(whole, etag).read("k").data == whole
+    assert _stubbed_get(whole, '"0123456789abcdef-2"').read("k").data == whole  # multipart: no MD5 to hold
+
+
+def test_a_weak_etag_is_a_clear_store_error() -> None:
+    with pytest.raises(StoreError, match="weak ETag"):
+        _stubbed_get(b"x", 'W/"9dd4e461268c8034f5c8564e155c67a6"').read("k")
