@@ -273,3 +273,38 @@ def test_a_range_scan_carries_lines_across_reads_and_grows_for_long_ones(tmp_pat
     want = (300, len(range(0, 300, 7)), crc32c.crc32c(body[start:]))
     for size in (8, 64, 1000, 1 << 20):  # smaller than one line: the buffer grows
         assert scan_range(str(tmp_path / "x.jsonl"), start, len(body), buf=bytearray(size)) == want
+
+
+@pytest.mark.parametrize("cut", ["start", "end"])
+@pytest.mark.parametrize("big", [False, True])
+def test_a_range_cut_inside_a_line_is_refused_even_with_its_true_crc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str, big: bool
+) -> None:
+    """Hand-edited metadata whose range starts or ends inside a line, with the CRC32C of exactly those
+    bytes: a reader would serve part of a record as one. Refused before any of its bytes, on the path
+    of ranges held in memory and of those read twice."""
+    from shardclaim.crc import crc32c
+    from shardclaim.dataset import byref_read
+
+    if big:
+        monkeypatch.setattr(byref_read, "_IN_MEMORY", 16)
+    ds = tmp_path / "ds"
+    build(tmp_path, str(ds), shards=2)
+    meta_path = ds / "shard_001" / "metadata.json"
+    meta = orjson.loads(meta_path.read_bytes())
+    chunk = meta["chunks"][1]
+    source = Path(meta["sources"][chunk["source"]]["url"]).read_bytes()
+    offset, size = chunk["offset"], chunk["size_bytes"]
+    offset, size = (offset + 5, size - 5) if cut == "start" else (offset, size - 5)
+    forged = {
+        **chunk,
+        "offset": offset,
+        "size_bytes": size,
+        "crc32c": f"{crc32c(source[offset : offset + size]):08x}",
+    }
+    meta["chunks"][1] = forged
+    meta_path.write_bytes(orjson.dumps(meta))
+    got: list[bytes] = []
+    with pytest.raises(ChunkCorruptError, match=f"does not {cut} at a line's {cut}"):
+        got.extend(iter_shard_records(str(ds), 1, parse=False, start_chunk=1))
+    assert got == []

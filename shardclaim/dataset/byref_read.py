@@ -15,6 +15,7 @@ from typing import Any
 from shardclaim.crc import crc32c
 from shardclaim.dataset.inputs import is_blank
 from shardclaim.dataset.localfs import is_local, stamp
+from shardclaim.dataset.records import BOM
 from shardclaim.errors import ChunkCorruptError
 
 __all__ = ["check_count", "check_pins", "range_bytes", "range_lines"]
@@ -59,20 +60,30 @@ def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify:
     url = sources[chunk["source"]]["url"]
     fs, path = filesystem(url)
     offset, length = chunk["offset"], chunk["size_bytes"]
-    if verify and length <= _IN_MEMORY:
-        data = _read(fs, path, offset, length)
-        _check(url, chunk, len(data), crc32c(data))
-        yield data
-        return
     if not verify:
         yield from _blocks(fs, path, offset, length)
         return
+    if (
+        offset > 0
+        and _read(fs, path, offset - 1, 1) != b"\n"
+        and not (offset == 3 and _read(fs, path, 0, 3) == BOM)
+    ):
+        raise ChunkCorruptError(_where(url, chunk), "the range does not start at a line's start")
+    if length <= _IN_MEMORY:
+        data = _read(fs, path, offset, length)
+        _check(url, chunk, len(data), crc32c(data))
+        _check_end(url, chunk, data[-1:], sources[chunk["source"]]["size"])
+        yield data
+        return
     before = stamp(fs, path)
     crc = size = 0
+    last = b""
     for block in _blocks(fs, path, offset, length):
         crc = crc32c(block, value=crc)
         size += len(block)
+        last = block[-1:]
     _check(url, chunk, size, crc)
+    _check_end(url, chunk, last, sources[chunk["source"]]["size"])
     for block in _blocks(fs, path, offset, length):  # no block out unless nothing was written meanwhile
         if stamp(fs, path) != before:
             raise ChunkCorruptError(_where(url, chunk), "the source changed while it was read")
@@ -91,6 +102,12 @@ def _check(url: str, chunk: dict[str, Any], size: int, crc: int) -> None:
         raise ChunkCorruptError(
             where, f"CRC32C {crc:08x}, metadata records {chunk['crc32c']}: the source changed"
         )
+
+
+def _check_end(url: str, chunk: dict[str, Any], last: bytes, source_size: int) -> None:
+    """A range ends with a line's newline, or at its source's end (a last line without one)."""
+    if last != b"\n" and chunk["offset"] + chunk["size_bytes"] != source_size:
+        raise ChunkCorruptError(_where(url, chunk), "the range does not end at a line's end")
 
 
 def _read(fs: Any, path: str, offset: int, length: int) -> bytes:
