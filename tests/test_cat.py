@@ -165,3 +165,11 @@ def test_chunks_served_by_two_reads_come_out_whole_from_every_store(
     with fs.open(path, "wb") as f:  # the same size, other bytes
         f.write(data.replace(b'"id"', b'"ID"'))
     assert stamp(fs, path) != before
+
+
+def test_cat_of_a_directory_that_is_no_dataset_says_so(tmp_path: Path) -> None:
+    result = cat(str(tmp_path), "--shard_id", "0")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"shardclaim: {tmp_path} is not a complete shardclaim dataset: it has no master_metadata.json\n"
+    )

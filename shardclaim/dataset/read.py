@@ -9,7 +9,7 @@ from typing import Any
 from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.records import record_reader
-from shardclaim.errors import ChunkCorruptError
+from shardclaim.errors import ChunkCorruptError, ObjectNotFoundError, ShardclaimError
 from shardclaim.layout import (
     MASTER_KEY,
     SHARD_METADATA,
@@ -81,7 +81,11 @@ def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, A
     """``(master, shard metadata, filesystem, shard directory URL)``, both documents checked, the shard's
     sources against the master's."""
     store = open_store(dataset)
-    master = check_master(MASTER_KEY, parse_json(MASTER_KEY, store.read(MASTER_KEY).data))
+    try:
+        master = check_master(MASTER_KEY, parse_json(MASTER_KEY, store.read(MASTER_KEY).data))
+    except ObjectNotFoundError:
+        msg = f"{dataset} is not a complete shardclaim dataset: it has no {MASTER_KEY}"
+        raise ShardclaimError(msg) from None
     if not isinstance(shard_id, int) or not 0 <= shard_id < master["num_shards"]:
         raise ValueError(f"shard_id must be in 0..{master['num_shards'] - 1}, got {shard_id!r}")
     directory = master["shards"][shard_id]["directory"]
