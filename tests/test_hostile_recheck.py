@@ -571,6 +571,13 @@ def test_memory_etag_store_a_whole_job_with_renewals_halt_lift_and_finalizer_nev
         assert finalize_once(m, lambda agg: runs.append(1)) == "ran"
         assert runs == [1, 1]
         m.reset_shard(0)
+        again = m.claim_shard()
+        assert again is not None
+        m.mark_failed(again["shard_id"])
+        m.get_shard_status()  # halts again, over the lifted halt object (a conditional rewrite)
+        assert m.halt is not None
+        assert m.claim_shard() is None
+        assert m.reset_failed() == [again["shard_id"]]
         assert m.claim_shard() is not None
     finally:
         m.close()
@@ -1019,4 +1026,54 @@ def test_iter_shard_records_does_not_serve_a_copied_chunk_rewritten_after_its_ch
 
     with pytest.raises(ChunkCorruptError):
         out.extend(iter_shard_records(ds, 0, parse=False))
+    assert not any(b'"ID":' in line for line in out)
+
+
+@pytest.mark.parametrize(
+    "where", [pytest.param("s3", marks=pytest.mark.s3), pytest.param("gs", marks=pytest.mark.gcs)]
+)
+def test_a_bucket_source_rewritten_between_the_two_reads_of_a_range_stops_the_output(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Remote stamps: s3fs's and gcsfs's info caches must not hide the rewrite (same size, other bytes)."""
+    from shardclaim import iter_shard_records
+    from shardclaim.dataset import byref_read, create_sharded_dataset
+    from shardclaim.errors import ChunkCorruptError
+
+    bucket = request.getfixturevalue("s3_bucket" if where == "s3" else "gcs_bucket")
+    body = jsonl(tmp_path / "src.jsonl", 400).read_bytes()
+    if where == "s3":
+        s3 = default_client()
+
+        def put(data: bytes) -> None:
+            s3.put_object(Bucket=bucket, Key="src.jsonl", Body=data)
+    else:
+        from shardclaim.store.gcs import default_client as gcs_client
+
+        blob = gcs_client().bucket(bucket).blob("src.jsonl")
+
+        def put(data: bytes) -> None:
+            blob.upload_from_string(data)
+
+    put(body)
+    ds = f"{where}://{bucket}/{PREFIX}"
+    create_sharded_dataset(
+        f"{where}://{bucket}/src.jsonl", ds, num_shards=2, chunk_size_mb=0.005, by_reference=True
+    )
+    assert len(list(iter_shard_records(ds, 0, parse=False))) > 0  # warms the filesystem's caches first
+    monkeypatch.setattr(byref_read, "_IN_MEMORY", 16)
+    real_check_end = byref_read._check_end
+    rewritten: list[bool] = []
+
+    def checked_then_rewritten(*args: Any) -> None:
+        real_check_end(*args)
+        if not rewritten:
+            rewritten.append(True)
+            put(body.replace(b'"id":', b'"ID":'))
+
+    monkeypatch.setattr(byref_read, "_check_end", checked_then_rewritten)
+    out: list[bytes] = []
+    with pytest.raises(ChunkCorruptError, match="changed"):
+        out.extend(iter_shard_records(ds, 0, parse=False))
+    assert rewritten
     assert not any(b'"ID":' in line for line in out)
