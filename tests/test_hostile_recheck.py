@@ -765,6 +765,8 @@ def test_an_eio_on_a_first_build_leaves_no_dataset_and_the_cli_says_one_line(tmp
     assert "Traceback" not in done.stderr, done.stderr
     assert "Input/output error" in done.stderr, done.stderr
     assert not (out / "master_metadata.json").exists()
+    assert not out.exists() or not any(out.iterdir())  # nothing published, nothing left
+    assert not [p for p in tmp_path.iterdir() if ".shardclaim" in p.name]
 
 
 # == 5. Ranges: overlap, counts, chunk bounds ==============================================================
@@ -1077,3 +1079,34 @@ def test_a_bucket_source_rewritten_between_the_two_reads_of_a_range_stops_the_ou
         out.extend(iter_shard_records(ds, 0, parse=False))
     assert rewritten
     assert not any(b'"ID":' in line for line in out)
+
+
+@pytest.mark.gcs
+@pytest.mark.parametrize(
+    "stray", [".shardclaim-x/metadata.json", "notes/metadata.json/x", "sp ace/metadata.json"]
+)
+def test_gcs_stray_keys_under_the_prefix_do_not_stop_status_or_claims(
+    gcs_bucket: str, tmp_path: Path, stray: str
+) -> None:
+    from shardclaim.store.gcs import default_client as gcs_client
+
+    url = build_dataset(f"gs://{gcs_bucket}/{PREFIX}", tmp_path, shards=2, records=4)
+    blob = gcs_client().bucket(gcs_bucket).blob(f"{PREFIX}/{stray}")
+    blob.metadata = {"status": "completed"}
+    blob.upload_from_string(b"{}")
+    assert statuses(url) == ["available", "available"]
+    assert sorted(drain(url, "w")) == [0, 1]
+
+
+@pytest.mark.gcs
+def test_gcs_a_build_after_a_killed_build_removes_its_staging_area(gcs_bucket: str, tmp_path: Path) -> None:
+    from shardclaim.dataset import create_sharded_dataset
+    from shardclaim.store.gcs import default_client as gcs_client
+
+    url = build_dataset(f"gs://{gcs_bucket}/{PREFIX}", tmp_path, shards=2, records=4)
+    left = f"{PREFIX}/.shardclaim-build-0123456789ab/shard_000/chunk_0000.jsonl"
+    bucket = gcs_client().bucket(gcs_bucket)
+    bucket.blob(left).upload_from_string(b'{"id": 0}\n')
+    create_sharded_dataset(str(tmp_path / "records-4.jsonl"), url, num_shards=2, overwrite=True)
+    assert left not in [b.name for b in bucket.list_blobs()]
+    assert statuses(url) == ["available", "available"]
