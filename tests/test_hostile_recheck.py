@@ -181,7 +181,7 @@ def test_s3_a_hand_edit_of_one_metadata_key_keeping_the_digest_does_not_lose_a_s
 @pytest.mark.xfail(
     strict=True,
     reason="gsutil setmeta / gcloud objects update --update-custom-metadata change one key and keep "
-    "content-md5, which still matches the bytes: bound_metadata (store/base.py:189, gcs.py list) trusts "
+    "content-md5, which still matches the bytes: bound_metadata (store/base.py:189, via gcs.py:182) trusts "
     "the edited status, so a never-run shard whose status was hand-set to completed is never claimed",
 )
 def test_gcs_a_metadata_patch_of_one_key_does_not_lose_a_shard(gcs_bucket: str, tmp_path: Path) -> None:
@@ -1137,7 +1137,7 @@ def test_file_tasks_given_as_file_urls_never_include_the_output_dataset(tmp_path
     strict=True,
     reason="list_files (tasks.py:64-69) knows a file reached through a plain path by (device, inode) "
     "but one reached through a file:// URL by the URL string: the same local file given both ways "
-    "(or through a link under a file:// glob) is two tasks and is processed twice, though the README "
+    "is two tasks and is processed twice, though the README "
     "promises one task however many patterns or paths reach it",
 )
 def test_a_local_file_given_as_a_path_and_as_a_file_url_is_one_task(tmp_path: Path) -> None:
