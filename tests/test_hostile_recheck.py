@@ -29,6 +29,7 @@ import pytest
 from shardclaim import ShardManager
 from shardclaim.errors import StoreError, TransientStoreError
 from shardclaim.store import RetryingStore, RetryPolicy
+from shardclaim.store.base import DIGEST_KEY
 from shardclaim.store.s3 import S3Store, default_client
 from shardclaim.testing import build_dataset
 
@@ -93,7 +94,7 @@ def test_s3_metadata_with_the_digest_of_other_bytes_is_not_trusted(s3_bucket: st
     body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     other = s3.get_object(Bucket=s3_bucket, Key=s3_doc_key(0))["Body"].read()
     for forged_md5 in (md5(other), md5(body).upper(), md5(body)[:31] + "0", " " + md5(body)):
-        meta = {"status": "completed", "content-md5": forged_md5.strip()}
+        meta = {"status": "completed", DIGEST_KEY: forged_md5.strip()}
         if forged_md5.strip() == md5(body):
             continue
         s3.put_object(Bucket=s3_bucket, Key=key, Body=body, Metadata=meta)
@@ -112,7 +113,7 @@ def test_s3_a_multipart_uploaded_shard_document_is_read_not_judged_by_its_metada
     key = s3_doc_key(1)
     body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
     up = s3.create_multipart_upload(
-        Bucket=s3_bucket, Key=key, Metadata={"status": "completed", "content-md5": md5(body)}
+        Bucket=s3_bucket, Key=key, Metadata={"status": "completed", DIGEST_KEY: md5(body)}
     )
     part = s3.upload_part(Bucket=s3_bucket, Key=key, UploadId=up["UploadId"], PartNumber=1, Body=body)
     s3.complete_multipart_upload(
@@ -151,13 +152,6 @@ def test_s3_listing_cache_after_a_foreign_rewrite_of_identical_bytes_keeps_the_b
 
 
 @pytest.mark.s3
-@pytest.mark.xfail(
-    strict=True,
-    reason="the digest binds metadata to the bytes only, not to its own values: a hand edit of one key "
-    "(head-object, change status, copy-object --metadata-directive REPLACE) keeps content-md5, which "
-    "still matches the unchanged bytes, so bound_metadata (store/base.py:189) trusts the edited status; "
-    "a never-run shard whose metadata now says completed is never claimed and the job 'succeeds'",
-)
 def test_s3_a_hand_edit_of_one_metadata_key_keeping_the_digest_does_not_lose_a_shard(
     s3_bucket: str, tmp_path: Path
 ) -> None:
@@ -165,7 +159,7 @@ def test_s3_a_hand_edit_of_one_metadata_key_keeping_the_digest_does_not_lose_a_s
     s3 = default_client()
     key = s3_doc_key(1)
     meta = s3.head_object(Bucket=s3_bucket, Key=key)["Metadata"]
-    assert "content-md5" in meta
+    assert DIGEST_KEY in meta
     s3.copy_object(
         Bucket=s3_bucket,
         Key=key,
@@ -178,18 +172,12 @@ def test_s3_a_hand_edit_of_one_metadata_key_keeping_the_digest_does_not_lose_a_s
 
 
 @pytest.mark.gcs
-@pytest.mark.xfail(
-    strict=True,
-    reason="gsutil setmeta / gcloud objects update --update-custom-metadata change one key and keep "
-    "content-md5, which still matches the bytes: bound_metadata (store/base.py:189, via gcs.py:182) trusts "
-    "the edited status, so a never-run shard whose status was hand-set to completed is never claimed",
-)
 def test_gcs_a_metadata_patch_of_one_key_does_not_lose_a_shard(gcs_bucket: str, tmp_path: Path) -> None:
     from shardclaim.store.gcs import default_client as gcs_client
 
     url = build_dataset(f"gs://{gcs_bucket}/{PREFIX}", tmp_path, shards=2, records=4)
     blob = gcs_client().bucket(gcs_bucket).get_blob(f"{PREFIX}/shard_001/metadata.json")
-    assert "content-md5" in (blob.metadata or {})
+    assert DIGEST_KEY in (blob.metadata or {})
     blob.metadata = {**blob.metadata, "status": "completed"}
     blob.patch()
     assert orjson.loads(blob.download_as_bytes())["status"] == "available"
@@ -205,7 +193,7 @@ def test_gcs_metadata_with_the_digest_of_other_bytes_or_none_is_not_trusted(
     url = build_dataset(f"gs://{gcs_bucket}/{PREFIX}", tmp_path, shards=3, records=6)
     bucket = gcs_client().bucket(gcs_bucket)
     other = bucket.blob(f"{PREFIX}/shard_000/metadata.json").download_as_bytes()
-    for sid, meta in ((1, {"status": "completed", "content-md5": md5(other)}), (2, {"status": "failed"})):
+    for sid, meta in ((1, {"status": "completed", DIGEST_KEY: md5(other)}), (2, {"status": "failed"})):
         blob = bucket.blob(f"{PREFIX}/shard_{sid:03d}/metadata.json")
         body = blob.download_as_bytes()
         blob.metadata = meta
@@ -406,6 +394,7 @@ class KmsEtags:
 
     def _answer(self, response_dict: dict[str, Any], **_: Any) -> None:
         headers = response_dict["headers"]
+        headers["x-amz-server-side-encryption"] = "aws:kms"  # as S3 says of every SSE-KMS object
         for k in list(headers):
             if k.lower() == "etag" and "-" not in headers[k]:
                 headers[k] = '"' + self._kms(headers[k].strip('"')) + '"'
@@ -425,13 +414,6 @@ class KmsEtags:
 
 
 @pytest.mark.s3
-@pytest.mark.xfail(
-    strict=True,
-    reason="S3Store.read (store/s3.py:178) takes any 32-hex ETag for the MD5 of the bytes; an SSE-KMS or "
-    "SSE-C object's ETag is not (AWS documents it), so every GET of a sound object is a 'transient' "
-    "mismatch, retried until the budget ends: on a bucket with default SSE-KMS encryption nothing can "
-    "be claimed at all",
-)
 def test_s3_sound_objects_whose_etag_is_not_their_md5_as_under_sse_kms_are_read(
     s3_bucket: str, tmp_path: Path
 ) -> None:
@@ -663,7 +645,7 @@ def test_s3_a_halt_whose_bound_metadata_is_garbled_is_read_shown_and_liftable(
         Bucket=s3_bucket,
         Key=f"{PREFIX}/_halt/metadata.json",
         Body=body,
-        Metadata={**meta, "content-md5": md5(body)},
+        Metadata={**meta, DIGEST_KEY: md5(body)},
     )
     done = cli("status", url)
     assert "Traceback" not in done.stderr, done.stderr

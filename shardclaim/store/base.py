@@ -173,20 +173,29 @@ def refuse_identical_rewrite(key: str, data: bytes, if_generation_match: Generat
         raise ValueError(msg)
 
 
-#: The metadata key the GCS and S3 stores keep the bytes' MD5 under (hex), binding metadata to bytes.
-DIGEST_KEY = "content-md5"
+#: The metadata key under which the GCS and S3 stores keep the digest binding metadata to the bytes.
+DIGEST_KEY = "bound-md5"
+
+
+def _binding(metadata: Mapping[str, str], md5_hex: str) -> str:
+    """The MD5 of the bytes' MD5 and of every other metadata key and value: a change to either shows."""
+    text = "\n".join([md5_hex, *(f"{k}={metadata[k]}" for k in sorted(metadata) if k != DIGEST_KEY)])
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
 def bind_metadata(metadata: Mapping[str, str], data: bytes) -> dict[str, str]:
-    """``metadata`` as stored with ``data``: with the bytes' MD5 (none for an object without metadata)."""
+    """``metadata`` as stored with ``data``: bound to it (none for an object without metadata)."""
     if not metadata:
         return {}
-    return {**metadata, DIGEST_KEY: hashlib.md5(data, usedforsecurity=False).hexdigest()}
+    return {**metadata, DIGEST_KEY: _binding(metadata, hashlib.md5(data, usedforsecurity=False).hexdigest())}
 
 
 def bound_metadata(stored: Mapping[str, str], md5_hex: str | None) -> dict[str, str]:
-    """The metadata as written, if it was written with the bytes whose MD5 is ``md5_hex``; else none."""
-    if not md5_hex or stored.get(DIGEST_KEY) != md5_hex:
+    """The metadata as written, if it was written with the bytes whose MD5 is ``md5_hex``, none of it
+    edited since; else none. Where the bytes' MD5 is not known (``None``: an S3 object encrypted with
+    KMS or a customer key, whose ETag is not its MD5), metadata the store wrote (it carries a binding) is
+    taken as it is: such a bucket is guarded against metadata set by hand, not against an edited copy."""
+    if DIGEST_KEY not in stored or (md5_hex is not None and stored[DIGEST_KEY] != _binding(stored, md5_hex)):
         return {}
     return {k: v for k, v in stored.items() if k != DIGEST_KEY}
 

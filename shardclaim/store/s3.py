@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,7 @@ _HEAD_THREADS = 32
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: How far the store's Date may be from this machine's clock: what S3 itself allows a signed request.
 _MAX_SKEW = timedelta(minutes=15)
+_MD5 = re.compile(r"[0-9a-f]{32}")
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 )
@@ -175,13 +177,13 @@ class S3Store:
             resp = self._client.get_object(Bucket=self._bucket, Key=self._name(key))
             data = resp["Body"].read()
         etag = _etag(resp["ETag"])
-        if len(etag) == 32 and hashlib.md5(data, usedforsecurity=False).hexdigest() != etag:
-            # (a single-part upload's ETag is its MD5: these bytes are not the object's, cut short)
-            raise TransientStoreError("read", f"{key!r}: the body does not match its ETag")
-        metadata = bound_metadata(_metadata(resp.get("Metadata")), etag)
+        md5 = _md5_of(resp, etag)
+        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+            raise TransientStoreError("read", f"{key!r}: the body does not match its ETag (cut short?)")
+        metadata = _bound(resp, etag, md5)
         self._remember(key, etag, metadata)
         updated = _utc(resp["LastModified"])
-        return StoredObject(key, data, etag, updated, metadata, _date(resp))
+        return StoredObject(key, data, etag, updated, metadata, self._clock(resp))
 
     def write(
         self,
@@ -259,19 +261,26 @@ class S3Store:
                 resp = self._client.head_object(Bucket=self._bucket, Key=self._prefix + key)
         except ObjectNotFoundError:
             return None
-        etag = _etag(resp["ETag"])  # (a single-part upload's: the MD5 of its bytes)
-        metadata = bound_metadata(_metadata(resp.get("Metadata")), etag)
+        etag = _etag(resp["ETag"])
+        metadata = _bound(resp, etag, _md5_of(resp, etag))
         self._remember(key, etag, metadata)
         return ObjectInfo(key, etag, _utc(resp["LastModified"]), int(resp["ContentLength"]), metadata)
 
     def now(self) -> datetime:
         with _translated("now", self._bucket):
             resp = self._client.head_bucket(Bucket=self._bucket)
-        when = _date(resp)
+        when = self._clock(resp)
         if when is None:
             raise StoreError(f"s3://{self._bucket}: response carries no Date header")
+        return when
+
+    def _clock(self, resp: Mapping[str, Any]) -> datetime | None:
+        """The store's time from an answer's Date (None without one), if it is within 15 minutes of this
+        machine's clock: leases are timed by it, and a wrong one would take live leases or strand dead
+        ones. S3 refuses requests signed further off, so such a Date is a wrong clock's or a gateway's."""
+        when = _date(resp)
         here = datetime.now(UTC)
-        if abs(when - here) > _MAX_SKEW:  # leases are timed by this clock: a wrong one takes or strands them
+        if when is not None and abs(when - here) > _MAX_SKEW:
             off = abs(when - here).total_seconds()
             msg = (
                 f"s3://{self._bucket}: the store's clock (Date: {when:%Y-%m-%d %H:%M:%S} UTC) is {off:.0f} s "
@@ -295,6 +304,22 @@ def _etag(value: str) -> str:
         )
         raise StoreError(msg)
     return value.strip('"')
+
+
+def _md5_of(resp: Mapping[str, Any], etag: str) -> str | None:
+    """The object's MD5 where its ETag is that (a single-part upload, unencrypted or with S3's own keys);
+    None where it is not (a multipart upload, KMS or a customer key)."""
+    if resp.get("ServerSideEncryption") not in (None, "AES256") or resp.get("SSECustomerAlgorithm"):
+        return None
+    return etag if _MD5.fullmatch(etag) else None
+
+
+def _bound(resp: Mapping[str, Any], etag: str, md5: str | None) -> dict[str, str]:
+    """The answer's metadata, if bound to its bytes (see :func:`bound_metadata`); none for a multipart
+    object, which this store never writes."""
+    if "-" in etag:
+        return {}
+    return bound_metadata(_metadata(resp.get("Metadata")), md5)
 
 
 def _metadata(value: Mapping[str, str] | None) -> dict[str, str]:
