@@ -169,7 +169,7 @@ def test_s3_answers_to_a_conditional_write_map_to_the_store_errors(
         assert (err.value.key, err.value.expected) == ("k", "0123abcd")  # type: ignore[attr-defined]
 
 
-def _stubbed_get(body: bytes, etag: str) -> Any:
+def _stubbed_get(body: bytes, etag: str, date: str | None = None) -> Any:
     """A store whose one GET answers ``body`` under ``etag`` (what a proxy cutting bodies short, or a
     gateway serving weak ETags, would hand it)."""
     import io
@@ -183,7 +183,7 @@ def _stubbed_get(body: bytes, etag: str) -> Any:
     stub.add_response(
         "get_object",
         {"Body": StreamingBody(io.BytesIO(body), len(body)), "ETag": etag, "LastModified": datetime.now(UTC),
-         "Metadata": {}},
+         "Metadata": {}, "ResponseMetadata": {"HTTPHeaders": {"date": date} if date else {}}},
         {"Bucket": "bucket", "Key": "p/k"},
     )  # fmt: skip
     stub.activate()
@@ -206,3 +206,14 @@ def test_a_body_that_does_not_match_its_etag_is_a_transient_fault() -> None:
 def test_a_weak_etag_is_a_clear_store_error() -> None:
     with pytest.raises(StoreError, match="weak ETag"):
         _stubbed_get(b"x", 'W/"9dd4e461268c8034f5c8564e155c67a6"').read("k")
+
+
+def test_a_read_whose_date_is_far_from_this_clock_is_refused() -> None:
+    """A read's Date is the time claims and steals stamp (read_at): held to now()'s 15-minute bound."""
+    with pytest.raises(StoreError, match="fix the clock"):
+        _stubbed_get(b"x", '"0123"', date="Fri, 01 Jan 2100 00:00:00 GMT").read("k")
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    fine = _stubbed_get(b"x", '"0123"', date=format_datetime(datetime.now(UTC), usegmt=True)).read("k")
+    assert fine.read_at is not None
