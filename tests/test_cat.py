@@ -111,12 +111,29 @@ def test_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert errors == b""
 
 
+def rewrite_on_second_read(monkeypatch: Any, module: Any, path_end: str, rewrite: Any) -> list[str]:
+    """``module.blocks`` (the reads of verified.verified_blocks), with ``rewrite()`` run just before the
+    second read of the file whose path ends with ``path_end``: between its check and its serving."""
+    real, reads = module.blocks, []
+
+    def reading(fs: Any, path: str, *args: Any) -> Any:
+        if path.endswith(path_end):
+            reads.append(path)
+            if len(reads) == 2:
+                rewrite()
+        return real(fs, path, *args)
+
+    monkeypatch.setattr(module, "blocks", reading)
+    return reads
+
+
 def test_a_large_chunk_rewritten_after_its_check_stops_the_output(tmp_path: Path, monkeypatch: Any) -> None:
     """A chunk too large to hold in memory is checked by one read and served by a second: written to in
-    between (the same size, its modification time put back), none of its bytes goes out."""
+    between (the same size, its modification time put back), none of its changed bytes goes out."""
     import pytest
 
     from shardclaim.dataset import cat as cat_module
+    from shardclaim.dataset import verified
     from shardclaim.errors import ChunkCorruptError
 
     ds = str(tmp_path / "ds")
@@ -125,46 +142,57 @@ def test_a_large_chunk_rewritten_after_its_check_stops_the_output(tmp_path: Path
     meta = orjson.loads((shard / "metadata.json").read_bytes())
     target = shard / meta["chunks"][1]["file"]
     monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)  # every chunk takes the two-read path
-    real_verify = cat_module.verify_chunk
+    monkeypatch.setattr(verified, "BLOCK", 4096)  # blocks before the changed one go out, checked
 
-    def verified_then_rewritten(fs: Any, path: str, chunk: Any) -> None:
-        real_verify(fs, path, chunk)
-        if path.endswith(f"shard_000/{target.name}"):
-            st = target.stat()
-            target.write_bytes(target.read_bytes().replace(b'"id":', b'"ID":'))
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    def rewrite() -> None:
+        st = target.stat()
+        data = target.read_bytes()
+        at = data.index(b'"id":', len(data) // 2)  # in a later block
+        target.write_bytes(data[:at] + b'"ID":' + data[at + 5 :])
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    monkeypatch.setattr(cat_module, "verify_chunk", verified_then_rewritten)
+    reads = rewrite_on_second_read(monkeypatch, cat_module, f"shard_000/{target.name}", rewrite)
     out: list[bytes] = []
     with pytest.raises(ChunkCorruptError, match="changed while it was read"):
         out.extend(cat_module.shard_jsonl(ds, 0))
-    assert b'"ID":' not in b"".join(out)
-    assert b"".join(out) == (shard / meta["chunks"][0]["file"]).read_bytes()
+    assert len(reads) == 2
+    served = b"".join(out)
+    assert b'"ID":' not in served
+    first = (shard / meta["chunks"][0]["file"]).read_bytes()
+    assert served.startswith(first)
+    assert len(served) > len(first)  # the unchanged blocks before the change did go out
 
 
 def test_chunks_served_by_two_reads_come_out_whole_from_every_store(
     shared_url: str, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    """The two-read path (chunks over 64 MiB) compares the file's stamp around every block: on a
-    bucket that is its size and version, which must not change while nothing writes."""
+    """The two-read path (chunks over 64 MiB), on a directory and both test buckets: whole when nothing
+    writes; stopped when a chunk is rewritten (same size, other bytes) between its two reads."""
+    import pytest
+
     from shardclaim.dataset import cat as cat_module
+    from shardclaim.dataset import verified
+    from shardclaim.dataset.localfs import filesystem
+    from shardclaim.errors import ChunkCorruptError
 
     lines = build(tmp_path, shared_url, n=600)
     monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)
-    monkeypatch.setattr(cat_module, "_BLOCK", 4096)  # many blocks a chunk: a stamp compared at each
+    monkeypatch.setattr(verified, "BLOCK", 4096)  # many blocks a chunk, each checked against the first read
     out = b"".join(b"".join(cat_module.shard_jsonl(shared_url, s)) for s in range(3))
     assert sorted(out.splitlines(keepends=True)) == sorted(lines)
-    from shardclaim.dataset.localfs import filesystem, stamp
-
     fs, base = filesystem(shared_url)
     path = f"{base}/shard_000/chunk_0000.jsonl"
-    before = stamp(fs, path)
-    assert stamp(fs, path) == before
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    with fs.open(path, "wb") as f:  # the same size, other bytes
-        f.write(data.replace(b'"id"', b'"ID"'))
-    assert stamp(fs, path) != before
+
+    def rewrite() -> None:
+        with fs.open(path, "rb") as f:
+            data = f.read()
+        with fs.open(path, "wb") as f:  # the same size, other bytes
+            f.write(data.replace(b'"id"', b'"ID"'))
+
+    reads = rewrite_on_second_read(monkeypatch, cat_module, "shard_000/chunk_0000.jsonl", rewrite)
+    with pytest.raises(ChunkCorruptError, match="changed while it was read"):
+        b"".join(cat_module.shard_jsonl(shared_url, 0))
+    assert len(reads) == 2
 
 
 def test_cat_of_a_directory_that_is_no_dataset_says_so(tmp_path: Path) -> None:

@@ -846,77 +846,81 @@ def small_dataset(tmp_path: Path) -> tuple[str, Path]:
     return str(ds), ds / "shard_000" / meta["chunks"][0]["file"]
 
 
+def second_read_runs(
+    monkeypatch: pytest.MonkeyPatch, module: Any, attr: str, matches: Any, act: Any
+) -> list[Any]:
+    """``module.attr`` (the block reader verified.verified_blocks calls), running ``act()`` just before the
+    second read for which ``matches(path, *args)`` holds: between a check and the serving."""
+    real, reads = getattr(module, attr), []
+
+    def reading(fs: Any, path: str, *args: Any) -> Any:
+        if matches(path, *args):
+            reads.append(path)
+            if len(reads) == 2:
+                act()
+        return real(fs, path, *args)
+
+    monkeypatch.setattr(module, attr, reading)
+    return reads
+
+
 def test_a_chunk_replaced_by_rename_between_the_two_reads_stops_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shardclaim.dataset import cat as cat_module
+    from shardclaim.dataset import verified
     from shardclaim.errors import ChunkCorruptError
 
     ds, target = small_dataset(tmp_path)
     monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)
-    monkeypatch.setattr(cat_module, "_BLOCK", 4096)
-    real_verify = cat_module.verify_chunk
+    monkeypatch.setattr(verified, "BLOCK", 4096)
     original = target.read_bytes()
 
-    def verified_then_replaced(fs: Any, path: str, chunk: Any) -> None:
-        real_verify(fs, path, chunk)
-        if path.endswith(target.name) and "shard_000" in path:
-            fresh = target.with_name("fresh.tmp")
-            fresh.write_bytes(original.replace(b'"id":', b'"ID":'))
-            st = target.stat()
-            os.utime(fresh, ns=(st.st_atime_ns, st.st_mtime_ns))
-            os.rename(fresh, target)
+    def replace() -> None:
+        fresh = target.with_name("fresh.tmp")
+        fresh.write_bytes(original.replace(b'"id":', b'"ID":'))
+        st = target.stat()
+        os.utime(fresh, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(fresh, target)
 
-    monkeypatch.setattr(cat_module, "verify_chunk", verified_then_replaced)
+    reads = second_read_runs(monkeypatch, cat_module, "blocks", lambda p, *a: p == str(target), replace)
     out: list[bytes] = []
     with pytest.raises(ChunkCorruptError, match="changed"):
         out.extend(cat_module.shard_jsonl(ds, 0))
+    assert len(reads) == 2
     assert b'"ID":' not in b"".join(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="localfs.stamp (localfs.py:108-109) sees only size, mtime, ctime and inode; a writer through a "
-    "shared mmap changes the bytes of an already-dirty page without touching any of them (the kernel "
-    "updates the times on the first write fault after writeback only), so cat's second read "
-    "(cat.py:53-57) serves bytes its first read never checked; per-block CRCs kept from the first read "
-    "would catch it",
-)
 def test_a_chunk_changed_through_a_shared_mapping_between_the_two_reads_stops_the_output(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A write through a shared mapping into an already-dirty page touches no time or size: only the
+    bytes show it, and each block of the second read is held to the first read's CRC32C."""
     import mmap
 
     from shardclaim.dataset import cat as cat_module
-    from shardclaim.dataset.localfs import stamp
+    from shardclaim.dataset import verified
     from shardclaim.errors import ChunkCorruptError
 
     ds, target = small_dataset(tmp_path)
     monkeypatch.setattr(cat_module, "_IN_MEMORY", 16)
-    monkeypatch.setattr(cat_module, "_BLOCK", 4096)
+    monkeypatch.setattr(verified, "BLOCK", 4096)
     with open(target, "r+b") as f:
         mapped = mmap.mmap(f.fileno(), 0)
     at = mapped.find(b'"id":')
     mapped[at : at + 1] = mapped[at : at + 1]  # a writer that mapped the file and wrote to it earlier
-    real_verify = cat_module.verify_chunk
-    stamps: list[tuple[Any, ...]] = []
 
-    def verified_then_written(fs: Any, path: str, chunk: Any) -> None:
-        real_verify(fs, path, chunk)
-        if path.endswith(target.name) and "shard_000" in path:
-            stamps.append(stamp(fs, str(target)))
-            mapped[at : at + 5] = b'"ID":'
-            stamps.append(stamp(fs, str(target)))
+    def write() -> None:
+        mapped[at : at + 5] = b'"ID":'
 
-    monkeypatch.setattr(cat_module, "verify_chunk", verified_then_written)
+    reads = second_read_runs(monkeypatch, cat_module, "blocks", lambda p, *a: p == str(target), write)
     out: list[bytes] = []
     try:
-        with pytest.raises(ChunkCorruptError):
+        with pytest.raises(ChunkCorruptError, match="changed while it was read"):
             out.extend(cat_module.shard_jsonl(ds, 0))
     finally:
         mapped.close()
-    if stamps and stamps[0] != stamps[1]:
-        pytest.skip("the page was written back in between (a sync elsewhere): the kernel updated the times")
+    assert len(reads) == 2
     assert b'"ID":' not in b"".join(out)
 
 
@@ -980,36 +984,30 @@ def test_grid_limits_and_exact_values(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="iter_shard_records (dataset/read.py:70-76) verifies a copied chunk with verify_chunk (first "
-    "read), then opens it again and yields every line of that second read with no stamp, size or CRC "
-    "check, whatever the chunk's size: a chunk rewritten in between is served unchecked (cat and the "
-    "range reader were guarded in a270fe1, this reader - what claim.records() and run's workers use - "
-    "was not)",
-)
 def test_iter_shard_records_does_not_serve_a_copied_chunk_rewritten_after_its_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What claim.records() and run's workers read: a chunk read twice (over 64 MiB; here every one) and
+    rewritten in between yields none of the rewritten lines."""
     from shardclaim import iter_shard_records
     from shardclaim.dataset import read as read_module
-
-    ds, target = small_dataset(tmp_path)
-    real_verify = read_module.verify_chunk
-
-    def verified_then_rewritten(fs: Any, path: str, chunk: Any) -> None:
-        real_verify(fs, path, chunk)
-        if path.endswith(target.name) and "shard_000" in path:
-            st = target.stat()
-            target.write_bytes(target.read_bytes().replace(b'"id":', b'"ID":'))
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-    monkeypatch.setattr(read_module, "verify_chunk", verified_then_rewritten)
-    out: list[bytes] = []
+    from shardclaim.dataset import verified
     from shardclaim.errors import ChunkCorruptError
 
-    with pytest.raises(ChunkCorruptError):
+    ds, target = small_dataset(tmp_path)
+    monkeypatch.setattr(read_module, "_IN_MEMORY", 16)
+    monkeypatch.setattr(verified, "BLOCK", 4096)
+
+    def rewrite() -> None:
+        st = target.stat()
+        target.write_bytes(target.read_bytes().replace(b'"id":', b'"ID":'))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    reads = second_read_runs(monkeypatch, read_module, "blocks", lambda p, *a: p == str(target), rewrite)
+    out: list[bytes] = []
+    with pytest.raises(ChunkCorruptError, match="changed while it was read"):
         out.extend(iter_shard_records(ds, 0, parse=False))
+    assert len(reads) == 2
     assert not any(b'"ID":' in line for line in out)
 
 
@@ -1046,20 +1044,14 @@ def test_a_bucket_source_rewritten_between_the_two_reads_of_a_range_stops_the_ou
     )
     assert len(list(iter_shard_records(ds, 0, parse=False))) > 0  # warms the filesystem's caches first
     monkeypatch.setattr(byref_read, "_IN_MEMORY", 16)
-    real_check_end = byref_read._check_end
-    rewritten: list[bool] = []
-
-    def checked_then_rewritten(*args: Any) -> None:
-        real_check_end(*args)
-        if not rewritten:
-            rewritten.append(True)
-            put(body.replace(b'"id":', b'"ID":'))
-
-    monkeypatch.setattr(byref_read, "_check_end", checked_then_rewritten)
+    rewritten = second_read_runs(
+        monkeypatch, byref_read, "_blocks", lambda p, offset, length: length > 16,  # not the edges' reads
+        lambda: put(body.replace(b'"id":', b'"ID":')),
+    )  # fmt: skip
     out: list[bytes] = []
     with pytest.raises(ChunkCorruptError, match="changed"):
         out.extend(iter_shard_records(ds, 0, parse=False))
-    assert rewritten
+    assert len(rewritten) >= 2
     assert not any(b'"ID":' in line for line in out)
 
 

@@ -1,9 +1,9 @@
 """Reading a zero-copy dataset's byte ranges (see :mod:`shardclaim.dataset.byref`), each checked.
 
 A source is checked against its pins before any of its ranges is served, and each range against its
-size and CRC32C before any of its bytes: in memory up to 64 MiB, else by a first streaming read, and
-then a second that stops at the first block read after the source was written (:func:`stamp`). A range
-whose records are not as many as its metadata counts is an error once they are out.
+size and CRC32C before any of its bytes (:mod:`shardclaim.dataset.verified`: held up to 64 MiB, else read
+twice, block by block against the first read), and found to start and end at line ends. A range whose
+records are not as many as its metadata counts is an error once they are out.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from shardclaim.crc import crc32c
 from shardclaim.dataset.inputs import is_blank
-from shardclaim.dataset.localfs import is_local, stamp
+from shardclaim.dataset.localfs import is_local
 from shardclaim.dataset.records import BOM
+from shardclaim.dataset.verified import IN_MEMORY, blocks, verified_blocks
 from shardclaim.errors import ChunkCorruptError
 
 __all__ = ["check_count", "check_pins", "range_bytes", "range_lines"]
 
-_MiB = 1 << 20
-_IN_MEMORY = 64 * _MiB  # a range up to this size is read once and checked in memory; larger, twice
+_IN_MEMORY = IN_MEMORY  # a range up to this size is read once and checked in memory; larger, twice
 
 
 def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
@@ -53,8 +52,8 @@ def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
 
 
 def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify: bool) -> Iterator[bytes]:
-    """The bytes of one range, in blocks; with ``verify`` none before the whole range's CRC32C and size
-    are checked (in memory up to 64 MiB, else by a first streaming read)."""
+    """The bytes of one range, in blocks; with ``verify`` none before the whole range's size and CRC32C
+    are checked, and its ends found at line ends (:func:`~shardclaim.dataset.verified.verified_blocks`)."""
     from shardclaim.dataset.localfs import filesystem
 
     url = sources[chunk["source"]]["url"]
@@ -63,51 +62,26 @@ def range_bytes(sources: list[dict[str, Any]], chunk: dict[str, Any], *, verify:
     if not verify:
         yield from _blocks(fs, path, offset, length)
         return
+    where = _where(url, chunk)
     if (
         offset > 0
         and _read(fs, path, offset - 1, 1) != b"\n"
         and not (offset == 3 and _read(fs, path, 0, 3) == BOM)
     ):
-        raise ChunkCorruptError(_where(url, chunk), "the range does not start at a line's start")
-    if length <= _IN_MEMORY:
-        data = _read(fs, path, offset, length)
-        _check(url, chunk, len(data), crc32c(data))
-        _check_end(url, chunk, data[-1:], sources[chunk["source"]]["size"])
-        yield data
-        return
-    before = stamp(fs, path)
-    crc = size = 0
-    last = b""
-    for block in _blocks(fs, path, offset, length):
-        crc = crc32c(block, value=crc)
-        size += len(block)
-        last = block[-1:]
-    _check(url, chunk, size, crc)
-    _check_end(url, chunk, last, sources[chunk["source"]]["size"])
-    for block in _blocks(fs, path, offset, length):  # no block out unless nothing was written meanwhile
-        if stamp(fs, path) != before:
-            raise ChunkCorruptError(_where(url, chunk), "the source changed while it was read")
-        yield block
+        raise ChunkCorruptError(where, "the range does not start at a line's start")
+    if (
+        _read(fs, path, offset + length - 1, 1) != b"\n"
+        and offset + length != sources[chunk["source"]]["size"]
+    ):
+        raise ChunkCorruptError(where, "the range does not end at a line's end")
+    yield from verified_blocks(
+        lambda: _blocks(fs, path, offset, length), where, size=length, crc=chunk["crc32c"],
+        in_memory=_IN_MEMORY, why=": the source changed",
+    )  # fmt: skip
 
 
 def _where(url: str, chunk: dict[str, Any]) -> str:
     return f"{url}#bytes={chunk['offset']}-{chunk['offset'] + chunk['size_bytes'] - 1}"
-
-
-def _check(url: str, chunk: dict[str, Any], size: int, crc: int) -> None:
-    where = _where(url, chunk)
-    if size != chunk["size_bytes"]:
-        raise ChunkCorruptError(where, f"{size} bytes, metadata records {chunk['size_bytes']}")
-    if f"{crc:08x}" != chunk["crc32c"]:
-        raise ChunkCorruptError(
-            where, f"CRC32C {crc:08x}, metadata records {chunk['crc32c']}: the source changed"
-        )
-
-
-def _check_end(url: str, chunk: dict[str, Any], last: bytes, source_size: int) -> None:
-    """A range ends with a line's newline, or at its source's end (a last line without one)."""
-    if last != b"\n" and chunk["offset"] + chunk["size_bytes"] != source_size:
-        raise ChunkCorruptError(_where(url, chunk), "the range does not end at a line's end")
 
 
 def _read(fs: Any, path: str, offset: int, length: int) -> bytes:
@@ -115,15 +89,7 @@ def _read(fs: Any, path: str, offset: int, length: int) -> bytes:
 
 
 def _blocks(fs: Any, path: str, offset: int, length: int) -> Iterator[bytes]:
-    with fs.open(path, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left > 0:
-            block = f.read(min(left, 8 * _MiB))
-            if not block:
-                return
-            left -= len(block)
-            yield block
+    return blocks(fs, path, offset, length)
 
 
 def range_lines(meta: dict[str, Any], entries: list[dict[str, Any]], *, verify: bool) -> Iterator[bytes]:

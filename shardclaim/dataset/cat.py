@@ -9,6 +9,7 @@ the records, one per line. File tasks come out as JSON strings, one per line.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,15 +17,13 @@ import orjson
 
 from shardclaim.dataset.deal import excluded_blanks
 from shardclaim.dataset.inputs import is_blank
-from shardclaim.dataset.localfs import stamp
-from shardclaim.dataset.read import open_shard, verify_chunk
-from shardclaim.errors import ChunkCorruptError
+from shardclaim.dataset.read import open_shard
+from shardclaim.dataset.verified import IN_MEMORY, blocks, verified_blocks
 from shardclaim.locations import chunk_locations
 
 __all__ = ["shard_jsonl"]
 
-_BLOCK = 8 << 20
-_IN_MEMORY = 64 << 20
+_IN_MEMORY = IN_MEMORY
 
 
 def shard_jsonl(dataset: str, shard_id: int, *, start_chunk: int = 0) -> Iterator[bytes]:
@@ -44,29 +43,10 @@ def shard_jsonl(dataset: str, shard_id: int, *, start_chunk: int = 0) -> Iterato
         return
     for chunk in entries:
         path = f"{shard_url}/{chunk['file']}"
-        if chunk.get("size_bytes", _IN_MEMORY + 1) <= _IN_MEMORY:
-            with fs.open(path, "rb") as f:
-                data = f.read()
-            _check(path, chunk, data)
-            yield data
-            continue
-        before = stamp(fs, path)
-        verify_chunk(fs, path, chunk)
-        with fs.open(path, "rb") as f:
-            while block := f.read(_BLOCK):
-                if stamp(fs, path) != before:  # written since it was checked: none of it goes out
-                    raise ChunkCorruptError(path, "the chunk changed while it was read")
-                yield block
-
-
-def _check(path: str, chunk: dict[str, Any], data: bytes) -> None:
-    from shardclaim.crc import crc32c
-
-    if "size_bytes" in chunk and len(data) != chunk["size_bytes"]:
-        raise ChunkCorruptError(path, f"{len(data)} bytes, metadata records {chunk['size_bytes']}")
-    got = f"{crc32c(data):08x}"
-    if chunk.get("crc32c") is not None and got != chunk["crc32c"]:
-        raise ChunkCorruptError(path, f"CRC32C {got}, metadata records {chunk['crc32c']}")
+        read = functools.partial(blocks, fs, path)
+        yield from verified_blocks(
+            read, path, size=chunk.get("size_bytes"), crc=chunk.get("crc32c"), in_memory=_IN_MEMORY
+        )
 
 
 def _ranges(meta: dict[str, Any], entries: list[dict[str, Any]]) -> Iterator[bytes]:

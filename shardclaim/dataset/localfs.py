@@ -21,7 +21,6 @@ __all__ = [
     "filesystem",
     "filesystem_type",
     "is_local",
-    "stamp",
     "usable_cpus",
 ]
 
@@ -98,18 +97,6 @@ def is_local(fs: Any) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
-
-
-def stamp(fs: Any, path: str) -> tuple[Any, ...]:
-    """What changes whenever a file or object is written: locally its size, times (the change time
-    cannot be set back) and inode; remotely its size and version (generation, ETag). A reader that
-    checks a file in one pass and serves it in a second compares the stamps around them."""
-    if is_local(fs):
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-    fs.invalidate_cache(path)
-    info = fs.info(path)
-    return tuple(str(info.get(k)) for k in ("size", "generation", "ETag", "etag", "mtime", "LastModified"))
 
 
 # Filesystems on a local block device, where O_DIRECT takes the page cache out of the way. Elsewhere

@@ -3,12 +3,14 @@ dataset (copied records, byte ranges of sources, file tasks)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.records import record_reader
+from shardclaim.dataset.verified import IN_MEMORY, blocks, verified_blocks
 from shardclaim.errors import ChunkCorruptError, ObjectNotFoundError, ShardclaimError
 from shardclaim.layout import (
     MASTER_KEY,
@@ -24,6 +26,7 @@ from shardclaim.store import open_store
 __all__ = ["iter_shard_records", "open_shard", "verify_chunk"]
 
 _BLOCK = 8 << 20
+_IN_MEMORY = IN_MEMORY  # a chunk up to this size is read once, larger twice (see verified)
 
 
 def iter_shard_records(
@@ -69,12 +72,18 @@ def iter_shard_records(
         return
     for chunk in entries:
         path = f"{shard_url}/{chunk['file']}"
-        if verify:
-            verify_chunk(fs, path, chunk)
-        with fs.open(path, "rb") as f:
-            for raw in f:
-                line = raw.rstrip(b"\n")
+        read = functools.partial(blocks, fs, path)
+        carry = b""
+        checked = verified_blocks(
+            read, path, size=chunk.get("size_bytes"), crc=chunk.get("crc32c"), in_memory=_IN_MEMORY
+        )
+        for block in checked if verify else read():
+            lines = (carry + block).split(b"\n") if carry else block.split(b"\n")
+            carry = lines.pop()
+            for line in lines:
                 yield loads(line) if parse else line
+        if carry:
+            yield loads(carry) if parse else carry
 
 
 def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, Any], Any, str]:
