@@ -78,10 +78,11 @@ def iter_shard_records(
             read, path, size=chunk.get("size_bytes"), crc=chunk.get("crc32c"), in_memory=_IN_MEMORY
         )
         for block in checked if verify else read():
-            lines = (carry + block).split(b"\n") if carry else block.split(b"\n")
+            lines = block.split(b"\n")
+            if carry:
+                lines[0] = carry + lines[0]
             carry = lines.pop()
-            for line in lines:
-                yield loads(line) if parse else line
+            yield from map(loads, lines) if parse else lines
         if carry:
             yield loads(carry) if parse else carry
 
