@@ -1086,13 +1086,6 @@ def test_gcs_a_build_after_a_killed_build_removes_its_staging_area(gcs_bucket: s
     assert statuses(url) == ["available", "available"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file:// pattern goes through taskglob.remote, whose exclusion test Excluded.remote "
-    "(taskglob.py:166-167) is False whenever the output is a local directory (_url empty): a rebuild "
-    "with --files 'file:///ROOT/**' over an output inside ROOT makes the output's own metadata.json, "
-    "master_metadata.json and lock files tasks - the very bug 540cf5c fixed for plain paths",
-)
 def test_file_tasks_given_as_file_urls_never_include_the_output_dataset(tmp_path: Path) -> None:
     from shardclaim import create_file_tasks, iter_shard_records
 
@@ -1107,13 +1100,6 @@ def test_file_tasks_given_as_file_urls_never_include_the_output_dataset(tmp_path
         assert not [t for t in tasks if "/out/" in t], tasks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="list_files (tasks.py:64-69) knows a file reached through a plain path by (device, inode) "
-    "but one reached through a file:// URL by the URL string: the same local file given both ways "
-    "is two tasks and is processed twice, though the README "
-    "promises one task however many patterns or paths reach it",
-)
 def test_a_local_file_given_as_a_path_and_as_a_file_url_is_one_task(tmp_path: Path) -> None:
     from shardclaim.dataset.tasks import list_files
 

@@ -42,6 +42,12 @@ __all__ = ["GridInput", "create_file_tasks", "create_grid_tasks", "list_files"]
 _MiB = 1 << 20
 
 
+def _plain(url: str) -> str:
+    """A ``file://`` URL as the local path it names: one file is one task, and the output is never one,
+    however they are spelled."""
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
 def list_files(
     patterns: Sequence[str], output_dir: str | None = None
 ) -> tuple[list[str], list[tuple[int, str, int]]]:
@@ -53,8 +59,8 @@ def list_files(
     sources: list[str] = []
     files: list[tuple[int, str, int]] = []
     seen: set[object] = set()
-    excluded = Excluded(output_dir) if output_dir is not None else None
-    for pattern in patterns:
+    excluded = Excluded(_plain(output_dir)) if output_dir is not None else None
+    for pattern in map(_plain, patterns):
         if secrets_of(pattern):
             raise InputError(
                 f"{shown(pattern)}: a file task is recorded by its URL, which cannot keep credentials; "
