@@ -22,7 +22,7 @@ names its source by index, never by a URL of its own, so no entry can point outs
   ``offset`` and ``size_bytes`` inside the source's recorded ``size``, ``crc32c`` of the range required;
   the source is pinned (``size`` and ``mtime_ns`` locally, ``generation`` on GCS, ``etag`` on S3).
 
-Readers check that a shard's ``sources`` are the master's (:func:`check_sources_match`).
+Claims and readers check a shard against the master (:func:`check_against_master`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import orjson
 
+from shardclaim.crc import crc32c
 from shardclaim.errors import MetadataError
 
 __all__ = [
@@ -45,10 +46,11 @@ __all__ = [
     "STATUSES",
     "MetadataError",
     "ShardStatus",
+    "check_against_master",
     "check_master",
     "check_shard",
-    "check_sources_match",
     "chunk_name",
+    "chunks_digest",
     "parse_json",
     "shard_dir",
 ]
@@ -299,7 +301,30 @@ def check_master(key: str, doc: dict[str, Any]) -> dict[str, Any]:
         directory = entry.get("directory")
         if not isinstance(directory, str) or not _SHARD_DIR.fullmatch(directory):
             raise MetadataError(key, f"shards[{i}] has directory {directory!r}; expected shard_NNN")
+        digest = entry.get("chunks_crc32c")
+        if digest is not None and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{8}", digest)):
+            raise MetadataError(key, f"shards[{i}] has chunks_crc32c {digest!r}; expected 8 hex digits")
     return doc
+
+
+def chunks_digest(chunks: list[Any]) -> str:
+    """The CRC32C of a shard's chunk list (keys sorted): the master keeps each shard's, as built."""
+    return f"{crc32c(orjson.dumps(chunks, option=orjson.OPT_SORT_KEYS)):08x}"
+
+
+def check_against_master(key: str, shard: dict[str, Any], master: dict[str, Any]) -> None:
+    """A checked shard names the master's sources, and (where the master recorded them) exactly the chunks
+    and counts the build wrote: a hand-edited shard cannot add another shard's ranges or files, nor drop
+    its own (chunks never change after the build)."""
+    if shard.get("kind") != master.get("kind") or shard.get("sources") != master.get("sources"):
+        raise MetadataError(key, "its kind or sources differ from the master's")
+    entry = master["shards"][shard["shard_id"]]
+    for field in ("num_chunks", "total_tasks"):
+        if field in entry and entry[field] != shard[field]:
+            raise MetadataError(key, f"its {field} is {shard[field]}, the master's {entry[field]}")
+    digest = entry.get("chunks_crc32c")
+    if digest is not None and digest != chunks_digest(shard["chunks"]):
+        raise MetadataError(key, "its chunks are not those the build recorded in the master")
 
 
 # -- format version 2: chunks that are files or byte ranges of recorded sources ------------------------
@@ -372,9 +397,3 @@ def _check_range(key: str, i: int, chunk: dict[str, Any], sources: list[dict[str
         raise MetadataError(key, f"chunk {i} ends at byte {end}, past its source's {source['size']}")
     if not isinstance(chunk.get("crc32c"), str):
         raise MetadataError(key, f"chunk {i} is a byte range without a crc32c")
-
-
-def check_sources_match(key: str, shard: dict[str, Any], master: dict[str, Any]) -> None:
-    """A shard may only name the sources the master recorded (the master is written once, by the build)."""
-    if shard.get("kind") != master.get("kind") or shard.get("sources") != master.get("sources"):
-        raise MetadataError(key, "its kind or sources differ from the master's")

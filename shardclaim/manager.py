@@ -34,9 +34,9 @@ from shardclaim.layout import (
     MASTER_KEY,
     SHARD_METADATA,
     MetadataError,
+    check_against_master,
     check_master,
     check_shard,
-    check_sources_match,
     parse_json,
 )
 from shardclaim.lease import halt, ranges
@@ -133,7 +133,7 @@ class ShardManager(Operations, Stealing):
         """A shard's document, checked, naming only the sources the master recorded: a hand-edited shard
         of a files or by-reference dataset must not hand a worker other files."""
         doc = check_shard(key, parse_json(key, data), expect_id=shard_id)
-        check_sources_match(key, doc, self.master)
+        check_against_master(key, doc, self.master)
         return doc
 
     def read_shard(self, shard_id: int) -> dict[str, Any]:

@@ -17,10 +17,12 @@ from shardclaim import (
     ChunkCorruptError,
     InputError,
     MetadataError,
+    ShardManager,
     create_sharded_dataset,
     iter_shard_records,
 )
 from shardclaim.dataset.cat import shard_jsonl
+from shardclaim.layout import chunks_digest
 
 
 def lines(n: int, *, seed: int = 0) -> list[bytes]:
@@ -304,6 +306,15 @@ def test_a_range_cut_inside_a_line_is_refused_even_with_its_true_crc(
     }
     meta["chunks"][1] = forged
     meta_path.write_bytes(orjson.dumps(meta))
+    with pytest.raises(MetadataError, match="not those the build recorded"):  # the master says otherwise
+        list(iter_shard_records(str(ds), 1, parse=False))
+    claimed = ShardManager(str(ds), "w").claim_shard(1)  # shard 1 is skipped as invalid (a warning)
+    assert claimed is not None
+    assert claimed["shard_id"] == 0
+    master_path = ds / "master_metadata.json"  # an editor of the master too: the ranges' own checks
+    master = orjson.loads(master_path.read_bytes())
+    master["shards"][1]["chunks_crc32c"] = chunks_digest(meta["chunks"])
+    master_path.write_bytes(orjson.dumps(master))
     got: list[bytes] = []
     with pytest.raises(ChunkCorruptError, match=f"does not {cut} at a line's {cut}"):
         got.extend(iter_shard_records(str(ds), 1, parse=False, start_chunk=1))

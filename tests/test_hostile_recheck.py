@@ -777,12 +777,6 @@ def served(ds: Path, shards: int) -> tuple[list[bytes], list[str]]:
     return out, refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the overlap check (layout.py:145-151, check_shard) looks only inside one shard: shard 1's "
-    "document naming shard 0's byte ranges (same source, same CRC, counts and total_tasks consistent) "
-    "passes every check, and those records are served (and run) twice, once per shard",
-)
 def test_byref_ranges_of_two_shards_that_overlap_are_refused_not_served_twice(tmp_path: Path) -> None:
     ds, _ = byref_dataset(tmp_path)
     zero = orjson.loads((ds / "shard_000" / "metadata.json").read_bytes())

@@ -39,7 +39,7 @@ import orjson
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.lock import MARKER_KEY, MarkerLock, ProcessLock
 from shardclaim.errors import DatasetExistsError, ShardclaimError
-from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, shard_dir
+from shardclaim.layout import MASTER_KEY, SHARD_METADATA, check_master, check_shard, chunks_digest, shard_dir
 from shardclaim.store import RetryingStore, open_store
 from shardclaim.store.base import RESERVED_PREFIX
 
@@ -129,6 +129,7 @@ def shard_entries(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "total_tasks": d["total_tasks"],
             "num_chunks": d["num_chunks"],
             "size_bytes": sum(c["size_bytes"] for c in d["chunks"]),
+            "chunks_crc32c": chunks_digest(d["chunks"]),
         }
         for d in shards
     ]

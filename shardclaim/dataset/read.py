@@ -15,9 +15,9 @@ from shardclaim.errors import ChunkCorruptError, ObjectNotFoundError, Shardclaim
 from shardclaim.layout import (
     MASTER_KEY,
     SHARD_METADATA,
+    check_against_master,
     check_master,
     check_shard,
-    check_sources_match,
     parse_json,
 )
 from shardclaim.locations import chunk_locations
@@ -101,8 +101,7 @@ def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, A
     directory = master["shards"][shard_id]["directory"]
     key = f"{directory}/{SHARD_METADATA}"
     meta = check_shard(key, parse_json(key, store.read(key).data), expect_id=shard_id)
-    if "kind" in master or "kind" in meta:
-        check_sources_match(key, meta, master)
+    check_against_master(key, meta, master)
     fs, base = filesystem(store.url)
     return master, meta, fs, f"{base.rstrip('/')}/{directory}"
 
