@@ -705,3 +705,12 @@ def test_an_input_written_to_during_a_background_validation_fails_the_build(
             validator.result()
     finally:
         validator.close()
+
+
+def test_a_start_chunk_past_the_stop_chunk_is_an_error_not_an_empty_shard(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(records(200)))
+    create_sharded_dataset(str(src), str(tmp_path / "ds"), num_shards=1, chunk_size_mb=0.002)
+    with pytest.raises(ValueError, match="past stop_chunk"):
+        list(iter_shard_records(str(tmp_path / "ds"), 0, start_chunk=2, stop_chunk=1))
+    assert list(iter_shard_records(str(tmp_path / "ds"), 0, start_chunk=1, stop_chunk=1)) == []

@@ -59,6 +59,8 @@ def iter_shard_records(
     for name, value in (("start_chunk", start_chunk), ("stop_chunk", stop)):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= n:
             raise ValueError(f"{name} must be in 0..{n} (the shard has {n} chunks), got {value!r}")
+    if start_chunk > stop:
+        raise ValueError(f"start_chunk {start_chunk} is past stop_chunk {stop}")
     entries = meta["chunks"][start_chunk:stop]
     if kind == "files":  # each chunk is one task: the file's path or URL
         yield from chunk_locations({**meta, "chunks": entries}, shard_url)
