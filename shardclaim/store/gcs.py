@@ -130,7 +130,11 @@ class GCSStore:
             for k, v in headers.items()
             if k.lower().startswith(_META_HEADER)
         }
-        metadata = bound_metadata(metadata, hashlib.md5(resp.content, usedforsecurity=False).hexdigest())
+        md5 = hashlib.md5(resp.content, usedforsecurity=False).hexdigest()
+        sent = _sent_md5(headers.get("x-goog-hash", ""))
+        if sent is not None and sent != md5:  # bytes changed on the way (a proxy's doing): read again
+            raise TransientStoreError("read", f"{key!r}: the body does not match its x-goog-hash")
+        metadata = bound_metadata(metadata, md5)
         updated = _http_date(headers.get("Last-Modified")) or _http_date(headers.get("Date"))
         read_at = _http_date(headers.get("Date"))
         return StoredObject(key, resp.content, generation, updated or self.now(), metadata, read_at)
@@ -246,3 +250,15 @@ def _md5(blob: Any) -> str | None:
         return base64.b64decode(blob.md5_hash or "", validate=True).hex() or None
     except (binascii.Error, ValueError):
         return None
+
+
+def _sent_md5(header: str) -> str | None:
+    """The MD5 (hex) in an ``x-goog-hash`` header (``crc32c=...,md5=...``, base64), if it has one."""
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "md5":
+            try:
+                return base64.b64decode(value, validate=True).hex()
+            except (binascii.Error, ValueError):
+                return None
+    return None

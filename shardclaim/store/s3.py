@@ -71,6 +71,8 @@ _NETWORK_ERRORS: tuple[type[Exception], ...] = (
     bexc.ConnectionError,  # refused, connect timeout, DNS, TLS
     bexc.HTTPClientError,  # reset, read timeout, a body cut short
     bexc.IncompleteReadError,
+    # botocore's own check of a body against the checksum S3 sent (newer botocore): not the object's bytes
+    *((bexc.FlexibleChecksumError,) if hasattr(bexc, "FlexibleChecksumError") else ()),
 )
 _CREDENTIAL_ERRORS: tuple[type[Exception], ...] = (
     bexc.NoCredentialsError,

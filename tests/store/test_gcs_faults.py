@@ -138,3 +138,18 @@ def test_list_costs_one_request_per_page_of_1000(backend: Backend) -> None:
         backend.direct.write(f"s/{i:04d}", b"x")  # fill the bucket without the proxy: faster
     assert len(backend.raw.list("s/")) == 1001
     assert len(backend.proxy.requests) == 2
+
+
+def test_a_body_changed_on_the_way_is_transient_and_retried(
+    raw: Store, store: RetryingStore, proxy: FaultProxy
+) -> None:
+    """A read whose bytes are not the object's (same length, one byte other: a proxy's doing) is a
+    transient fault on both buckets (S3: the ETag is the MD5; GCS: x-goog-hash), never the object."""
+    raw.write("k", b'{"status": "available"}', metadata={"status": "available"})
+    proxy.inject("garble", method="GET")
+    with pytest.raises(TransientStoreError, match=r"(does|did) not match"):
+        raw.read("k")
+    proxy.inject("garble", method="GET")
+    got = store.read("k")  # the retry reads it whole
+    assert got.data == b'{"status": "available"}'
+    assert dict(got.metadata) == {"status": "available"}
