@@ -15,7 +15,7 @@ from typing import Any
 from shardclaim.dataset.inputs import is_blank
 from shardclaim.dataset.localfs import is_local
 from shardclaim.dataset.records import BOM
-from shardclaim.dataset.verified import IN_MEMORY, blocks, verified_blocks
+from shardclaim.dataset.verified import IN_MEMORY, blocks, lines, verified_blocks
 from shardclaim.errors import ChunkCorruptError
 
 __all__ = ["check_count", "check_pins", "range_bytes", "range_lines"]
@@ -98,17 +98,12 @@ def range_lines(meta: dict[str, Any], entries: list[dict[str, Any]], *, verify: 
     sources = meta["sources"]
     check_pins(sources, {c["source"] for c in entries})
     for chunk in entries:
-        carry, count = b"", 0
-        for block in range_bytes(sources, chunk, verify=verify):
-            lines = (carry + block).split(b"\n") if carry else block.split(b"\n")
-            carry = lines.pop()
-            for line in lines:
+        count = 0
+        for records in lines(range_bytes(sources, chunk, verify=verify)):
+            for line in records:
                 if line and not (line[0] in b" \t\r" and is_blank(line + b"\n")):
                     count += 1
                     yield line
-        if carry and not is_blank(carry + b"\n"):
-            count += 1
-            yield carry
         check_count(sources[chunk["source"]]["url"], chunk, count)
 
 

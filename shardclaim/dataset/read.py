@@ -7,11 +7,10 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import filesystem
 from shardclaim.dataset.records import record_reader
-from shardclaim.dataset.verified import IN_MEMORY, blocks, verified_blocks
-from shardclaim.errors import ChunkCorruptError, ObjectNotFoundError, ShardclaimError
+from shardclaim.dataset.verified import IN_MEMORY, blocks, lines, verified_blocks, verify
+from shardclaim.errors import ObjectNotFoundError, ShardclaimError
 from shardclaim.layout import (
     MASTER_KEY,
     SHARD_METADATA,
@@ -25,7 +24,6 @@ from shardclaim.store import open_store
 
 __all__ = ["iter_shard_records", "open_shard", "verify_chunk"]
 
-_BLOCK = 8 << 20
 _IN_MEMORY = IN_MEMORY  # a chunk up to this size is read once, larger twice (see verified)
 
 
@@ -75,18 +73,11 @@ def iter_shard_records(
     for chunk in entries:
         path = f"{shard_url}/{chunk['file']}"
         read = functools.partial(blocks, fs, path)
-        carry = b""
         checked = verified_blocks(
             read, path, size=chunk.get("size_bytes"), crc=chunk.get("crc32c"), in_memory=_IN_MEMORY
         )
-        for block in checked if verify else read():
-            lines = block.split(b"\n")
-            if carry:
-                lines[0] = carry + lines[0]
-            carry = lines.pop()
-            yield from map(loads, lines) if parse else lines
-        if carry:
-            yield loads(carry) if parse else carry
+        for records in lines(checked if verify else read()):
+            yield from map(loads, records) if parse else records
 
 
 def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, Any], Any, str]:
@@ -109,16 +100,5 @@ def open_shard(dataset: str, shard_id: int) -> tuple[dict[str, Any], dict[str, A
 
 
 def verify_chunk(fs: Any, path: str, chunk: dict[str, Any]) -> None:
-    crc = 0
-    size = 0
-    with fs.open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            crc = crc32c(block, value=crc)
-            size += len(block)
-    want_size = chunk.get("size_bytes")
-    if want_size is not None and size != want_size:
-        raise ChunkCorruptError(path, f"{size} bytes, metadata records {want_size}")
-    want_crc = chunk.get("crc32c")
-    got = f"{crc:08x}"
-    if want_crc is not None and got != want_crc:
-        raise ChunkCorruptError(path, f"CRC32C {got}, metadata records {want_crc}")
+    """Read a copied chunk once and check its size and CRC32C against its metadata entry."""
+    verify(functools.partial(blocks, fs, path), path, size=chunk.get("size_bytes"), crc=chunk.get("crc32c"))

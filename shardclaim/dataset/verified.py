@@ -9,13 +9,13 @@ first block that changed, and no byte that was not checked ever goes out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from shardclaim.crc import crc32c
 from shardclaim.errors import ChunkCorruptError
 
-__all__ = ["BLOCK", "IN_MEMORY", "blocks", "verified_blocks"]
+__all__ = ["BLOCK", "IN_MEMORY", "blocks", "lines", "verified_blocks", "verify"]
 
 BLOCK = 8 << 20
 IN_MEMORY = 64 << 20  # read once and held up to this size; larger, read twice
@@ -44,6 +44,29 @@ def blocks(fs: Any, path: str, offset: int = 0, length: int | None = None) -> It
                 return
 
 
+def lines(blocks: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """The lines of a run of blocks, without their newlines (a last line without one as well), a list a
+    block (a caller's ``yield from`` each list keeps one generator step a line, on the readers' hot path)."""
+    carry = b""
+    for block in blocks:
+        parts = block.split(b"\n")
+        if carry:
+            parts[0] = carry + parts[0]
+        carry = parts.pop()
+        yield parts
+    if carry:
+        yield [carry]
+
+
+def verify(read: Callable[[], Iterator[bytes]], where: str, *, size: int | None, crc: str | None) -> None:
+    """Read once and check the whole against ``size`` and ``crc`` (either may be None: not recorded)."""
+    total = whole = 0
+    for block in read():
+        whole = crc32c(block, value=whole)
+        total += len(block)
+    _check(where, total, whole, size=size, crc=crc)
+
+
 def verified_blocks(
     read: Callable[[], Iterator[bytes]],
     where: str,
@@ -57,20 +80,19 @@ def verified_blocks(
     None: not recorded); read twice when larger than ``in_memory``, each block of the second read checked
     against the first's."""
     held: list[bytes] | None = []
-    sums: list[int] = []
+    sums: list[int] = []  # each block's CRC32C, once the whole is too large to hold
     total = whole = 0
     for block in read():
-        sums.append(crc32c(block))
         whole = crc32c(block, value=whole)
         total += len(block)
         if held is not None and total <= in_memory:
             held.append(block)
-        else:
-            held = None
-    if size is not None and total != size:
-        raise ChunkCorruptError(where, f"{total} bytes, metadata records {size}")
-    if crc is not None and f"{whole:08x}" != crc:
-        raise ChunkCorruptError(where, f"CRC32C {whole:08x}, metadata records {crc}{why}")
+            continue
+        if held:
+            sums += [crc32c(b) for b in held]
+        held = None
+        sums.append(crc32c(block))
+    _check(where, total, whole, size=size, crc=crc, why=why)
     if held is not None:
         yield from held
         return
@@ -82,3 +104,10 @@ def verified_blocks(
         yield block
     if count != len(sums):
         raise ChunkCorruptError(where, "changed while it was read: it no longer matches its first read")
+
+
+def _check(where: str, total: int, whole: int, *, size: int | None, crc: str | None, why: str = "") -> None:
+    if size is not None and total != size:
+        raise ChunkCorruptError(where, f"{total} bytes, metadata records {size}")
+    if crc is not None and f"{whole:08x}" != crc:
+        raise ChunkCorruptError(where, f"CRC32C {whole:08x}, metadata records {crc}{why}")
