@@ -12,9 +12,9 @@ ASCII values, at most :data:`MAX_METADATA_BYTES` in all, so that it survives eve
 
 On a bucket anyone with write access can set an object's metadata apart from its bytes (``aws s3 cp
 --metadata``), and a listing's decisions rest on the metadata alone. So the GCS and S3 stores bind the
-metadata they write to the bytes (:func:`bind_metadata`: the bytes' MD5 joins it) and hand back only
-metadata bound to the very bytes listed (:func:`bound_metadata`); any other reads as none, and its
-readers read the object instead.
+metadata they write to the bytes and to its own values (:func:`bind_metadata`: the MD5 of the bytes'
+MD5 and every key and value joins it) and hand back only metadata still bound to the very bytes listed
+or read (:func:`bound_metadata`); any other reads as none, and its readers read the object instead.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "StoredObject",
     "bind_metadata",
     "bound_metadata",
+    "content_md5",
     "refuse_identical_rewrite",
     "validate_key",
     "validate_metadata",
@@ -159,13 +160,17 @@ def validate_key(key: str) -> str:
     return key
 
 
-def refuse_identical_rewrite(key: str, data: bytes, if_generation_match: Generation | None) -> None:
+def content_md5(data: bytes) -> str:
+    """The bytes' MD5 (hex): an S3 object's ETag, and what :func:`bind_metadata` binds metadata to."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def refuse_identical_rewrite(key: str, md5_hex: str, if_generation_match: Generation | None) -> None:
     """On a store whose versions are the content's MD5 (S3 ETags), a conditional rewrite of the very bytes
-    it replaces would leave the version unchanged: a writer still holding that version could then win
-    after it (ABA). Every writer puts a write token in its bytes; this refuses one that forgot."""
-    if isinstance(if_generation_match, str) and hashlib.md5(data, usedforsecurity=False).hexdigest() == (
-        if_generation_match
-    ):
+    it replaces (``md5_hex``: theirs) would leave the version unchanged: a writer still holding that
+    version could then win after it (ABA). Every writer puts a write token in its bytes; this refuses one
+    that forgot."""
+    if isinstance(if_generation_match, str) and md5_hex == if_generation_match:
         msg = (
             f"{key}: a conditional write of the same bytes as the version it replaces: on this store that "
             "version would not change (ABA); the writer must put a fresh write token in its bytes"
@@ -180,14 +185,15 @@ DIGEST_KEY = "bound-md5"
 def _binding(metadata: Mapping[str, str], md5_hex: str) -> str:
     """The MD5 of the bytes' MD5 and of every other metadata key and value: a change to either shows."""
     text = "\n".join([md5_hex, *(f"{k}={metadata[k]}" for k in sorted(metadata) if k != DIGEST_KEY)])
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+    return content_md5(text.encode())
 
 
-def bind_metadata(metadata: Mapping[str, str], data: bytes) -> dict[str, str]:
-    """``metadata`` as stored with ``data``: bound to it (none for an object without metadata)."""
+def bind_metadata(metadata: Mapping[str, str], md5_hex: str) -> dict[str, str]:
+    """``metadata`` as stored with the bytes whose MD5 is ``md5_hex``: bound to them (none for an object
+    without metadata)."""
     if not metadata:
         return {}
-    return {**metadata, DIGEST_KEY: _binding(metadata, hashlib.md5(data, usedforsecurity=False).hexdigest())}
+    return {**metadata, DIGEST_KEY: _binding(metadata, md5_hex)}
 
 
 def bound_metadata(stored: Mapping[str, str], md5_hex: str | None) -> dict[str, str]:

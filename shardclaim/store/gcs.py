@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from shardclaim.store.base import (
     StoredObject,
     bind_metadata,
     bound_metadata,
+    content_md5,
     validate_key,
     validate_metadata,
 )
@@ -130,7 +130,7 @@ class GCSStore:
             for k, v in headers.items()
             if k.lower().startswith(_META_HEADER)
         }
-        md5 = hashlib.md5(resp.content, usedforsecurity=False).hexdigest()
+        md5 = content_md5(resp.content)
         sent = _sent_md5(headers.get("x-goog-hash", ""))
         if sent is not None and sent != md5:  # bytes changed on the way (a proxy's doing): read again
             raise TransientStoreError("read", f"{key!r}: the body does not match its x-goog-hash")
@@ -150,7 +150,7 @@ class GCSStore:
         name = self._name(key)
         meta = validate_metadata(metadata)
         blob = self._bucket.blob(name)
-        blob.metadata = bind_metadata(meta, data) or None
+        blob.metadata = bind_metadata(meta, content_md5(data)) or None
         try:
             with _translated("write", key):
                 blob.upload_from_string(
@@ -246,10 +246,7 @@ def _raise_api_error(operation: str, key: str, e: gexc.GoogleAPICallError) -> No
 
 def _md5(blob: Any) -> str | None:
     """A listed object's MD5 (hex), from its base64 ``md5Hash``; None where the listing has none."""
-    try:
-        return base64.b64decode(blob.md5_hash or "", validate=True).hex() or None
-    except (binascii.Error, ValueError):
-        return None
+    return _hex(blob.md5_hash or "")
 
 
 def _sent_md5(header: str) -> str | None:
@@ -257,8 +254,13 @@ def _sent_md5(header: str) -> str | None:
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
         if name == "md5":
-            try:
-                return base64.b64decode(value, validate=True).hex()
-            except (binascii.Error, ValueError):
-                return None
+            return _hex(value)
     return None
+
+
+def _hex(b64: str) -> str | None:
+    """A base64 digest as hex; None for none, or for one that is not base64."""
+    try:
+        return base64.b64decode(b64, validate=True).hex() or None
+    except (binascii.Error, ValueError):
+        return None

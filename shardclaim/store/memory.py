@@ -11,7 +11,6 @@ must defeat by making every write's bytes unique). The protocol's tests run on b
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
+    content_md5,
     refuse_identical_rewrite,
     validate_key,
     validate_metadata,
@@ -73,8 +73,9 @@ class MemoryStore:
     ) -> ObjectInfo:
         validate_key(key)
         meta = validate_metadata(metadata)
+        md5 = content_md5(data) if self._etag else ""
         if self._etag:
-            refuse_identical_rewrite(key, data, if_generation_match)
+            refuse_identical_rewrite(key, md5, if_generation_match)
         with self._lock:
             current = self._objects.get(key)
             if if_generation_match is not None:
@@ -85,7 +86,7 @@ class MemoryStore:
             self._last_generation += 1
             version: Generation = self._last_generation
             if self._etag:
-                version = hashlib.md5(data, usedforsecurity=False).hexdigest()
+                version = md5
             obj = StoredObject(key, bytes(data), version, self.now(), meta)
             self._objects[key] = obj
         return ObjectInfo(key, obj.generation, obj.updated, len(obj.data), meta)

@@ -25,7 +25,6 @@ repeat (a hand copy), the cache is only a cache, and every decision is confirmed
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import threading
@@ -49,6 +48,7 @@ from shardclaim.store.base import (
     StoredObject,
     bind_metadata,
     bound_metadata,
+    content_md5,
     refuse_identical_rewrite,
     validate_key,
     validate_metadata,
@@ -180,7 +180,7 @@ class S3Store:
             data = resp["Body"].read()
         etag = _etag(resp["ETag"])
         md5 = _md5_of(resp, etag)
-        if md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != md5:
+        if md5 is not None and content_md5(data) != md5:
             raise TransientStoreError("read", f"{key!r}: the body does not match its ETag (cut short?)")
         metadata = _bound(resp, etag, md5)
         self._remember(key, etag, metadata)
@@ -196,9 +196,10 @@ class S3Store:
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         meta = validate_metadata(metadata)
-        refuse_identical_rewrite(key, data, if_generation_match)
+        md5 = content_md5(data)
+        refuse_identical_rewrite(key, md5, if_generation_match)
         args: dict[str, Any] = {"Bucket": self._bucket, "Key": self._name(key), "Body": data}
-        args.update(Metadata=bind_metadata(meta, data), ContentType="application/octet-stream")
+        args.update(Metadata=bind_metadata(meta, md5), ContentType="application/octet-stream")
         if if_generation_match == ABSENT:
             args["IfNoneMatch"] = "*"
         elif if_generation_match is not None:

@@ -11,7 +11,7 @@ from datetime import UTC, timedelta
 import pytest
 
 from shardclaim.errors import GenerationMismatchError, InvalidKeyError, ObjectNotFoundError
-from shardclaim.store.base import ABSENT, Store, bind_metadata
+from shardclaim.store.base import ABSENT, Store, bind_metadata, content_md5
 from tests.conftest import StoreCase
 
 
@@ -102,7 +102,7 @@ def test_metadata_set_apart_from_the_bytes_is_not_trusted(case: StoreCase) -> No
     assert dict(own.metadata) == {"status": "in_use"}
     copied = case.store.read("own")
     assert dict(copied.metadata) == {"status": "in_use"}
-    bound = dict(bind_metadata(copied.metadata, copied.data))
+    bound = dict(bind_metadata(copied.metadata, content_md5(copied.data)))
     case.put_raw("copied", b'{"status": "available"}', bound)  # a shard's metadata, with its digest
     fresh = case.peer() if case.peer is not None else case.store
     listed = {o.key: dict(o.metadata) for o in fresh.list()}
