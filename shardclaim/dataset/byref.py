@@ -27,6 +27,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from shardclaim.crc import crc32c
+from shardclaim.dataset.byref_read import pins
 from shardclaim.dataset.deal import lines_and_blanks
 from shardclaim.dataset.inputs import input_name, input_names, is_blank, secrets_of
 from shardclaim.dataset.localfs import is_local, usable_cpus
@@ -60,15 +61,7 @@ def pin_of(f: Any) -> dict[str, Any]:
         raise InputError(
             f"{name}: a source read by reference is recorded by its URL, without credentials", name
         )
-    if is_local(f.fs):
-        st = os.stat(f.path)
-        return {"url": os.path.abspath(f.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    info = f.fs.info(f.path)
-    pin: dict[str, Any] = {"url": name, "size": int(info["size"])}
-    for field, key in (("generation", "generation"), ("etag", "ETag"), ("etag", "etag")):
-        if info.get(key) not in (None, ""):
-            pin[field] = str(info[key])
-    return pin
+    return {"url": os.path.abspath(f.path) if is_local(f.fs) else name, **pins(f.fs, f.path)}
 
 
 def build_by_reference(

@@ -18,9 +18,23 @@ from shardclaim.dataset.records import BOM
 from shardclaim.dataset.verified import IN_MEMORY, blocks, lines, verified_blocks
 from shardclaim.errors import ChunkCorruptError
 
-__all__ = ["check_count", "check_pins", "range_bytes", "range_lines"]
+__all__ = ["check_count", "check_pins", "pins", "range_bytes", "range_lines"]
 
 _IN_MEMORY = IN_MEMORY  # a range up to this size is read once and checked in memory; larger, twice
+
+
+def pins(fs: Any, path: str) -> dict[str, Any]:
+    """What pins a source's content: its size, and its modification time (ns) locally, its generation
+    (GCS) or ETag (S3) remotely. The build records them; readers compare them."""
+    if is_local(fs):
+        st = os.stat(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    info = fs.info(path)
+    pin: dict[str, Any] = {"size": int(info["size"])}
+    for field, key in (("generation", "generation"), ("etag", "ETag"), ("etag", "etag")):
+        if info.get(key) not in (None, ""):
+            pin[field] = str(info[key])
+    return pin
 
 
 def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
@@ -32,15 +46,7 @@ def check_pins(sources: list[dict[str, Any]], used: set[int]) -> None:
         url = source["url"]
         fs, path = filesystem(url)
         try:
-            if is_local(fs):
-                st = os.stat(path)
-                now: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            else:
-                info = fs.info(path)
-                now = {"size": int(info["size"])}
-                for field, key in (("generation", "generation"), ("etag", "ETag"), ("etag", "etag")):
-                    if info.get(key) not in (None, ""):
-                        now[field] = str(info[key])
+            now = pins(fs, path)
         except FileNotFoundError:
             raise ChunkCorruptError(url, "the source read by reference is gone") from None
         for field in ("size", "mtime_ns", "generation", "etag"):
