@@ -177,6 +177,16 @@ def test_the_command_line_loads_no_command_until_one_runs() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def _build_with(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` (a build with something broken first) run on a one-record input, its output in ds."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"a": 1}\n')
+    return subprocess.run(
+        [sys.executable, "-c", script, str(src), str(tmp_path / "ds")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 _OUT_OF_MEMORY = """
 import sys
 import shardclaim.dataset
@@ -191,12 +201,7 @@ sys.exit(main(["create", "--input_file", sys.argv[1], "--output_dir", sys.argv[2
 
 
 def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"a": 1}\n')
-    result = subprocess.run(
-        [sys.executable, "-c", _OUT_OF_MEMORY, str(src), str(tmp_path / "ds")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    result = _build_with(_OUT_OF_MEMORY, tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr == "shardclaim: out of memory\n", result.stderr
     assert not (tmp_path / "ds" / "master_metadata.json").exists()
@@ -216,12 +221,7 @@ sys.exit(main(["create", "--input_file", sys.argv[1], "--output_dir", sys.argv[2
 
 
 def test_a_thread_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"a": 1}\n')
-    result = subprocess.run(
-        [sys.executable, "-c", _NO_THREAD, str(src), str(tmp_path / "ds")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    result = _build_with(_NO_THREAD, tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("shardclaim: cannot start a thread"), result.stderr
     assert not (tmp_path / "ds" / "master_metadata.json").exists()
@@ -229,13 +229,7 @@ def test_a_thread_that_cannot_start_is_one_line_and_exit_1(tmp_path: Path) -> No
 
 def test_other_runtime_errors_stay_tracebacks(tmp_path: Path) -> None:
     """Only the thread limit is translated: any other RuntimeError is a bug; its traceback is the report."""
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"a": 1}\n')
-    script = _NO_THREAD.replace("can't start new thread", "something else broke")
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(src), str(tmp_path / "ds")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    result = _build_with(_NO_THREAD.replace("can't start new thread", "something else broke"), tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr
     assert "RuntimeError: something else broke" in result.stderr
