@@ -37,7 +37,7 @@ from botocore.config import Config
 
 from shardclaim import LeaseLostError, ShardManager
 from shardclaim.errors import BuildInProgressError, StoreError
-from shardclaim.store import Generation, ObjectInfo, RetryingStore, RetryPolicy, Store, StoredObject
+from shardclaim.store import ObjectInfo, RetryingStore, RetryPolicy, Store
 from shardclaim.store.s3 import S3Store, default_client
 from shardclaim.testing import FakeClock, HookStore, build_dataset, process_gone, wait_for
 
@@ -74,34 +74,15 @@ def outcomes(d: Mapping[str, Any]) -> list[str]:
     return [a["outcome"] for a in d.get("attempts") or []]
 
 
-class Skewed:
+class Skewed(HookStore):
     """A store whose clock reads ``offset`` later: what the store's own clock says ``offset`` from now."""
 
     def __init__(self, inner: Store, offset: timedelta) -> None:
-        self.inner, self.offset = inner, offset
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    def read(self, key: str) -> StoredObject:
-        return self.inner.read(key)
-
-    def write(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_generation_match: Generation | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        return self.inner.write(key, data, if_generation_match=if_generation_match, metadata=metadata)
-
-    def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
-        return self.inner.list(prefix, suffix=suffix)
+        super().__init__(inner)
+        self.offset = offset
 
     def now(self) -> datetime:
-        return self.inner.now() + self.offset
+        return super().now() + self.offset
 
 
 def later(bucket: str, seconds: float = 3600) -> Store:
