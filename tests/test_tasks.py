@@ -351,3 +351,18 @@ def test_the_output_dataset_on_an_object_store_is_never_tasks(gcs_bucket: str) -
         assert list(iter_shard_records(ds, 0)) == [f"gs://{gcs_bucket}/in/a.bin"]
     with pytest.raises(InputError, match="outside the output dataset"):
         create_file_tasks(f"gs://{gcs_bucket}/in/ds/**", ds, 1, overwrite=True)
+
+
+def test_an_output_given_as_a_percent_encoded_file_url_is_never_a_task(tmp_path: Path) -> None:
+    """The store reads ``file:///r%20x/ds`` as the directory ``/r x/ds``: the glob's exclusion reads it
+    the same way, so a rebuild over a glob that covers it makes no task of the dataset's own files."""
+    from urllib.parse import quote
+
+    from shardclaim.dataset.tasks import list_files
+
+    root = tmp_path / "r x"
+    (root / "ds").mkdir(parents=True)
+    (root / "a.bin").write_bytes(b"1")
+    (root / "ds" / "master_metadata.json").write_bytes(b"{}")
+    sources, files = list_files([f"{root}/**"], "file://" + quote(f"{root}/ds"))
+    assert [(sources[i], rel) for i, rel, _ in files] == [(str(root), "a.bin")]

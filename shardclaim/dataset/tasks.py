@@ -43,8 +43,8 @@ _MiB = 1 << 20
 
 
 def _plain(url: str) -> str:
-    """A ``file://`` URL as the local path it names: one file is one task, and the output is never one,
-    however they are spelled."""
+    """A ``file://`` pattern as the local path it names (as fsspec reads it): one file is one task, and
+    the output is never one, however they are spelled."""
     return url[len("file://") :] if url.startswith("file://") else url
 
 
@@ -59,7 +59,7 @@ def list_files(
     sources: list[str] = []
     files: list[tuple[int, str, int]] = []
     seen: set[object] = set()
-    excluded = Excluded(_plain(output_dir)) if output_dir is not None else None
+    excluded = Excluded(output_dir) if output_dir is not None else None  # (file:// read as the store does)
     for pattern in map(_plain, patterns):
         if secrets_of(pattern):
             raise InputError(
