@@ -39,7 +39,7 @@ from shardclaim.crc import crc32c
 from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
 from shardclaim.layout import chunk_name, shard_dir
 
-__all__ = ["ChunkWriter"]
+__all__ = ["ChunkWriter", "staging_arena"]
 
 log = logging.getLogger("shardclaim.dataset")
 _MiB = 1 << 20
@@ -95,7 +95,7 @@ class ChunkWriter:
         size = max(_PAGE, min(_MAX_BUFFER, _STAGING // num_shards // _PAGE * _PAGE))
         count = num_shards + max(4, _IN_FLIGHT // size)
         self._size = size
-        self._arena = mmap.mmap(-1, size * count)
+        self._arena = staging_arena(size * count)
         self._free: queue.Queue[memoryview] = queue.Queue()
         whole = memoryview(self._arena)
         for i in range(count):
@@ -340,6 +340,22 @@ class ChunkWriter:
             os.posix_fadvise(file.handle, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(file.handle)
         file.handle = -1
+
+
+def staging_arena(size: int) -> mmap.mmap:
+    """``size`` bytes of zeroed, page-aligned memory for the staging buffers: private, and in 2 MiB pages
+    where the kernel grants them (``MADV_HUGEPAGE``). A direct write goes to the device as one segment
+    per physically contiguous piece of its buffer: from 4 KiB pages a 2 MiB write is 512 pieces, which
+    a virtio disk's segment limit splits into several requests. ``mmap(-1, size)`` alone is a shared
+    map, tmpfs memory, which stays in 4 KiB pages: a build of 1 GiB of small records took 1.11-1.28 s
+    in-process with it against 0.66-0.87 s with this, alternating (``bench/write_floor.py``)."""
+    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    arena = mmap.mmap(-1, size, flags=private) if private else mmap.mmap(-1, size)  # (Windows: no flags)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
+    if advice is not None:
+        with contextlib.suppress(OSError):  # refused (THP disabled): 4 KiB pages, as before
+            arena.madvise(advice)
+    return arena
 
 
 class _File:
