@@ -6,14 +6,15 @@
 Generates the inputs with ../shared/bench/gen_jsonl.py (cached in DIR, default /var/tmp/shardclaim-bench):
 ``--size-mb`` of ARC-style records (10 KB on average) and ``--small-mb`` of small ones (``--profile small``,
 about 470 bytes: the per-line cost; 0 skips it). It warms the page cache, then alternates, round by round,
-on each input: ``split -C 100M``, ``dd oflag=direct`` (the disk's own speed for one sequential copy),
-``shardclaim create --no-validate`` and ``shardclaim create`` (every line validated), 8
-shards of 100 MiB chunks, and ``shardclaim create --no-validate --by-reference`` (no chunk written; the
-bytes it writes are shown as a share of the input). Each timing includes a final ``sync`` of the output.
-Prints medians, and the median over rounds of each round's ratio to that round's ``split`` on the same
-input (robust to the machine's speed drifting between rounds), with lines/s for the small records; then
-the peak RSS of ``shardclaim create`` at each of --rss-sizes (MiB of input), which should not grow with
-the input.
+on each input: ``split -C 100M``, ``dd oflag=direct`` (one sequential copy through direct I/O, from a
+buffer in 4 KiB pages, which this VM's disk takes as three requests per 2 MiB write: not the disk's
+limit, see ``write_floor.py``), ``shardclaim create --no-validate`` and ``shardclaim create`` (every
+line validated), 8 shards of 100 MiB chunks, and ``shardclaim create --no-validate --by-reference`` (no
+chunk written; the bytes it writes are shown as a share of the input). Each timing includes a final
+``sync`` of the output. Prints medians, and the median over rounds of each round's ratio to that round's
+``split`` on the same input (robust to the machine's speed drifting between rounds), with lines/s for
+the small records; then the peak RSS of ``shardclaim create`` at each of --rss-sizes (MiB of input),
+which should not grow with the input.
 """
 
 from __future__ import annotations
