@@ -3,7 +3,10 @@
 Faults are queued with :meth:`FaultProxy.inject` and consumed by the first matching requests:
 ``status`` answers with an HTTP status without forwarding; ``reset`` closes the connection without
 forwarding; ``lose_response`` forwards the request (so it takes effect upstream) and then closes the
-connection without answering — a response lost on the way back. Every request is counted.
+connection without answering — a response lost on the way back; ``garble`` changes the last byte of the
+answer's body; ``date`` hands the answer on with its ``Date`` header set to the fault's ``value`` (a
+gateway or a server with a wrong clock). Every request is counted. Answers carry the upstream's headers
+as they came (its own ``Date`` and ``Server``, not the proxy's too).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 @dataclass
 class Fault:
-    kind: str  # "status", "reset" or "lose_response"
+    kind: str  # "status", "reset", "lose_response", "garble" or "date"
     method: str | None
     path_contains: str | None
     status: int = 503
     remaining: int = 1
+    value: str = ""  # the Date header of a "date" fault
 
 
 class FaultProxy:
@@ -72,10 +76,11 @@ class FaultProxy:
                     return
                 if fault is not None and fault.kind == "garble" and data:  # same length, one byte other
                     data = data[:-1] + bytes([data[-1] ^ 0x20])
-                self.send_response(resp.status)
+                self.send_response_only(resp.status)  # (send_response would add a second Date)
                 for k, v in resp.getheaders():
                     if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
-                        self.send_header(k, v)
+                        wrong_clock = k.lower() == "date" and fault is not None and fault.kind == "date"
+                        self.send_header(k, fault.value if wrong_clock and fault is not None else v)
                 # A HEAD answer has no body; its Content-Length is the object's (S3's HeadObject).
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
@@ -113,9 +118,10 @@ class FaultProxy:
         path_contains: str | None = None,
         status: int = 503,
         count: int = 1,
+        value: str = "",
     ) -> None:
         with self._lock:
-            self.faults.append(Fault(kind, method, path_contains, status, count))
+            self.faults.append(Fault(kind, method, path_contains, status, count, value))
 
     def count(self, method: str | None = None, path_contains: str | None = None) -> int:
         with self._lock:

@@ -23,13 +23,15 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Final, Protocol, TypeAlias, runtime_checkable
 
-from shardclaim.errors import InvalidKeyError
+from shardclaim.errors import InvalidKeyError, StoreError
 
 __all__ = [
     "ABSENT",
+    "MAX_CLOCK_SKEW",
     "MAX_METADATA_BYTES",
     "RESERVED_PREFIX",
     "Generation",
@@ -39,7 +41,9 @@ __all__ = [
     "bind_metadata",
     "bound_metadata",
     "content_md5",
+    "http_date",
     "refuse_identical_rewrite",
+    "store_clock",
     "validate_key",
     "validate_metadata",
 ]
@@ -225,3 +229,37 @@ def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
         msg = f"metadata is {total} bytes, more than the {MAX_METADATA_BYTES} allowed"
         raise ValueError(msg)
     return out
+
+
+#: How far a store's clock (the ``Date`` of its answers) may be from this machine's. S3 refuses requests
+#: signed further off; cloud machines keep NTP time. Further apart, one clock (or a gateway) is wrong.
+MAX_CLOCK_SKEW = timedelta(minutes=15)
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date header as an aware UTC datetime; None for none or one that does not parse."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def store_clock(store: str, when: datetime | None) -> datetime | None:
+    """``when``, the store's time from an answer (None stays None), if it is within
+    :data:`MAX_CLOCK_SKEW` of this machine's clock; else a :class:`StoreError` naming both clocks.
+
+    Leases are timed by the store's clock alone, so that workers' clocks do not matter; but a Date of 2100
+    (a gateway's, a misconfigured server's) would make every live lease look expired, and one of 1970
+    would strand a dead holder's shard for ever. Not transient: waiting does not mend a clock."""
+    here = datetime.now(UTC)
+    if when is not None and abs(when - here) > MAX_CLOCK_SKEW:
+        off = abs(when - here).total_seconds()
+        msg = (
+            f"{store}: the store's clock (Date: {when:%Y-%m-%d %H:%M:%S} UTC) is {off:.0f} s from this "
+            f"machine's ({here:%Y-%m-%d %H:%M:%S} UTC); more than 15 minutes apart, one of the two clocks "
+            "(or a gateway between them) is wrong, and leases cannot be timed: fix the clock"
+        )
+        raise StoreError(msg)
+    return when

@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
@@ -35,6 +34,8 @@ from shardclaim.store.base import (
     bind_metadata,
     bound_metadata,
     content_md5,
+    http_date,
+    store_clock,
     validate_key,
     validate_metadata,
 )
@@ -135,8 +136,8 @@ class GCSStore:
         if sent is not None and sent != md5:  # bytes changed on the way (a proxy's doing): read again
             raise TransientStoreError("read", f"{key!r}: the body does not match its x-goog-hash")
         metadata = bound_metadata(metadata, md5)
-        updated = _http_date(headers.get("Last-Modified")) or _http_date(headers.get("Date"))
-        read_at = _http_date(headers.get("Date"))
+        read_at = store_clock(f"gs://{self._bucket_name}", http_date(headers.get("Date")))
+        updated = http_date(headers.get("Last-Modified")) or read_at
         return StoredObject(key, resp.content, generation, updated or self.now(), metadata, read_at)
 
     def write(
@@ -195,19 +196,10 @@ class GCSStore:
             resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
         if resp.status_code != 200:
             _raise_status("now", self._bucket_name, resp.status_code, resp.text)
-        when = _http_date(resp.headers.get("Date"))
+        when = store_clock(f"gs://{self._bucket_name}", http_date(resp.headers.get("Date")))
         if when is None:
             raise StoreError(f"gs://{self._bucket_name}: response carries no Date header")
         return when
-
-
-def _http_date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).astimezone(UTC)
-    except (TypeError, ValueError):
-        return None
 
 
 def _raise_status(operation: str, key: str, status: int, body: str) -> NoReturn:

@@ -31,8 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import boto3
@@ -49,7 +48,9 @@ from shardclaim.store.base import (
     bind_metadata,
     bound_metadata,
     content_md5,
+    http_date,
     refuse_identical_rewrite,
+    store_clock,
     validate_key,
     validate_metadata,
 )
@@ -61,8 +62,6 @@ MIN_PART_BYTES = 5 << 20
 _CONNECT_TIMEOUT, _READ_TIMEOUT = 10.0, 60.0  # seconds
 _HEAD_THREADS = 32
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: How far the store's Date may be from this machine's clock: what S3 itself allows a signed request.
-_MAX_SKEW = timedelta(minutes=15)
 _MD5 = re.compile(r"[0-9a-f]{32}")
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
@@ -212,7 +211,7 @@ class S3Store:
         etag = _etag(resp["ETag"])
         self._remember(key, etag, meta)
         headers = resp["ResponseMetadata"].get("HTTPHeaders", {})
-        updated = _http_date(headers.get("last-modified")) or _date(resp) or datetime.now(UTC)
+        updated = http_date(headers.get("last-modified")) or _date(resp) or datetime.now(UTC)
         return ObjectInfo(key, etag, updated, len(data), meta)
 
     def list(self, prefix: str = "", *, suffix: str = "") -> list[ObjectInfo]:
@@ -278,21 +277,8 @@ class S3Store:
         return when
 
     def _clock(self, resp: Mapping[str, Any]) -> datetime | None:
-        """The store's time from an answer's Date (None without one), if it is within 15 minutes of this
-        machine's clock: leases are timed by it, and a wrong one would take live leases or strand dead
-        ones. S3 refuses requests signed further off, so such a Date is a wrong clock's or a gateway's."""
-        when = _date(resp)
-        here = datetime.now(UTC)
-        if when is not None and abs(when - here) > _MAX_SKEW:
-            off = abs(when - here).total_seconds()
-            msg = (
-                f"s3://{self._bucket}: the store's clock (Date: {when:%Y-%m-%d %H:%M:%S} UTC) is {off:.0f} s "
-                f"from this machine's ({here:%Y-%m-%d %H:%M:%S} UTC); S3 refuses requests more than 15 "
-                "minutes off, so one of the two clocks (or a gateway between them) is wrong, and leases "
-                "cannot be timed: fix the clock"
-            )
-            raise StoreError(msg)
-        return when
+        """The store's time from an answer's Date (None without one), bounded by :func:`store_clock`."""
+        return store_clock(f"s3://{self._bucket}", _date(resp))
 
 
 class _Refused(Exception):
@@ -334,16 +320,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _date(resp: Mapping[str, Any]) -> datetime | None:
-    return _http_date(resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
-
-
-def _http_date(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).astimezone(UTC)
-    except (TypeError, ValueError):
-        return None
+    return http_date(resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
 
 
 @contextmanager

@@ -153,3 +153,33 @@ def test_a_body_changed_on_the_way_is_transient_and_retried(
     got = store.read("k")  # the retry reads it whole
     assert got.data == b'{"status": "available"}'
     assert dict(got.metadata) == {"status": "available"}
+
+
+@pytest.mark.parametrize(
+    "date", ["Fri, 01 Jan 2100 00:00:00 GMT", "Thu, 01 Jan 1970 00:00:00 GMT"], ids=["future", "past"]
+)
+def test_a_store_clock_far_from_this_machines_is_refused_by_name(
+    raw: Store, proxy: FaultProxy, date: str
+) -> None:
+    """Leases are timed by the store's clock, the Date of its answers. One of 2100 would make every live
+    lease look expired (two holders); one of 1970 would leave a dead holder's shard stuck for ever. An
+    answer more than 15 minutes from this machine's clock is a wrong clock's or a gateway's: a clear error
+    naming both clocks, on both buckets, for now() and for a read's time alike."""
+    raw.write("k", b"v")
+    proxy.inject("date", value=date)
+    with pytest.raises(StoreError, match=r"store's clock.*from this machine's") as err:
+        raw.now()
+    assert not isinstance(err.value, TransientStoreError)  # not waited out: somebody must fix a clock
+    proxy.inject("date", value=date, method="GET")
+    with pytest.raises(StoreError, match=r"store's clock.*from this machine's"):
+        raw.read("k")
+
+
+def test_a_store_clock_minutes_from_this_machines_is_the_store_s_time(raw: Store, proxy: FaultProxy) -> None:
+    """Within the bound the store's clock is believed, not this machine's: leases are timed by it."""
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    ahead = (datetime.now(UTC) + timedelta(minutes=10)).replace(microsecond=0)
+    proxy.inject("date", value=format_datetime(ahead, usegmt=True))
+    assert raw.now() == ahead
