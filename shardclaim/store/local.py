@@ -44,6 +44,7 @@ from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
+    store_clock,
     validate_key,
     validate_metadata,
 )
@@ -147,14 +148,17 @@ class LocalStore:
 
     def _now(self) -> datetime:
         # The filesystem's clock: touch a scratch file and read its change time. On a local disk
-        # this is the kernel clock; on NFS it is the server's, shared by every client.
+        # this is the kernel clock; on NFS it is the server's, shared by every client, and bounded
+        # like GCS's and S3's (store_clock): a server's clock years off would expire every live lease.
         self._root.mkdir(parents=True, exist_ok=True)
         path = self._root / _CLOCK_NAME
         try:
             os.utime(path)
         except FileNotFoundError:
             path.touch()
-        return _from_ns(os.stat(path).st_ctime_ns)
+        when = _from_ns(os.stat(path).st_ctime_ns)
+        store_clock(str(self._root), when)  # (raises if it is years off)
+        return when
 
     # -- writing -------------------------------------------------------------------------------
 

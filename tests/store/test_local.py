@@ -98,3 +98,29 @@ def test_a_file_edited_in_place_behind_the_store_loses_its_metadata(tmp_path: Pa
     assert [dict(o.metadata) for o in store.list()] == [{}]
     store.write("k", b"z", metadata={"status": "completed"})
     assert store.read("k").metadata == {"status": "completed"}
+
+
+@pytest.mark.parametrize("year", [2100, 1970])
+def test_a_filesystem_clock_far_from_this_machines_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, year: int
+) -> None:
+    """On NFS the store's clock is the server's (a touched file's change time): one years off would expire
+    every live lease (2100) or none (1970). Bounded as GCS's and S3's are: an error naming both clocks."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    store = LocalStore(tmp_path)
+    store.now()  # the clock file exists
+    real_stat = os.stat
+    wrong = int(datetime(year, 1, 1, tzinfo=UTC).timestamp() * 1e9)
+
+    def server_stat(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).endswith(".shardclaim.clock"):  # what a server with a wrong clock stamps
+            return SimpleNamespace(st_ctime_ns=wrong)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", server_stat)
+    with pytest.raises(StoreError, match=rf"store.s clock \(Date: {year}-01-01.*from this machine.s"):
+        store.now()
+    monkeypatch.undo()
+    assert abs((store.now() - datetime.now(UTC)).total_seconds()) < 60  # the real clock: believed
