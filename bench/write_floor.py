@@ -33,7 +33,7 @@ from pathlib import Path
 
 from build_speed import _ENV, input_file, run
 
-from shardclaim.dataset.chunks import staging_arena
+from shardclaim.dataset.localfs import staging_arena
 
 _BUFFER = 2 << 20
 _BUFFERS = 16

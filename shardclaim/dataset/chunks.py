@@ -27,7 +27,6 @@ import contextlib
 import errno
 import fcntl
 import logging
-import mmap
 import os
 import queue
 import resource
@@ -36,10 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shardclaim.crc import crc32c
-from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local
+from shardclaim.dataset.localfs import DIRECT_IO_FILESYSTEMS, filesystem_type, is_local, staging_arena
 from shardclaim.layout import chunk_name, shard_dir
 
-__all__ = ["ChunkWriter", "staging_arena"]
+__all__ = ["ChunkWriter"]
 
 log = logging.getLogger("shardclaim.dataset")
 _MiB = 1 << 20
@@ -340,23 +339,6 @@ class ChunkWriter:
             os.posix_fadvise(file.handle, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(file.handle)
         file.handle = -1
-
-
-def staging_arena(size: int) -> mmap.mmap:
-    """``size`` bytes of zeroed, page-aligned memory for the staging buffers: private, and in 2 MiB pages
-    where the kernel grants them (``MADV_HUGEPAGE``). A direct write goes to the device as one segment
-    per physically contiguous piece of its buffer: from 4 KiB pages a 2 MiB write is 512 pieces, which
-    this machine's virtio disk (``max_segments`` 254) takes as three requests; from one huge page, as
-    one. ``mmap(-1, size)`` alone is a shared map, tmpfs memory, which stays in 4 KiB pages: a build of
-    1 GiB of small records took 1.11-1.28 s in-process with it against 0.66-0.87 s with this,
-    alternating, and ``bench/write_floor.py``'s raw build went from 1.24x ``split``'s time to 1.00x."""
-    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-    arena = mmap.mmap(-1, size, flags=private) if private else mmap.mmap(-1, size)  # (Windows: no flags)
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
-    if advice is not None:
-        with contextlib.suppress(OSError):  # refused (THP disabled): 4 KiB pages, as before
-            arena.madvise(advice)
-    return arena
 
 
 class _File:

@@ -8,6 +8,8 @@ fsspec, imported on first use (``s3://`` through :func:`shardclaim.store.s3.chun
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import shutil
 import sys
@@ -21,6 +23,7 @@ __all__ = [
     "filesystem",
     "filesystem_type",
     "is_local",
+    "staging_arena",
     "usable_cpus",
 ]
 
@@ -124,3 +127,20 @@ def filesystem_type(path: str, mounts: str | None = None) -> str | None:
         if inside and len(point) >= len(best):
             best, kind = point, fields[2]
     return kind
+
+
+def staging_arena(size: int) -> mmap.mmap:
+    """``size`` bytes of zeroed, page-aligned memory for the staging buffers: private, and in 2 MiB pages
+    where the kernel grants them (``MADV_HUGEPAGE``). A direct write goes to the device as one segment
+    per physically contiguous piece of its buffer: from 4 KiB pages a 2 MiB write is 512 pieces, which
+    this machine's virtio disk (``max_segments`` 254) takes as three requests; from one huge page, as
+    one. ``mmap(-1, size)`` alone is a shared map, tmpfs memory, which stays in 4 KiB pages: a build of
+    1 GiB of small records took 1.11-1.28 s in-process with it against 0.66-0.87 s with this,
+    alternating, and ``bench/write_floor.py``'s raw build went from 1.24x ``split``'s time to 1.00x."""
+    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    arena = mmap.mmap(-1, size, flags=private) if private else mmap.mmap(-1, size)  # (Windows: no flags)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
+    if advice is not None:
+        with contextlib.suppress(OSError):  # refused (THP disabled): 4 KiB pages, as before
+            arena.madvise(advice)
+    return arena
