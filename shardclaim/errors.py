@@ -23,6 +23,7 @@ __all__ = [
     "ObjectNotFoundError",
     "Preempted",
     "ShardclaimError",
+    "StoreClockError",
     "StoreError",
     "TransientStoreError",
     "UnknownShardError",
@@ -59,6 +60,11 @@ class InvalidKeyError(ShardclaimError, ValueError):
 
 class StoreError(ShardclaimError):
     """A store could not do what was asked. Subclasses say why."""
+
+
+class StoreClockError(StoreError):
+    """The store's clock (the ``Date`` of its answers; on NFS the server's) is too far from this machine's
+    to time leases by, in several answers running: one of the two clocks, or a gateway, is wrong."""
 
 
 class GenerationMismatchError(StoreError):

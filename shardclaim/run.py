@@ -96,17 +96,27 @@ def _worker(opts: _Options, index: int) -> int:
                 if code is not None:
                     return code
                 # An operator reset shards while we waited to finalize: there is work again.
-        except JobHaltedError:
-            return 1  # run prints the halt with its summary
+        except (JobHaltedError, StoreError) as e:
+            if not isinstance(e, JobHaltedError):  # (run prints a halt with its summary)
+                # A store error that outlasted the retries (or a clock it cannot trust): one line, and
+                # the shards this worker holds go back, spending nothing.
+                print(f"shardclaim run: worker {worker_id}: {e}", file=sys.stderr)
+                _give_back(m, running)
+            return 1
         except (Preempted, KeyboardInterrupt):
             # Wherever the signal landed — running CMD, claiming, between the two — stop CMD and give
             # back every shard this worker holds, without spending an attempt.
-            for proc in running:
-                stop(proc)
-            for shard_id in m.held_shards():
-                with contextlib.suppress(LeaseLostError):
-                    m.release_shard(shard_id)
+            _give_back(m, running)
             return 143
+
+
+def _give_back(m: ShardManager, running: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the commands running, and give back every shard held, without spending an attempt."""
+    for proc in running:
+        stop(proc)
+    for shard_id in m.held_shards():
+        with contextlib.suppress(LeaseLostError, StoreError):  # (what cannot go back expires)
+            m.release_shard(shard_id)
 
 
 def _finalize(m: ShardManager, on_complete: str, running: list[subprocess.Popen[bytes]]) -> int | None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Final, Protocol, TypeAlias, runtime_checkable
+from typing import Final, Protocol, TypeAlias, TypeVar, runtime_checkable
 
-from shardclaim.errors import InvalidKeyError, StoreError
+from shardclaim.errors import InvalidKeyError, StoreClockError
 
 __all__ = [
     "ABSENT",
@@ -40,10 +40,12 @@ __all__ = [
     "StoredObject",
     "bind_metadata",
     "bound_metadata",
+    "clock_checked",
     "content_md5",
     "http_date",
     "refuse_identical_rewrite",
     "store_clock",
+    "untimed_if_refused",
     "validate_key",
     "validate_metadata",
 ]
@@ -237,22 +239,29 @@ MAX_CLOCK_SKEW = timedelta(minutes=15)
 
 
 def http_date(value: str | None) -> datetime | None:
-    """An HTTP date header as an aware UTC datetime; None for none or one that does not parse."""
+    """An HTTP date header as an aware UTC datetime; None for none, or one that does not parse or lies
+    outside the years 1-9999. A date without a zone (the asctime form, ``-0000``, two headers joined by
+    ``", "``) is GMT, as every HTTP date is: never this machine's local time."""
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value).astimezone(UTC)
-    except (TypeError, ValueError):
+        parsed = parsedate_to_datetime(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
 def store_clock(store: str, when: datetime | None) -> datetime | None:
     """``when``, the store's time from an answer (None stays None), if it is within
-    :data:`MAX_CLOCK_SKEW` of this machine's clock; else a :class:`StoreError` naming both clocks.
+    :data:`MAX_CLOCK_SKEW` of this machine's clock; else a :class:`StoreClockError` naming both clocks.
 
     Leases are timed by the store's clock alone, so that workers' clocks do not matter; but a Date of 2100
     (a gateway's, a misconfigured server's) would make every live lease look expired, and one of 1970
-    would strand a dead holder's shard for ever. Not transient: waiting does not mend a clock."""
+    would strand a dead holder's shard for ever. The stores ask again at once (:func:`clock_checked`), so
+    one wrong answer (a glitch) costs a request, not a finished shard or a worker; a clock still wrong is
+    refused at once, not waited out for minutes as an outage is: somebody has to fix a clock."""
     here = datetime.now(UTC)
     if when is not None and abs(when - here) > MAX_CLOCK_SKEW:
         off = abs(when - here).total_seconds()
@@ -261,5 +270,31 @@ def store_clock(store: str, when: datetime | None) -> datetime | None:
             f"machine's ({here:%Y-%m-%d %H:%M:%S} UTC); more than 15 minutes apart, one of the two clocks "
             "(or a gateway between them) is wrong, and leases cannot be timed: fix the clock"
         )
-        raise StoreError(msg)
+        raise StoreClockError(msg)
     return when
+
+
+def untimed_if_refused(store: str, when: datetime | None) -> datetime | None:
+    """A read's time (``read_at``, a record, never a lease's judge): ``when`` if :func:`store_clock`
+    believes it, else None. A wrong Date does not keep anybody from reading a document (to give a shard
+    back, say); only ``now()``, which times leases, refuses it."""
+    try:
+        return store_clock(store, when)
+    except StoreClockError:
+        return None
+
+
+#: How many answers running must carry a clock :func:`store_clock` refuses before it is believed wrong.
+CLOCK_READS = 3
+_T = TypeVar("_T")
+
+
+def clock_checked(request: Callable[[], _T]) -> _T:
+    """``request()``, asked again at once (up to :data:`CLOCK_READS` answers in all) while the answer's
+    clock is refused: a glitch of one answer passes, a wrong clock raises :class:`StoreClockError`."""
+    for _ in range(CLOCK_READS - 1):
+        try:
+            return request()
+        except StoreClockError:
+            continue
+    return request()

@@ -26,16 +26,24 @@ import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 
-from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
+from shardclaim.errors import (
+    GenerationMismatchError,
+    ObjectNotFoundError,
+    StoreClockError,
+    StoreError,
+    TransientStoreError,
+)
 from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
     bind_metadata,
     bound_metadata,
+    clock_checked,
     content_md5,
     http_date,
     store_clock,
+    untimed_if_refused,
     validate_key,
     validate_metadata,
 )
@@ -136,7 +144,7 @@ class GCSStore:
         if sent is not None and sent != md5:  # bytes changed on the way (a proxy's doing): read again
             raise TransientStoreError("read", f"{key!r}: the body does not match its x-goog-hash")
         metadata = bound_metadata(metadata, md5)
-        read_at = store_clock(f"gs://{self._bucket_name}", http_date(headers.get("Date")))
+        read_at = untimed_if_refused(f"gs://{self._bucket_name}", http_date(headers.get("Date")))
         updated = http_date(headers.get("Last-Modified")) or read_at
         return StoredObject(key, resp.content, generation, updated or self.now(), metadata, read_at)
 
@@ -191,6 +199,9 @@ class GCSStore:
         return found
 
     def now(self) -> datetime:
+        return clock_checked(self._now)
+
+    def _now(self) -> datetime:
         url = self._api_url(f"/b/{self._bucket_name}", fields="name")
         with _translated("now", self._bucket_name):
             resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
@@ -198,7 +209,7 @@ class GCSStore:
             _raise_status("now", self._bucket_name, resp.status_code, resp.text)
         when = store_clock(f"gs://{self._bucket_name}", http_date(resp.headers.get("Date")))
         if when is None:
-            raise StoreError(f"gs://{self._bucket_name}: response carries no Date header")
+            raise StoreClockError(f"gs://{self._bucket_name}: no usable Date header in its answer")
         return when
 
 

@@ -44,6 +44,7 @@ from shardclaim.store.base import (
     Generation,
     ObjectInfo,
     StoredObject,
+    clock_checked,
     store_clock,
     validate_key,
     validate_metadata,
@@ -144,7 +145,7 @@ class LocalStore:
 
     def now(self) -> datetime:
         with _translated("now", _CLOCK_NAME):
-            return self._now()
+            return clock_checked(self._now)
 
     def _now(self) -> datetime:
         # The filesystem's clock: touch a scratch file and read its change time. On a local disk

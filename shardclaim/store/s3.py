@@ -39,7 +39,13 @@ import botocore.exceptions as bexc
 from botocore.config import Config
 from botocore.parsers import ResponseParserError
 
-from shardclaim.errors import GenerationMismatchError, ObjectNotFoundError, StoreError, TransientStoreError
+from shardclaim.errors import (
+    GenerationMismatchError,
+    ObjectNotFoundError,
+    StoreClockError,
+    StoreError,
+    TransientStoreError,
+)
 from shardclaim.store.base import (
     ABSENT,
     Generation,
@@ -47,10 +53,12 @@ from shardclaim.store.base import (
     StoredObject,
     bind_metadata,
     bound_metadata,
+    clock_checked,
     content_md5,
     http_date,
     refuse_identical_rewrite,
     store_clock,
+    untimed_if_refused,
     validate_key,
     validate_metadata,
 )
@@ -184,7 +192,7 @@ class S3Store:
         metadata = _bound(resp, etag, md5)
         self._remember(key, etag, metadata)
         updated = _utc(resp["LastModified"])
-        return StoredObject(key, data, etag, updated, metadata, self._clock(resp))
+        return StoredObject(key, data, etag, updated, metadata, untimed_if_refused(self._url(), _date(resp)))
 
     def write(
         self,
@@ -269,16 +277,18 @@ class S3Store:
         return ObjectInfo(key, etag, _utc(resp["LastModified"]), int(resp["ContentLength"]), metadata)
 
     def now(self) -> datetime:
+        return clock_checked(self._now)
+
+    def _now(self) -> datetime:
         with _translated("now", self._bucket):
             resp = self._client.head_bucket(Bucket=self._bucket)
-        when = self._clock(resp)
+        when = store_clock(self._url(), _date(resp))
         if when is None:
-            raise StoreError(f"s3://{self._bucket}: response carries no Date header")
+            raise StoreClockError(f"s3://{self._bucket}: no usable Date header in its answer")
         return when
 
-    def _clock(self, resp: Mapping[str, Any]) -> datetime | None:
-        """The store's time from an answer's Date (None without one), bounded by :func:`store_clock`."""
-        return store_clock(f"s3://{self._bucket}", _date(resp))
+    def _url(self) -> str:
+        return f"s3://{self._bucket}"
 
 
 class _Refused(Exception):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from shardclaim.errors import GenerationMismatchError, StoreError, TransientStoreError
-from shardclaim.store.base import Store
+from shardclaim.errors import GenerationMismatchError, StoreClockError, StoreError, TransientStoreError
+from shardclaim.store.base import CLOCK_READS, Store
 from shardclaim.store.gcs import GCSStore
 from shardclaim.store.retry import RetryingStore, RetryPolicy
 from tests._proxy import FaultProxy
@@ -162,17 +162,32 @@ def test_a_store_clock_far_from_this_machines_is_refused_by_name(
     raw: Store, proxy: FaultProxy, date: str
 ) -> None:
     """Leases are timed by the store's clock, the Date of its answers. One of 2100 would make every live
-    lease look expired (two holders); one of 1970 would leave a dead holder's shard stuck for ever. An
-    answer more than 15 minutes from this machine's clock is a wrong clock's or a gateway's: a clear error
-    naming both clocks, on both buckets, for now() and for a read's time alike."""
+    lease look expired (two holders); one of 1970 would leave a dead holder's shard stuck for ever. Answers
+    more than 15 minutes from this machine's clock, three running, are a wrong clock's or a gateway's: a
+    clear error naming both clocks, on both buckets; not transient (not waited out for minutes: somebody
+    has to fix a clock)."""
     raw.write("k", b"v")
-    proxy.inject("date", value=date)
-    with pytest.raises(StoreError, match=r"store's clock.*from this machine's") as err:
+    proxy.inject("date", value=date, count=CLOCK_READS)
+    before = len(proxy.requests)
+    with pytest.raises(StoreClockError, match=r"store's clock.*from this machine's") as err:
         raw.now()
-    assert not isinstance(err.value, TransientStoreError)  # not waited out: somebody must fix a clock
-    proxy.inject("date", value=date, method="GET")
-    with pytest.raises(StoreError, match=r"store's clock.*from this machine's"):
-        raw.read("k")
+    assert not isinstance(err.value, TransientStoreError)
+    assert len(proxy.requests) - before == CLOCK_READS
+    proxy.inject("date", value=date, method="GET")  # a read's time is a record, never a lease's judge:
+    got = raw.read("k")  # the object is read all the same (a worker can still give a shard back),
+    assert (got.data, got.read_at) == (b"v", None)  # its time untold
+
+
+def test_one_answer_with_a_wrong_clock_is_a_glitch_asked_again(raw: Store, proxy: FaultProxy) -> None:
+    """One wrong Date, the next answer right: the store asks again at once, and a worker's heartbeat or
+    completion carries on rather than losing a finished shard or the worker."""
+    from datetime import UTC, datetime
+
+    raw.write("k", b"v")
+    proxy.inject("date", value="Fri, 01 Jan 2100 00:00:00 GMT", count=CLOCK_READS - 1)
+    assert abs((raw.now() - datetime.now(UTC)).total_seconds()) < 60
+    proxy.inject("date", value="Thu, 01 Jan 1970 00:00:00 GMT", count=CLOCK_READS - 1)
+    assert abs((raw.now() - datetime.now(UTC)).total_seconds()) < 60
 
 
 def test_a_store_clock_minutes_from_this_machines_is_the_store_s_time(raw: Store, proxy: FaultProxy) -> None:
