@@ -31,6 +31,7 @@ from shardclaim.errors import InvalidKeyError, StoreClockError
 
 __all__ = [
     "ABSENT",
+    "CLOCK_READS",
     "MAX_CLOCK_SKEW",
     "MAX_METADATA_BYTES",
     "RESERVED_PREFIX",
@@ -86,8 +87,9 @@ class StoredObject:
     generation: Generation
     updated: datetime
     metadata: Mapping[str, str] = field(default_factory=dict)
-    #: When it was read, on the store's clock where the answer carries it (GCS's ``Date``); a record of
-    #: time (a claim's ``started_at``), never used to judge a lease.
+    #: When it was read, on the store's clock where the answer carries it (the ``Date`` of GCS's and S3's
+    #: answers; None where :func:`store_clock` refuses it); a record of time (a claim's ``started_at``),
+    #: never used to judge a lease.
     read_at: datetime | None = None
 
 
