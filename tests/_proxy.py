@@ -5,7 +5,9 @@ Faults are queued with :meth:`FaultProxy.inject` and consumed by the first match
 forwarding; ``lose_response`` forwards the request (so it takes effect upstream) and then closes the
 connection without answering — a response lost on the way back; ``garble`` changes the last byte of the
 answer's body; ``date`` hands the answer on with its ``Date`` header set to the fault's ``value`` (a
-gateway or a server with a wrong clock). Every request is counted. Answers carry the upstream's headers
+gateway or a server with a wrong clock). Setting :attr:`FaultProxy.clock_offset` stamps every answer
+with this machine's time plus that offset instead (a gateway whose clock runs that far off). Every
+request is counted. Answers carry the upstream's headers
 as they came (its own ``Date`` and ``Server``, not the proxy's too).
 """
 
@@ -16,6 +18,8 @@ import http.client
 import socket
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -40,6 +44,8 @@ class FaultProxy:
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.down = False  #: while True, every request is answered 503 (a store outage)
+        #: when set, every answer's Date is this machine's time plus it (a gateway's own clock)
+        self.clock_offset: timedelta | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -79,8 +85,7 @@ class FaultProxy:
                 self.send_response_only(resp.status)  # (send_response would add a second Date)
                 for k, v in resp.getheaders():
                     if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
-                        wrong_clock = k.lower() == "date" and fault is not None and fault.kind == "date"
-                        self.send_header(k, fault.value if wrong_clock and fault is not None else v)
+                        self.send_header(k, proxy._date(fault) or v if k.lower() == "date" else v)
                 # A HEAD answer has no body; its Content-Length is the object's (S3's HeadObject).
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(data)))
@@ -130,6 +135,13 @@ class FaultProxy:
                 for m, p in self.requests
                 if (method is None or m == method) and (path_contains is None or path_contains in p)
             )
+
+    def _date(self, fault: Fault | None) -> str | None:
+        """The Date an answer carries instead of the upstream's, if any."""
+        if fault is not None and fault.kind == "date":
+            return fault.value
+        offset = self.clock_offset
+        return None if offset is None else format_datetime(datetime.now(UTC) + offset, usegmt=True)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import http.client
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,7 @@ from shardclaim.store import RetryingStore, RetryPolicy
 from shardclaim.store.base import DIGEST_KEY
 from shardclaim.store.s3 import S3Store, default_client
 from shardclaim.testing import build_dataset
+from tests._proxy import FaultProxy
 
 PREFIX = "ds"
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.001, max_wait=0.005)
@@ -258,67 +255,11 @@ def test_s3_a_clock_that_jumps_during_a_lease_neither_completes_twice_nor_loses_
     assert statuses(url) == ["completed"]
 
 
-class DateRelay:
-    """An HTTP relay in front of the S3 test server that stamps every answer with its own Date: a gateway
-    whose clock is ``offset`` from this machine's."""
-
-    def __init__(self, upstream: str, offset: timedelta) -> None:
-        host, port = upstream.split("://", 1)[1].split(":")
-        relay = self
-        self.offset = offset
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                self.send_response_only(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in (
-                        "date",
-                        "connection",
-                        "transfer-encoding",
-                        "content-length",
-                        "server",
-                    ):
-                        self.send_header(k, v)
-                self.send_header("Date", format_datetime(datetime.now(UTC) + relay.offset, usegmt=True))
-                clen = resp.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", clen or str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
-def skewed_relay(s3_server: str) -> Iterator[DateRelay]:
-    relay = DateRelay(s3_server, timedelta(hours=3))
-    yield relay
-    relay.stop()
+def skewed_relay(s3_proxy: FaultProxy) -> FaultProxy:
+    """The S3 test server behind a gateway whose clock runs three hours ahead of this machine's."""
+    s3_proxy.clock_offset = timedelta(hours=3)
+    return s3_proxy
 
 
 def cli(
@@ -336,7 +277,7 @@ def cli(
 
 @pytest.mark.s3
 def test_cli_on_a_gateway_whose_clock_is_hours_off_exits_1_with_one_line_naming_the_clocks(
-    s3_bucket: str, tmp_path: Path, skewed_relay: DateRelay
+    s3_bucket: str, tmp_path: Path, skewed_relay: FaultProxy
 ) -> None:
     url = build_dataset(f"s3://{s3_bucket}/{PREFIX}", tmp_path, shards=2, records=4)
     env = {"AWS_ENDPOINT_URL": skewed_relay.url}
@@ -369,7 +310,7 @@ def test_cli_on_a_gateway_whose_clock_is_hours_off_exits_1_with_one_line_naming_
         assert "fix the clock" in done.stderr, (args, done.stderr)
     assert statuses(url) == ["in_use", "in_use"]
     holder.close()
-    skewed_relay.offset = timedelta(minutes=14)
+    skewed_relay.clock_offset = timedelta(minutes=14)
     done = cli("status", url, env=env)
     assert done.returncode == 0, done.stderr
 
