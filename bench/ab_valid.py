@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from build_speed import input_file
+from build_speed import BENCH_DIR, input_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "shardclaim/_valid.c"
@@ -65,7 +65,7 @@ def main() -> int:
     )
     parser.add_argument("--mb", type=int, default=128, help="MiB of each kind of records to walk")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

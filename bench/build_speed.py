@@ -30,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT.parent / "shared" / "bench" / "gen_jsonl.py"
+#: Where every benchmark keeps its generated inputs (``--dir``'s default), so that they share them.
+BENCH_DIR = Path("/var/tmp/shardclaim-bench")
 
 
 def input_file(directory: Path, size_mb: int, profile: str = "arc") -> Path:
@@ -139,7 +141,7 @@ def main() -> int:
     parser.add_argument("--small-mb", type=int, default=1024, help="MiB of ~470-byte records (0: none)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rss-sizes", default="1024,4096")
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     out = args.dir / "out"

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from build_speed import input_file, run
+from build_speed import BENCH_DIR, input_file, run
 
 
 def compressed(src: Path, suffix: str, tool: list[str]) -> Path:
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--profile", choices=["arc", "small"], default="arc")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     out = args.dir / "out"

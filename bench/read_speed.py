@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from build_speed import input_file
+from build_speed import BENCH_DIR, input_file
 
 from shardclaim import create_sharded_dataset, iter_shard_records
 
@@ -41,7 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small-mb", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     src = input_file(args.dir, args.small_mb, "small")

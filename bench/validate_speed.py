@@ -25,7 +25,7 @@ from pathlib import Path
 
 import orjson
 import simdjson
-from build_speed import input_file
+from build_speed import BENCH_DIR, input_file
 
 from shardclaim._valid import first_unsure, utf8_simd
 
@@ -97,7 +97,7 @@ def main() -> int:
     parser.add_argument("--small-mb", type=int, default=256, help="MiB of ~470-byte records (0: none)")
     parser.add_argument("--arc-mb", type=int, default=256, help="MiB of ~10 KB records (0: none)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.small_mb:

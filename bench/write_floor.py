@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from build_speed import _ENV, input_file, run
+from build_speed import _ENV, BENCH_DIR, input_file, run
 
 from shardclaim.dataset.localfs import staging_arena
 
@@ -88,7 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--dir", type=Path, default=Path("/var/tmp/shardclaim-bench"))
+    parser.add_argument("--dir", type=Path, default=BENCH_DIR)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     src = input_file(args.dir, args.small_mb, "small")
