@@ -46,6 +46,7 @@ __all__ = [
     "http_date",
     "refuse_identical_rewrite",
     "store_clock",
+    "store_now",
     "untimed_if_refused",
     "validate_key",
     "validate_metadata",
@@ -274,6 +275,15 @@ def store_clock(store: str, when: datetime | None) -> datetime | None:
         )
         raise StoreClockError(msg)
     return when
+
+
+def store_now(store: str, when: datetime | None) -> datetime:
+    """A store's ``now()`` from its answer's Date: :func:`store_clock`'s, and an answer without a usable
+    Date is refused as well (:class:`StoreClockError`: the store's clock is unknown)."""
+    checked = store_clock(store, when)
+    if checked is None:
+        raise StoreClockError(f"{store}: no usable Date header in its answer")
+    return checked
 
 
 def untimed_if_refused(store: str, when: datetime | None) -> datetime | None:

@@ -29,7 +29,6 @@ from google.auth import exceptions as auth_exc
 from shardclaim.errors import (
     GenerationMismatchError,
     ObjectNotFoundError,
-    StoreClockError,
     StoreError,
     TransientStoreError,
 )
@@ -42,7 +41,7 @@ from shardclaim.store.base import (
     clock_checked,
     content_md5,
     http_date,
-    store_clock,
+    store_now,
     untimed_if_refused,
     validate_key,
     validate_metadata,
@@ -207,10 +206,7 @@ class GCSStore:
             resp = self._client._http.request("GET", url, timeout=_TIMEOUT)
         if resp.status_code != 200:
             _raise_status("now", self._bucket_name, resp.status_code, resp.text)
-        when = store_clock(f"gs://{self._bucket_name}", http_date(resp.headers.get("Date")))
-        if when is None:
-            raise StoreClockError(f"gs://{self._bucket_name}: no usable Date header in its answer")
-        return when
+        return store_now(f"gs://{self._bucket_name}", http_date(resp.headers.get("Date")))
 
 
 def _raise_status(operation: str, key: str, status: int, body: str) -> NoReturn:

@@ -42,7 +42,6 @@ from botocore.parsers import ResponseParserError
 from shardclaim.errors import (
     GenerationMismatchError,
     ObjectNotFoundError,
-    StoreClockError,
     StoreError,
     TransientStoreError,
 )
@@ -57,7 +56,7 @@ from shardclaim.store.base import (
     content_md5,
     http_date,
     refuse_identical_rewrite,
-    store_clock,
+    store_now,
     untimed_if_refused,
     validate_key,
     validate_metadata,
@@ -282,10 +281,7 @@ class S3Store:
     def _now(self) -> datetime:
         with _translated("now", self._bucket):
             resp = self._client.head_bucket(Bucket=self._bucket)
-        when = store_clock(self._url(), _date(resp))
-        if when is None:
-            raise StoreClockError(f"s3://{self._bucket}: no usable Date header in its answer")
-        return when
+        return store_now(self._url(), _date(resp))
 
     def _url(self) -> str:
         return f"s3://{self._bucket}"
